@@ -1,0 +1,85 @@
+// Package api is the agent's control API: HTTP/1.1 over a root-only Unix
+// socket (what every `tandem` verb but `agent` talks to), its client, and
+// the health probe listener used by cloud load balancers.
+//
+// Routes:
+//
+//	GET  /v1/status                       Status of every module
+//	GET  /v1/status/{module}              Status of one module
+//	POST /v1/modules/{module}/{verb}      verb: start|stop|restart|prim|second|swap, body CommandOptions
+//	GET  /v1/modules/{module}/logs        ?last=N&follow=1: the event log as JSON lines
+//
+// Errors are JSON {"error": "..."}: 400 bad request or verb, 404 unknown
+// module, 409 refused command, 503 agent shutting down.
+package api
+
+import (
+	"errors"
+	"time"
+)
+
+// ModuleStatus is one module as seen by this node. The JSON names are part
+// of the product contract (SPEC §3): never rename them.
+type ModuleStatus struct {
+	Module string `json:"module"`
+	Mode   string `json:"mode"` // "mirror"
+	Node   string `json:"node"`
+	State  string `json:"state"`
+	Reason string `json:"reason"`
+	// Target is the state being entered while a transition runs.
+	Target string `json:"target,omitempty"`
+	Peer   string `json:"peer"`
+	// PeerState is the peer's state, or "DOWN"/"UNKNOWN" when unreachable.
+	PeerState string `json:"peer_state"`
+	PeerAlive bool   `json:"peer_alive"`
+	// Sync is synced, resyncing or none.
+	Sync           string   `json:"sync"`
+	ResyncPercent  float64  `json:"resync_percent"`
+	UpToDate       bool     `json:"uptodate"`
+	DefaultPrimary string   `json:"default_primary"`
+	VIPs           []string `json:"vips"`
+	VIPHolder      string   `json:"vip_holder"`
+	Epoch          uint64   `json:"epoch"`
+	Started        bool     `json:"started"`
+	// Networks maps each heartbeat network to whether the peer is heard on it.
+	Networks map[string]bool `json:"networks"`
+	// Since is when State was entered.
+	Since time.Time `json:"since"`
+}
+
+// Status is what `tandem status` shows.
+type Status struct {
+	Cluster string         `json:"cluster"`
+	Node    string         `json:"node"`
+	Modules []ModuleStatus `json:"modules"`
+}
+
+// CommandOptions are the flags of the module commands.
+type CommandOptions struct {
+	Force bool `json:"force,omitempty"` // prim --force
+	Full  bool `json:"full,omitempty"`  // second --full
+}
+
+// Verbs are the module commands the API accepts.
+var Verbs = []string{"start", "stop", "restart", "prim", "second", "swap"}
+
+// Backend is what the agent provides to the API server.
+type Backend interface {
+	// Status returns every module ("") or one; an unknown module gives an
+	// error wrapping ErrUnknownModule.
+	Status(module string) (Status, error)
+	// Command runs verb (one of Verbs) on module and returns a message for
+	// the administrator. An error means refused: its text is shown as is.
+	Command(module, verb string, opts CommandOptions) (string, error)
+	// LogPath returns the module's event log file (JSON lines).
+	LogPath(module string) (string, error)
+}
+
+var (
+	// ErrUnknownModule: no such module on this node.
+	ErrUnknownModule = errors.New("unknown module")
+	// ErrAgentDown: the agent cannot be reached (or is shutting down).
+	ErrAgentDown = errors.New("tandem agent not reachable")
+	// ErrRefused: the agent refused a command (HTTP 409).
+	ErrRefused = errors.New("command refused")
+)
