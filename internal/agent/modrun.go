@@ -1,0 +1,364 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/tandem-ha/tandem/internal/api"
+	"github.com/tandem-ha/tandem/internal/config"
+	"github.com/tandem-ha/tandem/internal/eventlog"
+	"github.com/tandem-ha/tandem/internal/module"
+	"github.com/tandem-ha/tandem/internal/netvip"
+	"github.com/tandem-ha/tandem/internal/runner"
+)
+
+// modRunner owns one module's state machine: a single goroutine applies
+// events in order; transitions (scripts, VIPs) run in a second goroutine and
+// report back with a TransitionDone event.
+type modRunner struct {
+	a         *Agent
+	cfg       *config.Module
+	peer      string
+	log       *eventlog.Log
+	run       *runner.Runner
+	statePath string
+	fields    []config.Field
+	digest    string
+	inbox     chan request
+
+	mu    sync.Mutex
+	m     module.Machine
+	since time.Time
+	held  []string // VIPs present on this node, refreshed periodically
+}
+
+type request struct {
+	ev    module.Event
+	reply chan error // nil for internal events
+}
+
+func newModRunner(a *Agent, m *config.Module) (*modRunner, error) {
+	dir := modDir(a.settings.StateDir, m.Name)
+	log, err := eventlog.Open(filepath.Join(dir, "events.log"), m.Name, a.node)
+	if err != nil {
+		return nil, err
+	}
+	log.SetMirror(a.log.With("module", m.Name))
+	r := &modRunner{
+		a: a, cfg: m, peer: m.Peer(a.node), log: log,
+		statePath: filepath.Join(dir, "state.json"),
+		fields:    m.Fields(), inbox: make(chan request, 256), since: time.Now(),
+	}
+	r.digest = digestHex(r.fields)
+	vips := make([]string, len(m.VIPs))
+	for i, v := range m.VIPs {
+		vips[i] = v.Address.String()
+	}
+	r.run = &runner.Runner{
+		BinDir: filepath.Join(m.Dir, "bin"),
+		Env: []string{
+			"TANDEM_MODULE=" + m.Name, "TANDEM_NODE=" + a.node, "TANDEM_PEER=" + r.peer,
+			"TANDEM_MODULE_DIR=" + m.Dir, "TANDEM_VIPS=" + strings.Join(vips, " "),
+			"TANDEM_STATE_DIR=" + dir,
+		},
+		Log: log,
+	}
+	p, err := loadPersistent(r.statePath)
+	if err != nil {
+		return nil, err
+	}
+	preferred := m.DefaultPrimary == a.node || (m.DefaultPrimary == "" && m.Nodes[0] == a.node)
+	r.m = module.New(a.node, r.peer, preferred, p)
+	return r, nil
+}
+
+func (r *modRunner) machine() module.Machine {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.m
+}
+
+// post queues an internal event; it never blocks the caller for long.
+func (r *modRunner) post(ev module.Event) {
+	select {
+	case r.inbox <- request{ev: ev}:
+	case <-time.After(5 * time.Second):
+		r.log.Add("error", "event queue full, dropped "+ev.Kind.String())
+	}
+}
+
+// command applies an administrator command and returns its refusal, if any.
+func (r *modRunner) command(ev module.Event) error {
+	reply := make(chan error, 1)
+	select {
+	case r.inbox <- request{ev: ev, reply: reply}:
+	case <-time.After(5 * time.Second):
+		return fmt.Errorf("the module's event queue is stuck; see `tandem logs %s`", r.cfg.Name)
+	}
+	select {
+	case err := <-reply:
+		return err
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("no answer from the module within 10s; see `tandem logs %s`", r.cfg.Name)
+	}
+}
+
+func (r *modRunner) loop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case req := <-r.inbox:
+			err := r.apply(ctx, req.ev)
+			if req.reply != nil {
+				req.reply <- err
+			}
+		}
+	}
+}
+
+func (r *modRunner) apply(ctx context.Context, ev module.Event) error {
+	r.mu.Lock()
+	prev := r.m
+	next, acts, err := module.Step(prev, ev)
+	if err != nil {
+		r.mu.Unlock()
+		if ev.Kind != module.PeerChanged {
+			r.log.Add("admin", fmt.Sprintf("%s refused: %v", ev.Kind, err))
+		}
+		return err
+	}
+	r.m = next
+	if next.State != prev.State {
+		r.since = time.Now()
+	}
+	r.mu.Unlock()
+
+	if isAdmin(ev.Kind) {
+		msg := ev.Kind.String()
+		if ev.Force {
+			msg += " --force"
+		}
+		r.log.Add("admin", msg+" requested")
+	}
+	if next.State != prev.State {
+		r.log.Add("state", fmt.Sprintf("%s -> %s", prev.State, next.State), "reason", next.Reason, "epoch", next.Epoch)
+	}
+	if next.Persistent != prev.Persistent {
+		if err := savePersistent(r.statePath, next.Persistent); err != nil {
+			r.log.Add("error", err.Error())
+		}
+	}
+	if next.Peer.Incompatible != "" && next.Peer.Incompatible != prev.Peer.Incompatible {
+		r.log.Add("peer", "refusing to pair with "+r.peer+": "+next.Peer.Incompatible)
+	}
+	if next.Peer.Alive != prev.Peer.Alive {
+		r.log.Add("peer", fmt.Sprintf("peer %s is %s", r.peer, map[bool]string{true: "up", false: "down"}[next.Peer.Alive]))
+	}
+
+	var transition []module.Action
+	for _, act := range acts {
+		switch act.Kind {
+		case module.Log:
+			kind := "info"
+			if act.Level == "error" || act.Level == "warn" {
+				kind = act.Level
+			}
+			r.log.Add(kind, act.Msg)
+		case module.ArmDiscovery:
+			hb := r.a.cluster.Heartbeat
+			time.AfterFunc(hb.Timeout+hb.Interval, func() { r.post(module.Event{Kind: module.DiscoveryDone}) })
+		default:
+			transition = append(transition, act)
+		}
+	}
+	if len(transition) > 0 {
+		if transition[len(transition)-1].Kind == module.Done {
+			go r.execute(ctx, transition, next.State)
+		} else {
+			r.execute(ctx, transition, next.State)
+		}
+	}
+	// Nothing to copy until replication exists: a new SECOND is in sync.
+	if next.State == module.Second && next.Target == "" && next.Sync == module.SyncResyncing {
+		go r.post(module.Event{Kind: module.SyncDone})
+	}
+	if next.State != prev.State || next.Target != prev.Target || next.Epoch != prev.Epoch ||
+		next.UpToDate != prev.UpToDate || next.Started != prev.Started || next.Handover != prev.Handover ||
+		next.SwapRequest != prev.SwapRequest || next.Sync != prev.Sync {
+		r.a.publish()
+	}
+	return nil
+}
+
+func isAdmin(k module.EventKind) bool {
+	switch k {
+	case module.Start, module.StopCmd, module.Restart, module.PrimCmd, module.SecondCmd, module.SwapCmd:
+		return true
+	}
+	return false
+}
+
+// execute carries out a transition's actions in order. A failed start
+// script or VIP addition ends it with TransitionDone{OK: false}.
+func (r *modRunner) execute(ctx context.Context, acts []module.Action, from module.State) {
+	// Scripts must finish even while the agent shuts down.
+	sctx := context.WithoutCancel(ctx)
+	for _, act := range acts {
+		switch act.Kind {
+		case module.RunScript:
+			var res runner.Result
+			if act.Stop {
+				res = r.run.RunStop(sctx, act.Script, act.Args, r.cfg.Scripts.StopTimeout)
+				if !res.OK() {
+					r.log.Add("error", res.Reason()+" (going on: a stop never blocks the module)")
+				}
+				continue
+			}
+			res = r.run.Run(sctx, act.Script, act.Args, r.cfg.Scripts.Timeout)
+			if !res.OK() {
+				r.post(module.Event{Kind: module.TransitionDone, OK: false, Reason: res.Reason()})
+				return
+			}
+		case module.AddVIPs:
+			if err := r.addVIPs(); err != nil {
+				r.post(module.Event{Kind: module.TransitionDone, OK: false, Reason: err.Error()})
+				return
+			}
+		case module.RemoveVIPs:
+			r.removeVIPs()
+		case module.Done:
+			r.post(module.Event{Kind: module.TransitionDone, OK: true})
+		}
+	}
+}
+
+func (r *modRunner) vipIface(v config.VIP) (string, error) {
+	if v.Interface != "" {
+		return v.Interface, nil
+	}
+	return netvip.InterfaceFor(v.Address)
+}
+
+func (r *modRunner) addVIPs() error {
+	for _, v := range r.cfg.VIPs {
+		ifname, err := r.vipIface(v)
+		if err != nil {
+			return fmt.Errorf("VIP %s: %w", v.Address, err)
+		}
+		// Tell the guard first: a crash right after the add must not leak it.
+		r.a.guard.send("add", v.Address, ifname)
+		if err := netvip.Add(v.Address, ifname); err != nil {
+			return fmt.Errorf("add VIP %s on %s: %w", v.Address, ifname, err)
+		}
+		r.log.Add("vip", "added "+v.Address.String()+" on "+ifname+" and announced it", "vip", v.Address.String(), "interface", ifname)
+	}
+	r.refreshHeld()
+	return nil
+}
+
+func (r *modRunner) removeVIPs() {
+	for _, v := range r.cfg.VIPs {
+		ifname, err := r.vipIface(v)
+		if err != nil {
+			// The interface may be gone; remove the address wherever it is.
+			ifname = ""
+		}
+		present, _ := netvip.Present(v.Address, ifname)
+		if err := netvip.Remove(v.Address, ifname); err != nil {
+			r.log.Add("error", fmt.Sprintf("remove VIP %s from %s: %v", v.Address, ifname, err))
+			continue
+		}
+		if ifname != "" {
+			r.a.guard.send("del", v.Address, ifname)
+		}
+		if present {
+			r.log.Add("vip", "removed "+v.Address.String(), "vip", v.Address.String(), "interface", ifname)
+		}
+	}
+	r.refreshHeld()
+}
+
+// refreshHeld re-reads which VIPs are present here; reports a change.
+func (r *modRunner) refreshHeld() bool {
+	prefixes := make([]netip.Prefix, len(r.cfg.VIPs))
+	for i, v := range r.cfg.VIPs {
+		prefixes[i] = v.Address
+	}
+	held := netvip.Held(prefixes)
+	var now []string
+	for _, p := range prefixes {
+		if held[p] {
+			now = append(now, p.String())
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	changed := !slices.Equal(now, r.held)
+	r.held = now
+	return changed
+}
+
+func (r *modRunner) heldNow() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.held)
+}
+
+// view is this module's public state for the heartbeat payload.
+func (r *modRunner) view() modView {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.m
+	return modView{
+		State: m.State, Target: m.Target, Epoch: m.Epoch, UpToDate: m.UpToDate, Started: m.Started,
+		Handover: m.Handover, SwapReq: m.SwapRequest, Sync: m.Sync, Digest: r.digest, Held: slices.Clone(r.held),
+	}
+}
+
+func (r *modRunner) status() api.ModuleStatus {
+	r.mu.Lock()
+	m, since := r.m, r.since
+	r.mu.Unlock()
+	pv, peerMod, known := r.a.peerModView(r)
+	vips := make([]string, len(r.cfg.VIPs))
+	for i, v := range r.cfg.VIPs {
+		vips[i] = v.Address.String()
+	}
+	st := api.ModuleStatus{
+		Module: r.cfg.Name, Mode: r.cfg.Kind, Node: r.a.node, State: string(m.State), Reason: m.Reason,
+		Target: string(m.Target), Peer: r.peer, PeerAlive: pv.Alive, Sync: string(m.Sync),
+		UpToDate: m.UpToDate, DefaultPrimary: r.cfg.DefaultPrimary, VIPs: vips, Epoch: m.Epoch,
+		Started: m.Started, Since: since, Networks: map[string]bool{},
+	}
+	if st.Sync == "" {
+		st.Sync = string(module.SyncNone)
+	}
+	if m.Sync == module.SyncSynced {
+		st.ResyncPercent = 100
+	}
+	switch {
+	case !pv.Alive:
+		st.PeerState = "DOWN"
+	case !known:
+		st.PeerState = "UNKNOWN"
+	default:
+		st.PeerState = string(peerMod.State)
+	}
+	for i, n := range r.a.cluster.Networks {
+		st.Networks[n] = i < len(pv.Networks) && pv.Networks[i]
+	}
+	switch {
+	case m.State.Serving():
+		st.VIPHolder = r.a.node
+	case known && pv.Alive && peerMod.State.Serving():
+		st.VIPHolder = r.peer
+	}
+	return st
+}

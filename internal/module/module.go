@@ -1,0 +1,223 @@
+// Package module is the mirror module state machine. It is a pure function of
+// its inputs: Step(machine, event) returns the next machine and the actions
+// the caller must carry out. No clock, socket or goroutine lives here, so
+// every state x event pair is tested without a network (GUIDE §1).
+package module
+
+import "fmt"
+
+// State is a module state; the names are fixed by SPEC §2.
+type State string
+
+const (
+	Stop   State = "STOP"
+	Wait   State = "WAIT"
+	Alone  State = "ALONE"
+	Prim   State = "PRIM"
+	Second State = "SECOND"
+)
+
+// States lists every mirror state, for exhaustive tests and validation.
+var States = []State{Stop, Wait, Alone, Prim, Second}
+
+// Running reports whether the application side of the module is active on
+// this node (scripts started).
+func (s State) Running() bool { return s == Alone || s == Prim || s == Second }
+
+// Serving reports whether the node runs the application and holds the VIPs.
+func (s State) Serving() bool { return s == Alone || s == Prim }
+
+// Peer is what this node knows of the peer's copy of the module.
+type Peer struct {
+	Alive bool // heartbeats arrive on at least one network
+	// Incompatible is non-empty when the peer's cluster file or module
+	// definition differs from ours; we then never pair with it.
+	Incompatible string
+	Known        bool   // the peer runs an agent that has this module
+	State        State  // its state (the one it is leaving while Busy)
+	Target       State  // non-empty while it is in a transition
+	Epoch        uint64 // its data generation
+	UpToDate     bool
+	Started      bool
+	// Handover is set by a primary that released the module for a swap.
+	Handover bool
+	// SwapRequest counts swap requests made on the peer.
+	SwapRequest uint64
+}
+
+// usable reports whether the peer can take part in decisions.
+func (p Peer) usable() bool { return p.Alive && p.Known && p.Incompatible == "" }
+
+// serving reports whether the peer holds or is taking the VIPs.
+func (p Peer) serving() bool { return p.usable() && (p.State.Serving() || p.Target.Serving()) }
+
+// Persistent is the part of a machine written to disk after every step; it
+// survives agent restarts.
+type Persistent struct {
+	State    State  `json:"state"` // last settled state, for crash recovery
+	Started  bool   `json:"started"`
+	UpToDate bool   `json:"uptodate"`
+	Epoch    uint64 `json:"epoch"`
+	// PeerOutdated: we served without the peer, so its copy is older than ours.
+	PeerOutdated bool `json:"peer_outdated"`
+	// SwapSeen is the last peer swap request this node acted on.
+	SwapSeen uint64 `json:"swap_seen"`
+	// SwapRequest counts swap requests made on this node.
+	SwapRequest uint64 `json:"swap_request"`
+}
+
+// Machine is the complete state of one module on one node.
+type Machine struct {
+	Node      string
+	PeerName  string
+	Preferred bool // this node wins ties (default primary, or first listed node)
+	State     State
+	Reason    string
+	Target    State // non-empty while a transition runs
+	Persistent
+	// Booting: just started, the peer's view is not known yet.
+	Booting bool
+	// Isolated: every cluster network of this node lost its carrier.
+	Isolated bool
+	Want     Want
+	Handover bool // we released the module to the peer (swap)
+	// ShuttingDown: the agent is exiting; nothing starts again.
+	ShuttingDown bool
+	Sync     Sync
+	Peer     Peer
+	// failure is the reason of the last failed start, kept in STOP.
+	failure string
+}
+
+// Want is an administrator's preference for the next role.
+type Want string
+
+const (
+	WantNone   Want = ""
+	WantPrim   Want = "prim"
+	WantSecond Want = "second"
+)
+
+// Sync is the replication state of a SECOND.
+type Sync string
+
+const (
+	SyncNone      Sync = "none"
+	SyncResyncing Sync = "resyncing"
+	SyncSynced    Sync = "synced"
+)
+
+// New returns the machine of a module as loaded at agent start from its
+// persisted record (zero value for a module never run on this node).
+func New(node, peer string, preferred bool, p Persistent) Machine {
+	m := Machine{Node: node, PeerName: peer, Preferred: preferred, State: Stop, Persistent: p, Sync: SyncNone}
+	if m.Persistent.State == "" {
+		m.Persistent.State = Stop
+	}
+	return m
+}
+
+// EventKind names an input of the machine.
+type EventKind int
+
+const (
+	// Boot: the agent starts; carries out crash recovery and resumes the
+	// administrator's intent.
+	Boot EventKind = iota
+	// Start, Stop, Restart, PrimCmd, SecondCmd, SwapCmd: administrator commands.
+	Start
+	StopCmd
+	Restart
+	PrimCmd
+	SecondCmd
+	SwapCmd
+	// PeerChanged: a new peer view (Event.Peer).
+	PeerChanged
+	// DiscoveryDone: the start-up wait for the peer's first heartbeat ended.
+	DiscoveryDone
+	// TransitionDone: the caller finished the actions of a transition
+	// (Event.OK, Event.Reason).
+	TransitionDone
+	// IsolationChanged: Event.Isolated tells whether every cluster network
+	// of this node is down.
+	IsolationChanged
+	// SyncDone: the replication layer finished bringing this SECOND up to date.
+	SyncDone
+	// Shutdown: the agent is exiting: stop scripts and VIPs, keep the intent.
+	Shutdown
+)
+
+var eventNames = map[EventKind]string{
+	Boot: "boot", Start: "start", StopCmd: "stop", Restart: "restart", PrimCmd: "prim",
+	SecondCmd: "second", SwapCmd: "swap", PeerChanged: "peer", DiscoveryDone: "discovery-done",
+	TransitionDone: "transition-done", IsolationChanged: "isolation", SyncDone: "sync-done", Shutdown: "shutdown",
+}
+
+func (k EventKind) String() string {
+	if n, ok := eventNames[k]; ok {
+		return n
+	}
+	return fmt.Sprintf("event(%d)", int(k))
+}
+
+// EventKinds lists every event kind, for exhaustive tests.
+var EventKinds = []EventKind{Boot, Start, StopCmd, Restart, PrimCmd, SecondCmd, SwapCmd, PeerChanged,
+	DiscoveryDone, TransitionDone, IsolationChanged, SyncDone, Shutdown}
+
+// Event is one input.
+type Event struct {
+	Kind     EventKind
+	Peer     Peer   // PeerChanged
+	Force    bool   // PrimCmd
+	OK       bool   // TransitionDone
+	Reason   string // TransitionDone failure reason
+	Isolated bool   // IsolationChanged
+}
+
+// ActionKind names a side effect for the caller.
+type ActionKind int
+
+const (
+	// RunScript: run Action.Script with Args (current, next, action).
+	RunScript ActionKind = iota
+	// AddVIPs / RemoveVIPs: every VIP of the module.
+	AddVIPs
+	RemoveVIPs
+	// Done: the transition's last action; the caller answers with a
+	// TransitionDone event carrying the outcome of the actions before it.
+	Done
+	// ArmDiscovery: start the discovery timer; answer with DiscoveryDone.
+	ArmDiscovery
+	// Log: record a decision in the module log.
+	Log
+)
+
+// Action is one side effect. The actions of a transition are carried out in
+// order; a failed start script aborts the rest (the caller then reports
+// TransitionDone with OK false); stop scripts and VIP removal never abort.
+type Action struct {
+	Kind   ActionKind
+	Script string
+	Args   []string // current state, next state, action ("start", "stop")
+	Stop   bool     // a stop-type script: retried with "force" after its timeout
+	Level  string   // Log: "info", "warn", "error"
+	Msg    string   // Log
+}
+
+func (a Action) String() string {
+	switch a.Kind {
+	case RunScript:
+		return fmt.Sprintf("script %s %v", a.Script, a.Args)
+	case AddVIPs:
+		return "add-vips"
+	case RemoveVIPs:
+		return "remove-vips"
+	case Done:
+		return "done"
+	case ArmDiscovery:
+		return "arm-discovery"
+	case Log:
+		return "log " + a.Level + ": " + a.Msg
+	}
+	return fmt.Sprintf("action(%d)", int(a.Kind))
+}

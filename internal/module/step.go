@@ -1,0 +1,557 @@
+package module
+
+import (
+	"errors"
+	"fmt"
+)
+
+// ErrBusy refuses a command while a transition runs.
+var ErrBusy = errors.New("the module is changing state; retry in a moment")
+
+// Step applies one event to the machine and returns the next machine and the
+// actions to carry out. A refused administrator command returns an error and
+// the machine unchanged.
+func Step(m Machine, ev Event) (Machine, []Action, error) {
+	var acts []Action
+	switch ev.Kind {
+	case Boot:
+		return boot(m)
+	case Start:
+		if m.Target != "" {
+			return m, nil, ErrBusy
+		}
+		if m.Started && m.State != Stop {
+			break
+		}
+		m.Started, m.Want, m.failure, m.ShuttingDown = true, WantNone, "", false
+		return startFromStop(m)
+	case StopCmd:
+		m.Started, m.Want, m.failure = false, WantNone, ""
+		if m.Target != "" {
+			return m, nil, nil // decided when the running transition ends
+		}
+	case Restart:
+		if m.Target != "" {
+			return m, nil, ErrBusy
+		}
+		if !m.State.Running() {
+			return m, nil, fmt.Errorf("module is %s on %s: nothing to restart (use start)", m.State, m.Node)
+		}
+		role := roleScripts(m.State)
+		m.Target = m.State
+		return m, []Action{
+			logf("info", "restart: re-running %s and %s", role.stop, role.start),
+			script(role.stop, m.State, m.State, "stop", true),
+			script(role.start, m.State, m.State, "start", false),
+			{Kind: Done},
+		}, nil
+	case PrimCmd:
+		return primCmd(m, ev.Force)
+	case SecondCmd:
+		if m.Target != "" {
+			return m, nil, ErrBusy
+		}
+		if m.State.Serving() {
+			return m, nil, fmt.Errorf("%s serves the module as %s: use swap to move it to %s, or stop it first", m.Node, m.State, m.PeerName)
+		}
+		if m.State == Second {
+			break
+		}
+		m.Want, m.failure = WantSecond, ""
+		if m.State == Stop {
+			m.Started, m.ShuttingDown = true, false
+			return startFromStop(m)
+		}
+		m.Started = true
+	case SwapCmd:
+		return swapCmd(m)
+	case PeerChanged:
+		p := ev.Peer
+		if !m.Peer.usable() && p.usable() && p.SwapRequest > m.SwapSeen {
+			// Requests made while we were apart are stale.
+			m.SwapSeen = p.SwapRequest
+		}
+		m.Peer = p
+		if p.Alive {
+			m.Booting = false
+		}
+		if m.Target == "" && m.State == Prim && p.usable() && p.State == Second && p.UpToDate &&
+			p.SwapRequest > m.SwapSeen {
+			m.SwapSeen = p.SwapRequest
+			return swapOut(m)
+		}
+	case DiscoveryDone:
+		m.Booting = false
+	case TransitionDone:
+		if m.Target == "" {
+			break
+		}
+		if !ev.OK {
+			return startFailed(m, ev.Reason)
+		}
+		settle(&m)
+	case IsolationChanged:
+		if m.Isolated == ev.Isolated {
+			break
+		}
+		m.Isolated = ev.Isolated
+		if ev.Isolated {
+			acts = append(acts, logf("warn", "every cluster network of %s is down: this node is isolated", m.Node))
+		} else {
+			acts = append(acts, logf("info", "a cluster network of %s is back", m.Node))
+		}
+	case SyncDone:
+		if m.State == Second && m.Target == "" {
+			m.Sync, m.UpToDate = SyncSynced, true
+			if m.Peer.usable() {
+				m.Epoch = max(m.Epoch, m.Peer.Epoch)
+			}
+			m.PeerOutdated = false
+		}
+	case Shutdown:
+		m.ShuttingDown = true
+		if m.Target != "" {
+			return m, nil, nil
+		}
+		if !m.State.Running() {
+			m.State, m.Reason = Stop, "agent stopped"
+			m.Persistent.State = Stop
+			return m, nil, nil
+		}
+		m.Reason = "agent shutting down"
+		return transition(m, Stop, acts)
+	default:
+		return m, nil, fmt.Errorf("unknown event %v", ev.Kind)
+	}
+	m2, more := decide(normalize(m))
+	return normalize(m2), append(acts, more...), nil
+}
+
+// normalize keeps derived flags true after any step.
+func normalize(m Machine) Machine {
+	p := m.Peer
+	if m.State == Prim && m.Target == "" && p.usable() && p.State == Second && p.UpToDate && p.Epoch == m.Epoch {
+		m.PeerOutdated = false // the peer holds everything we have
+	}
+	if m.Handover && (p.State.Serving() || !p.usable()) {
+		m.Handover = false
+	}
+	return m
+}
+
+// boot resumes a module after the agent starts, cleaning up first when the
+// agent died while the module ran (its VIPs or application may be left).
+func boot(m Machine) (Machine, []Action, error) {
+	last := m.Persistent.State
+	m.State, m.Target = Stop, ""
+	if last.Running() {
+		// Advertise the old state until cleanup is done so the peer waits.
+		m.State = last
+		m.Reason = "recovering from an agent crash"
+		next := Stop
+		if m.Started {
+			next = Wait
+		}
+		m.Target = next
+		role := roleScripts(last)
+		acts := []Action{logf("warn", "the agent stopped while the module was %s: cleaning up before anything else", last),
+			script(role.stop, last, next, "stop", true)}
+		if last.Serving() {
+			acts = append(acts, Action{Kind: RemoveVIPs})
+		}
+		acts = append(acts, script("stop_both", last, next, "stop", true))
+		if !m.Started {
+			acts = append(acts, script("poststop", last, Stop, "stop", true))
+		}
+		m.Booting = m.Started
+		if m.Started {
+			acts = append(acts, Action{Kind: ArmDiscovery})
+		}
+		return m, append(acts, Action{Kind: Done}), nil
+	}
+	if !m.Started {
+		m.Reason = "stopped"
+		return m, []Action{{Kind: RemoveVIPs}}, nil
+	}
+	return startFromStop(m)
+}
+
+// startFromStop runs prestart on the way to WAIT, where the role is decided.
+func startFromStop(m Machine) (Machine, []Action, error) {
+	m.State, m.Target = Stop, Wait
+	m.Reason = "starting"
+	m.Booting = !m.Peer.Alive
+	acts := []Action{{Kind: RemoveVIPs}, script("prestart", Stop, Wait, "start", false)}
+	if m.Booting {
+		acts = append(acts, Action{Kind: ArmDiscovery})
+	}
+	return m, append(acts, Action{Kind: Done}), nil
+}
+
+func primCmd(m Machine, force bool) (Machine, []Action, error) {
+	if m.Target != "" {
+		return m, nil, ErrBusy
+	}
+	if m.State.Serving() {
+		m2, acts := decide(normalize(m))
+		return normalize(m2), acts, nil
+	}
+	p := m.Peer
+	if p.usable() && (p.State.Serving() || p.Target.Serving()) {
+		return m, nil, fmt.Errorf("%s serves the module (%s): use `tandem swap` to move it to %s", m.PeerName, p.State, m.Node)
+	}
+	proven, why := canProve(m)
+	var acts []Action
+	if !proven {
+		if !force {
+			return m, nil, fmt.Errorf("%s is not known to hold the latest data: %s; `tandem prim --force` serves this node's data anyway", m.Node, why)
+		}
+		lost := fmt.Sprintf("writes made on %s after epoch %d", m.PeerName, m.Epoch)
+		if p.usable() && p.Epoch > m.Epoch {
+			lost = fmt.Sprintf("writes made on %s in epochs %d to %d", m.PeerName, m.Epoch+1, p.Epoch)
+		}
+		m.Epoch = max(m.Epoch, p.Epoch) + 1
+		m.UpToDate, m.PeerOutdated = true, true
+		acts = append(acts, logf("warn", "prim --force: %s serves its own data as epoch %d; may be lost: %s (%s will be fully resynchronised from %s)",
+			m.Node, m.Epoch, lost, m.PeerName, m.Node))
+	}
+	m.Want, m.failure = WantPrim, ""
+	if m.State == Stop {
+		m.Started, m.ShuttingDown = true, false
+		m2, more, err := startFromStop(m)
+		return m2, append(acts, more...), err
+	}
+	m.Started = true
+	m2, more := decide(m)
+	return m2, append(acts, more...), nil
+}
+
+// canProve reports whether this node may serve without losing data, and why not.
+func canProve(m Machine) (bool, string) {
+	p := m.Peer
+	switch {
+	case !m.UpToDate && m.Epoch == 0:
+		return false, "it has never served this module"
+	case !m.UpToDate:
+		return false, fmt.Sprintf("its copy (epoch %d) is not up to date", m.Epoch)
+	case p.usable() && p.Epoch > m.Epoch:
+		return false, fmt.Sprintf("%s holds newer data (epoch %d > %d)", m.PeerName, p.Epoch, m.Epoch)
+	case p.usable():
+		return true, ""
+	case m.PeerOutdated:
+		return true, ""
+	}
+	return false, fmt.Sprintf("%s is unreachable and may have served after epoch %d", m.PeerName, m.Epoch)
+}
+
+func swapCmd(m Machine) (Machine, []Action, error) {
+	if m.Target != "" {
+		return m, nil, ErrBusy
+	}
+	p := m.Peer
+	switch {
+	case !p.usable():
+		return m, nil, fmt.Errorf("cannot swap: peer %s is not paired (%s)", m.PeerName, peerSummary(p))
+	case m.State == Prim && p.State == Second && p.UpToDate && p.Target == "":
+		return swapOut(m)
+	case m.State == Second && p.State == Prim && p.Target == "" && m.Sync == SyncSynced:
+		m.SwapRequest++
+		return m, []Action{logf("info", "swap requested: asking %s to hand the module over", m.PeerName)}, nil
+	}
+	return m, nil, fmt.Errorf("cannot swap: needs PRIM and a synced SECOND, here %s is %s and %s is %s", m.Node, m.State, m.PeerName, peerSummary(p))
+}
+
+// swapOut releases the module to the peer: scripts and VIPs leave this node
+// strictly before the peer, seeing Handover, takes them.
+func swapOut(m Machine) (Machine, []Action, error) {
+	m.Handover = true
+	m.Reason = "swap: handing over to " + m.PeerName
+	return transition(m, Second, []Action{logf("info", "swap: releasing the module to %s", m.PeerName)})
+}
+
+func startFailed(m Machine, reason string) (Machine, []Action, error) {
+	target := m.Target
+	m.failure = reason
+	m.Started, m.Want, m.Handover = false, WantNone, false
+	acts := []Action{logf("error", "%s failed: %s; stopping the module", transitionName(m.State, target), reason)}
+	if !target.Running() {
+		m.State, m.Target = Stop, ""
+		m.Persistent.State = Stop
+		m.Reason = reason
+		return m, acts, nil
+	}
+	// Clean up what the failed start may have begun; advertise the failed
+	// role until done so the peer does not take over too early.
+	m.State = target
+	m.Target = ""
+	return transition(m, Stop, acts)
+}
+
+func transitionName(from, to State) string {
+	return fmt.Sprintf("%s -> %s", from, to)
+}
+
+// settle records the end of a successful transition.
+func settle(m *Machine) {
+	prev := m.State
+	m.State, m.Target = m.Target, ""
+	m.Persistent.State = m.State
+	if m.State == Second && prev != Second {
+		if m.Handover {
+			m.Sync = SyncSynced
+		} else {
+			m.Sync, m.UpToDate = SyncResyncing, false
+		}
+	}
+	if m.State != Second {
+		m.Sync = SyncNone
+	}
+	if m.State == Stop && m.failure != "" {
+		m.Reason = m.failure
+	}
+}
+
+// decide moves a settled machine toward the state its inputs call for.
+func decide(m Machine) (Machine, []Action) {
+	if m.Target != "" || (m.ShuttingDown && !m.State.Running()) {
+		return m, nil
+	}
+	want, reason := desired(m)
+	if want == m.State {
+		m.Reason = reason
+		return m, nil
+	}
+	m.Reason = reason
+	m2, acts, _ := transition(m, want, nil)
+	return m2, acts
+}
+
+// desired is the heart of the policy: the state this node should be in.
+func desired(m Machine) (State, string) {
+	p := m.Peer
+	if m.ShuttingDown {
+		return Stop, "agent shutting down"
+	}
+	if !m.Started {
+		if m.failure != "" {
+			return Stop, m.failure
+		}
+		return Stop, "stopped by the administrator"
+	}
+	if m.Isolated {
+		return Wait, fmt.Sprintf("isolated: every cluster network of %s is down", m.Node)
+	}
+	peerSteady := p.usable() && p.State.Serving() && (p.Target == "" || p.Target.Serving())
+	switch {
+	case m.State.Serving():
+		if peerSteady {
+			if wins(m) {
+				return Alone, fmt.Sprintf("split brain: %s also serves; %s keeps the module (epoch %d vs %d)", m.PeerName, m.Node, m.Epoch, p.Epoch)
+			}
+			return Second, fmt.Sprintf("split brain: %s also serves and wins (epoch %d vs %d); this node's changes since are discarded", m.PeerName, p.Epoch, m.Epoch)
+		}
+		if p.usable() && p.State == Second && p.Target == "" {
+			return Prim, ""
+		}
+		return Alone, aloneReason(m)
+	case m.State == Second:
+		if p.usable() && (p.State.Serving() || p.Target.Serving()) {
+			return Second, ""
+		}
+		if m.Handover && p.usable() && p.State == Second {
+			return Second, "swap: waiting for " + m.PeerName + " to take over"
+		}
+		if !m.UpToDate {
+			return Wait, fmt.Sprintf("%s stopped serving while this node was not up to date", m.PeerName)
+		}
+		if p.usable() && p.State == Second && !p.Handover && !wins(m) {
+			return Second, ""
+		}
+		if p.usable() && p.Handover {
+			return serveState(m), fmt.Sprintf("swap: taking over from %s", m.PeerName)
+		}
+		return serveState(m), fmt.Sprintf("failover: %s is %s", m.PeerName, peerSummary(p))
+	}
+	// WAIT (or STOP while starting): choose a role.
+	if m.Booting {
+		return Wait, fmt.Sprintf("waiting for %s's heartbeat", m.PeerName)
+	}
+	if p.Alive && p.Incompatible != "" {
+		return Wait, fmt.Sprintf("cannot pair with %s: %s", m.PeerName, p.Incompatible)
+	}
+	if p.Alive && !p.Known {
+		return Wait, fmt.Sprintf("%s runs an agent without this module", m.PeerName)
+	}
+	if p.usable() && (p.State.Serving() || p.Target.Serving()) {
+		if peerSteady {
+			return Second, ""
+		}
+		return Wait, fmt.Sprintf("%s is becoming %s", m.PeerName, p.Target)
+	}
+	if m.Want == WantSecond {
+		return Wait, fmt.Sprintf("started as secondary: waiting for %s to serve", m.PeerName)
+	}
+	if p.usable() {
+		return electWithPeer(m)
+	}
+	if ok, why := canProve(m); ok && (m.PeerOutdated || m.Want == WantPrim) {
+		return Alone, aloneReason(m)
+	} else if m.Epoch == 0 && !m.UpToDate {
+		return Wait, fmt.Sprintf("first start: waiting for %s so both agree which copy is the reference; `tandem prim --force` serves from %s", m.PeerName, m.Node)
+	} else {
+		if why == "" {
+			why = fmt.Sprintf("%s may have served after epoch %d", m.PeerName, m.Epoch)
+		}
+		return Wait, fmt.Sprintf("waiting for %s: %s; `tandem prim --force` serves this node's data and discards the peer's newer writes", m.PeerName, why)
+	}
+}
+
+// electWithPeer decides between two started nodes that are both not serving.
+func electWithPeer(m Machine) (State, string) {
+	p := m.Peer
+	if p.State == Second && p.UpToDate {
+		return Wait, fmt.Sprintf("%s takes over", m.PeerName)
+	}
+	fresh := m.Epoch == 0 && !m.UpToDate && p.Epoch == 0 && !p.UpToDate
+	if fresh {
+		if m.Preferred || m.Want == WantPrim {
+			return serveState(m), "first start"
+		}
+		return Wait, fmt.Sprintf("first start: %s becomes primary", m.PeerName)
+	}
+	if !m.UpToDate || p.Epoch > m.Epoch {
+		if !p.Started {
+			return Wait, fmt.Sprintf("%s holds newer data (epoch %d, here %d) but its module is stopped: start it on %s, or `tandem prim --force` here",
+				m.PeerName, p.Epoch, m.Epoch, m.PeerName)
+		}
+		return Wait, fmt.Sprintf("%s holds the latest data (epoch %d)", m.PeerName, p.Epoch)
+	}
+	if m.Epoch > p.Epoch || !p.UpToDate || !p.Started || m.Want == WantPrim || m.Preferred {
+		return serveState(m), ""
+	}
+	return Wait, fmt.Sprintf("%s becomes primary", m.PeerName)
+}
+
+// serveState is the serving state this node should enter.
+func serveState(m Machine) State {
+	p := m.Peer
+	if p.usable() && p.State == Second && p.Target == "" {
+		return Prim
+	}
+	return Alone
+}
+
+// wins breaks a tie when both nodes serve or both could.
+func wins(m Machine) bool {
+	if m.Epoch != m.Peer.Epoch {
+		return m.Epoch > m.Peer.Epoch
+	}
+	return m.Preferred
+}
+
+func aloneReason(m Machine) string {
+	p := m.Peer
+	switch {
+	case !p.Alive:
+		return fmt.Sprintf("peer %s is down", m.PeerName)
+	case p.Incompatible != "":
+		return fmt.Sprintf("cannot pair with %s: %s", m.PeerName, p.Incompatible)
+	case !p.Known:
+		return fmt.Sprintf("%s runs an agent without this module", m.PeerName)
+	}
+	return fmt.Sprintf("%s is %s", m.PeerName, peerSummary(p))
+}
+
+func peerSummary(p Peer) string {
+	switch {
+	case !p.Alive:
+		return "down"
+	case p.Incompatible != "":
+		return "incompatible: " + p.Incompatible
+	case !p.Known:
+		return "without this module"
+	case p.Target != "":
+		return fmt.Sprintf("%s (becoming %s)", p.State, p.Target)
+	}
+	return string(p.State)
+}
+
+// transition plans the scripts and VIP moves from m.State to to.
+func transition(m Machine, to State, acts []Action) (Machine, []Action, error) {
+	from := m.State
+	if to.Serving() {
+		// A new data generation starts whenever we serve without a synced peer.
+		p := m.Peer
+		synced := p.usable() && p.State == Second && p.UpToDate && p.Epoch == m.Epoch
+		if !m.UpToDate && m.Epoch == 0 {
+			m.UpToDate = true
+		}
+		if !synced && !m.PeerOutdated {
+			m.PeerOutdated = true
+			m.Epoch++
+		}
+		m.Want = WantNone
+	}
+	if to == Second {
+		m.Want = WantNone
+	}
+	m.Target = to
+	acts = append(acts, logf("info", "%s -> %s%s", from, to, reasonSuffix(m.Reason)))
+	switch {
+	case !from.Running() && to.Running():
+		acts = append(acts, script("start_both", from, to, "start", false))
+		acts = append(acts, enterRole(from, to)...)
+	case from.Running() && !to.Running():
+		acts = append(acts, leaveRole(from, to)...)
+		acts = append(acts, script("stop_both", from, to, "stop", true))
+		if to == Stop {
+			acts = append(acts, script("poststop", from, to, "stop", true))
+		}
+	case from.Serving() && to.Serving():
+		// PRIM <-> ALONE: the application keeps running.
+	case from.Running() && to.Running():
+		acts = append(acts, leaveRole(from, to)...)
+		acts = append(acts, enterRole(from, to)...)
+	case from == Wait && to == Stop:
+		acts = append(acts, script("poststop", from, to, "stop", true))
+	}
+	return m, append(acts, Action{Kind: Done}), nil
+}
+
+func reasonSuffix(r string) string {
+	if r == "" {
+		return ""
+	}
+	return " (" + r + ")"
+}
+
+type role struct{ start, stop string }
+
+func roleScripts(s State) role {
+	if s == Second {
+		return role{"start_second", "stop_second"}
+	}
+	return role{"start_prim", "stop_prim"}
+}
+
+func enterRole(from, to State) []Action {
+	if to.Serving() {
+		return []Action{{Kind: AddVIPs}, script("start_prim", from, to, "start", false)}
+	}
+	return []Action{script("start_second", from, to, "start", false)}
+}
+
+func leaveRole(from, to State) []Action {
+	if from.Serving() {
+		return []Action{script("stop_prim", from, to, "stop", true), {Kind: RemoveVIPs}}
+	}
+	return []Action{script("stop_second", from, to, "stop", true)}
+}
+
+func script(name string, from, to State, action string, stop bool) Action {
+	return Action{Kind: RunScript, Script: name, Args: []string{string(from), string(to), action}, Stop: stop}
+}
+
+func logf(level, format string, a ...any) Action {
+	return Action{Kind: Log, Level: level, Msg: fmt.Sprintf(format, a...)}
+}
