@@ -311,7 +311,9 @@ func (h *Host) nsenterArgs(name string, args []string) []string {
 
 // Command returns a command that runs inside the host (network and mount
 // namespace) in a process group of its own. Dir, Env, Stdin... may be set
-// before Start. Close kills it if it is still running.
+// before Start; Dir is resolved in the caller's mount namespace, so it
+// cannot be a path on one of the host's own mounts. Close kills the
+// process (found through its namespaces) if it is still running.
 func (h *Host) Command(name string, args ...string) *exec.Cmd {
 	a := h.nsenterArgs(name, args)
 	cmd := exec.Command(a[0], a[1:]...)
