@@ -1,0 +1,457 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Module defaults and limits.
+const (
+	ModuleFile               = "module.yaml"
+	DefaultScriptTimeout     = 60 * time.Second
+	DefaultScriptStopTimeout = 30 * time.Second
+	MaxModulesPerNode        = 32
+	maxModuleNameLen         = 32
+)
+
+// ScriptNames are the scripts a module may have in its bin/ directory.
+var ScriptNames = []string{"prestart", "start_prim", "stop_prim", "start_both", "stop_both", "start_second", "stop_second", "poststop"}
+
+// KindMirror is the only module kind supported so far.
+const KindMirror = "mirror"
+
+// Module is one loaded module directory.
+type Module struct {
+	Name           string // the directory name
+	Dir            string // absolute module directory
+	File           string // absolute path of module.yaml
+	Kind           string
+	Nodes          []string
+	DefaultPrimary string
+	VIPs           []VIP
+	Scripts        Scripts
+}
+
+// VIP is a virtual IP of a module. Interface empty means "the interface
+// holding an address in the same subnet". Line is its line in File.
+type VIP struct {
+	Address   netip.Prefix
+	Interface string
+	Line      int
+}
+
+// Scripts holds the script time limits.
+type Scripts struct {
+	Timeout     time.Duration // start scripts
+	StopTimeout time.Duration // stop scripts, before the "force" retry
+}
+
+type rawModule struct {
+	Kind           string     `yaml:"kind"`
+	Nodes          []string   `yaml:"nodes"`
+	DefaultPrimary string     `yaml:"default_primary"`
+	VIPs           []rawVIP   `yaml:"vips"`
+	Scripts        rawScripts `yaml:"scripts"`
+}
+
+type rawVIP struct {
+	Address   string `yaml:"address"`
+	Interface string `yaml:"interface"`
+}
+
+type rawScripts struct {
+	Timeout     time.Duration `yaml:"timeout"`
+	StopTimeout time.Duration `yaml:"stop_timeout"`
+}
+
+var (
+	moduleNameRe = regexp.MustCompile(`^[a-z0-9_-]+$`)
+	ifaceNameRe  = regexp.MustCompile(`^[^\s/:]{1,15}$`)
+)
+
+// Peer returns the other node of the module, or "" if self is not one of
+// its nodes.
+func (m *Module) Peer(self string) string {
+	if len(m.Nodes) != 2 {
+		return ""
+	}
+	switch self {
+	case m.Nodes[0]:
+		return m.Nodes[1]
+	case m.Nodes[1]:
+		return m.Nodes[0]
+	}
+	return ""
+}
+
+// HasNode reports whether node runs this module.
+func (m *Module) HasNode(node string) bool { return slices.Contains(m.Nodes, node) }
+
+// ScriptPath is where script name lives (it may not exist).
+func (m *Module) ScriptPath(name string) string {
+	return filepath.Join(m.Dir, "bin", name)
+}
+
+// Fields returns the module definition as a sorted canonical list, for
+// comparing it with the peer's copy.
+func (m *Module) Fields() []Field {
+	nodes := slices.Clone(m.Nodes)
+	slices.Sort(nodes)
+	f := []Field{
+		{"name", m.Name},
+		{"kind", m.Kind},
+		{"nodes", strings.Join(nodes, ",")},
+		{"default_primary", m.DefaultPrimary},
+		{"scripts.timeout", m.Scripts.Timeout.String()},
+		{"scripts.stop_timeout", m.Scripts.StopTimeout.String()},
+	}
+	for i, v := range m.VIPs {
+		p := fmt.Sprintf("vips[%d].", i)
+		f = append(f, Field{p + "address", v.Address.String()})
+		if v.Interface != "" {
+			f = append(f, Field{p + "interface", v.Interface})
+		}
+	}
+	return sortFields(f)
+}
+
+// LoadModule reads and validates the module in dir against cluster c.
+func LoadModule(dir string, c *Cluster) (*Module, error) {
+	m, errs := loadModule(dir, c)
+	if err := joinErrors(errs); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// loadModule returns whatever could be understood of the module (nil if
+// module.yaml could not be parsed) and every problem found.
+func loadModule(dir string, c *Cluster) (*Module, []*Error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, []*Error{{File: dir, Msg: fmt.Sprintf("cannot resolve path: %v", err)}}
+	}
+	var errs []*Error
+	name := filepath.Base(abs)
+	switch {
+	case len(name) > maxModuleNameLen:
+		errs = append(errs, errorf(abs, 0, "", "module name %q is longer than %d characters: rename the directory", name, maxModuleNameLen))
+	case !moduleNameRe.MatchString(name):
+		errs = append(errs, errorf(abs, 0, "", "module name %q is invalid: the directory name must use only a-z, 0-9, '_' and '-'", name))
+	}
+	file := filepath.Join(abs, ModuleFile)
+	src, err := os.ReadFile(file)
+	if err != nil {
+		msg := fmt.Sprintf("cannot read: %v", unwrapPathError(err))
+		if errors.Is(err, fs.ErrNotExist) {
+			msg = "missing: every module directory needs one (tandem module new creates a module from a template)"
+		}
+		return nil, append(errs, &Error{File: file, Msg: msg})
+	}
+	d := newDecoder(file)
+	root, ok := d.parse(src)
+	if !ok {
+		return nil, append(errs, d.errs...)
+	}
+	var raw rawModule
+	d.decode(root, "", reflect.ValueOf(&raw).Elem())
+	m := d.validateModule(&raw, c)
+	m.Name, m.Dir, m.File = name, abs, file
+	errs = append(errs, d.errs...)
+	errs = append(errs, checkScripts(m)...)
+	return m, errs
+}
+
+func (d *decoder) validateModule(raw *rawModule, c *Cluster) *Module {
+	m := &Module{Kind: raw.Kind}
+	switch {
+	case !d.set("kind") || raw.Kind == "":
+		d.add(d.line("kind"), "kind", "required: the module kind (kind: mirror)")
+	case raw.Kind == "farm":
+		d.add(d.line("kind"), "kind", "kind farm is not supported yet (supported: mirror)")
+	case raw.Kind != KindMirror:
+		d.add(d.line("kind"), "kind", "unknown kind %q (supported: mirror)", raw.Kind)
+	}
+
+	clusterNodes := "(none)"
+	if c != nil {
+		clusterNodes = strings.Join(c.NodeNames(), ", ")
+	}
+	if !d.set("nodes") {
+		d.add(d.line("nodes"), "nodes", "required: the 2 nodes that run this module (e.g. nodes: [alpha, beta])")
+	} else if len(raw.Nodes) != 2 && d.nodes["nodes"].Kind == yaml.SequenceNode {
+		d.add(d.line("nodes"), "nodes", "a mirror module runs on exactly 2 nodes, found %d", len(raw.Nodes))
+	}
+	for i, n := range raw.Nodes {
+		p := fmt.Sprintf("nodes[%d]", i)
+		switch {
+		case n == "":
+			d.add(d.line(p), p, "empty node name")
+		case slices.Contains(raw.Nodes[:i], n):
+			d.add(d.line(p), p, "node %q listed twice: a mirror needs 2 distinct nodes", n)
+		case c != nil && !hasNode(c, n):
+			d.add(d.line(p), p, "node %q is not in the cluster file %s (nodes: %s)", n, c.File, clusterNodes)
+		default:
+			m.Nodes = append(m.Nodes, n)
+		}
+	}
+
+	if d.set("default_primary") && raw.DefaultPrimary != "" {
+		if !slices.Contains(raw.Nodes, raw.DefaultPrimary) {
+			d.add(d.line("default_primary"), "default_primary", "%q is not one of this module's nodes (%s)", raw.DefaultPrimary, strings.Join(raw.Nodes, ", "))
+		} else {
+			m.DefaultPrimary = raw.DefaultPrimary
+		}
+	}
+
+	first := map[netip.Addr]int{}
+	for i, rv := range raw.VIPs {
+		p := fmt.Sprintf("vips[%d]", i)
+		ap := p + ".address"
+		if rv.Address == "" {
+			d.add(d.line(ap), ap, "required: the virtual IP with its prefix length (e.g. address: 192.0.2.100/24)")
+			continue
+		}
+		pfx, err := netip.ParsePrefix(rv.Address)
+		if err != nil {
+			if a, aerr := netip.ParseAddr(rv.Address); aerr == nil {
+				bits := 24
+				if a.Is6() {
+					bits = 64
+				}
+				d.add(d.line(ap), ap, "%q has no prefix length: write it as CIDR, e.g. %s/%d", rv.Address, a, bits)
+			} else {
+				d.add(d.line(ap), ap, "invalid address %q (use CIDR, e.g. 192.0.2.100/24 or 2001:db8::100/64)", rv.Address)
+			}
+			continue
+		}
+		a := pfx.Addr()
+		if a.Is4In6() {
+			pfx = netip.PrefixFrom(a.Unmap(), pfx.Bits()-96)
+			a = pfx.Addr()
+		}
+		if a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() || a.Zone() != "" {
+			d.add(d.line(ap), ap, "%s cannot be a virtual IP (unspecified, multicast, loopback or zoned)", rv.Address)
+			continue
+		}
+		if l, dup := first[a]; dup {
+			d.add(d.line(ap), ap, "virtual IP %s is already listed at line %d", a, l)
+			continue
+		}
+		first[a] = d.line(ap)
+		if c != nil {
+			if node, nw, ok := c.addrOwner(a); ok {
+				d.add(d.line(ap), ap, "%s is node %s's %s address in %s: a virtual IP must be a free address", a, node, nw, c.File)
+				continue
+			}
+		}
+		ip := p + ".interface"
+		if rv.Interface != "" && !ifaceNameRe.MatchString(rv.Interface) {
+			d.add(d.line(ip), ip, "invalid interface name %q", rv.Interface)
+		}
+		m.VIPs = append(m.VIPs, VIP{Address: pfx, Interface: rv.Interface, Line: d.line(ap)})
+	}
+
+	m.Scripts = Scripts{Timeout: DefaultScriptTimeout, StopTimeout: DefaultScriptStopTimeout}
+	if raw.Scripts.Timeout > 0 {
+		m.Scripts.Timeout = raw.Scripts.Timeout
+	}
+	if raw.Scripts.StopTimeout > 0 {
+		m.Scripts.StopTimeout = raw.Scripts.StopTimeout
+	}
+	return m
+}
+
+func hasNode(c *Cluster, name string) bool {
+	_, ok := c.Node(name)
+	return ok
+}
+
+func (c *Cluster) addrOwner(a netip.Addr) (node, network string, ok bool) {
+	for _, n := range c.Nodes {
+		for nw, na := range n.Addresses {
+			if na == a {
+				return n.Name, nw, true
+			}
+		}
+	}
+	return "", "", false
+}
+
+// checkScripts verifies that every known script present in bin/ can be run.
+func checkScripts(m *Module) []*Error {
+	var errs []*Error
+	for _, s := range ScriptNames {
+		p := m.ScriptPath(s)
+		st, err := os.Stat(p)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			if _, lerr := os.Lstat(p); lerr == nil {
+				errs = append(errs, &Error{File: p, Msg: "dangling symbolic link"})
+			}
+		case err != nil:
+			errs = append(errs, &Error{File: p, Msg: fmt.Sprintf("cannot check: %v", unwrapPathError(err))})
+		case !st.Mode().IsRegular():
+			errs = append(errs, &Error{File: p, Msg: "not a regular file (a script must be a file)"})
+		case st.Mode().Perm()&0o111 == 0:
+			errs = append(errs, &Error{File: p, Msg: "not executable (chmod +x it)"})
+		}
+	}
+	return errs
+}
+
+type loaded struct {
+	dir  string
+	m    *Module // nil if module.yaml could not be parsed
+	errs []*Error
+}
+
+// loadDir loads every module directory inside modulesDir, sorted by name.
+// Hidden entries and plain files are ignored.
+func loadDir(modulesDir string, c *Cluster) ([]*loaded, *Error) {
+	entries, err := os.ReadDir(modulesDir)
+	if err != nil {
+		msg := fmt.Sprintf("cannot read the modules directory: %v", unwrapPathError(err))
+		if errors.Is(err, fs.ErrNotExist) {
+			msg = fmt.Sprintf("modules directory does not exist: create it (mkdir -p %s) or set modules_dir in %s", modulesDir, c.File)
+		}
+		return nil, &Error{File: modulesDir, Msg: msg}
+	}
+	var out []*loaded
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		dir := filepath.Join(modulesDir, e.Name())
+		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+			continue
+		}
+		m, errs := loadModule(dir, c)
+		out = append(out, &loaded{dir: dir, m: m, errs: errs})
+	}
+	return out, nil
+}
+
+// vipConflicts reports VIPs used by two different modules; both are marked
+// as failed.
+func vipConflicts(set []*loaded) {
+	type use struct {
+		l *loaded
+		v VIP
+	}
+	seen := map[netip.Addr]use{}
+	for _, l := range set {
+		if l.m == nil {
+			continue
+		}
+		for i, v := range l.m.VIPs {
+			a := v.Address.Addr()
+			u, dup := seen[a]
+			if !dup {
+				seen[a] = use{l, v}
+				continue
+			}
+			if u.l.m.Name == l.m.Name {
+				continue // the same module seen in two nodes' directories
+			}
+			l.errs = append(l.errs, errorf(l.m.File, v.Line, fmt.Sprintf("vips[%d].address", i),
+				"virtual IP %s is also used by module %s (%s:%d)", a, u.l.m.Name, u.l.m.File, u.v.Line))
+			u.l.errs = append(u.l.errs, errorf(u.l.m.File, u.v.Line, "",
+				"virtual IP %s is also used by module %s (%s:%d)", a, l.m.Name, l.m.File, v.Line))
+		}
+	}
+}
+
+// LoadModules loads the modules of node: every module directory in the
+// node's modules_dir whose nodes include it, sorted by name. Every problem
+// of every module in the directory is returned, joined; the returned slice
+// then holds only the modules of node that have no problem, so a caller may
+// choose to run those.
+func LoadModules(c *Cluster, node string) ([]*Module, error) {
+	dir := c.Resolved(node).ModulesDir
+	set, derr := loadDir(dir, c)
+	if derr != nil {
+		return nil, derr
+	}
+	vipConflicts(set)
+	var errs []*Error
+	var mods []*Module
+	count := 0
+	for _, l := range set {
+		errs = append(errs, l.errs...)
+		if l.m == nil || !l.m.HasNode(node) {
+			continue
+		}
+		count++
+		if len(l.errs) == 0 {
+			mods = append(mods, l.m)
+		}
+	}
+	if count > MaxModulesPerNode {
+		errs = append(errs, &Error{File: dir, Msg: fmt.Sprintf("%d modules include node %s: at most %d run on one node", count, node, MaxModulesPerNode)})
+	}
+	return mods, joinErrors(errs)
+}
+
+// CheckAll validates every module in every node's modules directory (they
+// differ only when nodes override modules_dir, e.g. several nodes on one
+// test machine): each module on its own, VIPs shared between modules, the
+// per-node module limit, and copies of one module that differ between
+// directories. It is what "tandem module check" reports.
+func CheckAll(c *Cluster) error {
+	var errs []*Error
+	var all []*loaded
+	byDir := map[string][]*loaded{}
+	for _, n := range c.Nodes {
+		dir := c.Resolved(n.Name).ModulesDir
+		if _, done := byDir[dir]; done {
+			continue
+		}
+		set, derr := loadDir(dir, c)
+		if derr != nil {
+			errs = append(errs, derr)
+		}
+		byDir[dir] = set
+		all = append(all, set...)
+	}
+	vipConflicts(all)
+	first := map[string]*loaded{}
+	for _, l := range all {
+		errs = append(errs, l.errs...)
+		if l.m == nil {
+			continue
+		}
+		f, ok := first[l.m.Name]
+		if !ok {
+			first[l.m.Name] = l
+			continue
+		}
+		if diff := diffFields(l.m.Fields(), f.m.Fields(), "here", "in "+f.m.File); len(diff) > 0 {
+			errs = append(errs, &Error{File: l.m.File, Msg: fmt.Sprintf("differs from the copy in %s: %s", f.m.File, strings.Join(diff, "; "))})
+		}
+	}
+	for _, n := range c.Nodes {
+		dir := c.Resolved(n.Name).ModulesDir
+		count := 0
+		for _, l := range byDir[dir] {
+			if l.m != nil && l.m.HasNode(n.Name) {
+				count++
+			}
+		}
+		if count > MaxModulesPerNode {
+			errs = append(errs, &Error{File: dir, Msg: fmt.Sprintf("%d modules include node %s: at most %d run on one node", count, n.Name, MaxModulesPerNode)})
+		}
+	}
+	return joinErrors(errs)
+}
