@@ -305,6 +305,7 @@ func (a *Agent) peerFor(r *modRunner) module.Peer {
 	}
 	p.State, p.Target, p.Epoch, p.UpToDate = v.State, v.Target, v.Epoch, v.UpToDate
 	p.Started, p.Handover, p.SwapRequest = v.Started, v.Handover, v.SwapReq
+	p.Claim, p.Ack = v.Claim, v.Ack
 	return p
 }
 

@@ -191,7 +191,7 @@ func (r *modRunner) apply(ctx context.Context, ev module.Event) error {
 	}
 	if next.State != prev.State || next.Target != prev.Target || next.Epoch != prev.Epoch ||
 		next.UpToDate != prev.UpToDate || next.Started != prev.Started || next.Handover != prev.Handover ||
-		next.SwapRequest != prev.SwapRequest || next.Sync != prev.Sync {
+		next.SwapRequest != prev.SwapRequest || next.Sync != prev.Sync || next.Claim != prev.Claim || next.Ack != prev.Ack {
 		r.a.publish()
 	}
 	return nil
@@ -319,6 +319,7 @@ func (r *modRunner) view() modView {
 	return modView{
 		State: m.State, Target: m.Target, Epoch: m.Epoch, UpToDate: m.UpToDate, Started: m.Started,
 		Handover: m.Handover, SwapReq: m.SwapRequest, Sync: m.Sync, Digest: r.digest, Held: slices.Clone(r.held),
+		Claim: m.Claim, Ack: m.Ack,
 	}
 }
 

@@ -14,8 +14,8 @@ import (
 // cluster file and the public state of each of its modules. Full field lists
 // travel only while digests differ, so the mismatch can be named.
 type payload struct {
-	ClusterDigest string         `json:"cd"`
-	ClusterFields []config.Field `json:"cf,omitempty"`
+	ClusterDigest string             `json:"cd"`
+	ClusterFields []config.Field     `json:"cf,omitempty"`
 	Modules       map[string]modView `json:"m"`
 }
 
@@ -28,6 +28,8 @@ type modView struct {
 	Handover bool           `json:"h,omitempty"`
 	SwapReq  uint64         `json:"sr,omitempty"`
 	Sync     module.Sync    `json:"sy,omitempty"`
+	Claim    bool           `json:"c,omitempty"`
+	Ack      bool           `json:"a,omitempty"`
 	Digest   string         `json:"d"`
 	Fields   []config.Field `json:"f,omitempty"`
 	Held     []string       `json:"v,omitempty"` // VIPs present on this node

@@ -43,6 +43,10 @@ type Peer struct {
 	Handover bool
 	// SwapRequest counts swap requests made on the peer.
 	SwapRequest uint64
+	// Claim: the peer wants to become primary and waits for our Ack.
+	Claim bool
+	// Ack: the peer yields to our claim.
+	Ack bool
 }
 
 // usable reports whether the peer can take part in decisions.
@@ -83,8 +87,13 @@ type Machine struct {
 	Handover bool // we released the module to the peer (swap)
 	// ShuttingDown: the agent is exiting; nothing starts again.
 	ShuttingDown bool
-	Sync     Sync
-	Peer     Peer
+	// Claim and Ack make a promotion while the peer is alive a two-step
+	// exchange, so two nodes deciding at once on stale views (an
+	// administrator's prim racing an election) cannot both promote.
+	Claim bool
+	Ack   bool
+	Sync  Sync
+	Peer  Peer
 	// failure is the reason of the last failed start, kept in STOP.
 	failure string
 }

@@ -47,7 +47,7 @@ func (s *sim) view(i int) Peer {
 	}
 	m := o.m
 	return Peer{Alive: true, Known: true, State: m.State, Target: m.Target, Epoch: m.Epoch, UpToDate: m.UpToDate,
-		Started: m.Started, Handover: m.Handover, SwapRequest: m.SwapRequest}
+		Started: m.Started, Handover: m.Handover, SwapRequest: m.SwapRequest, Claim: m.Claim, Ack: m.Ack}
 }
 
 func (s *sim) step(i int, ev Event) {
@@ -128,6 +128,8 @@ func (s *sim) fatal(format string, a ...any) {
 	s.t.Fatalf(format, a...)
 }
 
+// refreshViews delivers one round of heartbeats (each node's view of the
+// other as it is now). One round only: views may lag by a step, as in life.
 func (s *sim) refreshViews() {
 	for i := range 2 {
 		if s.n[i].up {
@@ -169,6 +171,12 @@ func (s *sim) quiesce() {
 				s.refreshViews()
 			}
 		}
+		for i := range 2 {
+			if s.n[i].up && s.n[i].m.Peer != s.view(i) {
+				busy = true
+			}
+		}
+		s.refreshViews()
 		for i := range 2 {
 			if s.n[i].up && s.n[i].m.Booting {
 				s.step(i, Event{Kind: DiscoveryDone})
@@ -266,7 +274,11 @@ func runSim(t *testing.T, seed uint64) {
 		}
 	}
 	// Heal everything and let it settle: the pair must end PRIM/SECOND.
-	s.partitioned = false
+	if s.partitioned {
+		s.partitioned = false
+		s.partitions++
+		s.trace = append(s.trace, "healed")
+	}
 	s.n[0].fail, s.n[1].fail = false, false
 	s.restart(0)
 	s.restart(1)

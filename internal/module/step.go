@@ -136,6 +136,12 @@ func normalize(m Machine) Machine {
 	if m.Handover && (p.State.Serving() || !p.usable()) {
 		m.Handover = false
 	}
+	if m.State.Running() || !p.usable() {
+		m.Claim = false
+	}
+	if !p.usable() || !p.Claim {
+		m.Ack = false
+	}
 	return m
 }
 
@@ -317,6 +323,23 @@ func decide(m Machine) (Machine, []Action) {
 		return m, nil
 	}
 	want, reason := desired(m)
+	p := m.Peer
+	if want.Serving() && !m.State.Running() && p.usable() {
+		// Electing with a live peer: claim first, promote once it yields.
+		if p.Claim && !wins(m) {
+			m.Claim, m.Ack = false, true
+			m.Reason = m.PeerName + " claims the primary role"
+			return m, nil
+		}
+		m.Claim, m.Ack = true, false
+		if !p.Ack {
+			m.Reason = "claiming the primary role: waiting for " + m.PeerName + " to agree"
+			return m, nil
+		}
+	} else {
+		m.Claim = false
+		m.Ack = p.usable() && p.Claim
+	}
 	if want == m.State {
 		m.Reason = reason
 		return m, nil

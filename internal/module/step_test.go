@@ -148,8 +148,26 @@ func TestRules(t *testing.T) {
 		{name: "fresh node alone after discovery waits", m: func() Machine { m := fresh(true); m.State = Wait; m.Started = true; return m }(),
 			ev: Event{Kind: DiscoveryDone}, wantState: Wait,
 			check: func(t *testing.T, m Machine) { wantIn(t, m.Reason, "first start") }},
-		{name: "fresh pair: preferred node serves", m: func() Machine { m := fresh(true); m.State = Wait; m.Started = true; m.Booting = true; return m }(),
-			ev: Event{Kind: PeerChanged, Peer: Peer{Alive: true, Known: true, State: Wait, Started: true}}, wantState: Wait, target: Alone,
+		{name: "fresh pair: preferred node claims first", m: func() Machine { m := fresh(true); m.State = Wait; m.Started = true; m.Booting = true; return m }(),
+			ev: Event{Kind: PeerChanged, Peer: Peer{Alive: true, Known: true, State: Wait, Started: true}}, wantState: Wait,
+			check: func(t *testing.T, m Machine) {
+				if !m.Claim {
+					t.Error("no claim published")
+				}
+			}},
+		{name: "claim loser yields and acks", m: func() Machine { m := fresh(false); m.State = Wait; m.Started = true; m.Want = WantPrim; return m }(),
+			ev: Event{Kind: PeerChanged, Peer: Peer{Alive: true, Known: true, State: Wait, Started: true, Claim: true}}, wantState: Wait,
+			check: func(t *testing.T, m Machine) {
+				if m.Claim || !m.Ack {
+					t.Errorf("loser must ack: claim %v ack %v", m.Claim, m.Ack)
+				}
+			}},
+		{name: "fresh pair: preferred node serves once acked", m: func() Machine {
+			m := fresh(true)
+			m.State, m.Started, m.Claim = Wait, true, true
+			return m
+		}(),
+			ev: Event{Kind: PeerChanged, Peer: Peer{Alive: true, Known: true, State: Wait, Started: true, Ack: true}}, wantState: Wait, target: Alone,
 			acts: "start_both add-vips start_prim done",
 			check: func(t *testing.T, m Machine) {
 				if m.Epoch != 1 || !m.UpToDate || !m.PeerOutdated {
@@ -208,7 +226,7 @@ func TestRules(t *testing.T) {
 				}
 			}},
 		{name: "swap taken over by the SECOND", m: settled(Second, peerPrim, nil),
-			ev: Event{Kind: PeerChanged, Peer: func() Peer { p := peerSecond; p.Handover = true; return p }()},
+			ev:        Event{Kind: PeerChanged, Peer: func() Peer { p := peerSecond; p.Handover = true; return p }()},
 			wantState: Second, target: Prim, acts: "stop_second add-vips start_prim done",
 			check: func(t *testing.T, m Machine) {
 				if m.Epoch != 3 {
@@ -222,15 +240,15 @@ func TestRules(t *testing.T) {
 				}
 			}},
 		{name: "PRIM acts on the peer's swap request", m: settled(Prim, peerSecond, nil),
-			ev: Event{Kind: PeerChanged, Peer: func() Peer { p := peerSecond; p.SwapRequest = 1; return p }()},
+			ev:        Event{Kind: PeerChanged, Peer: func() Peer { p := peerSecond; p.SwapRequest = 1; return p }()},
 			wantState: Prim, target: Second, acts: "stop_prim remove-vips start_second done"},
 		{name: "swap refused without a synced SECOND", m: settled(Alone, peerDown, nil), ev: Event{Kind: SwapCmd},
 			wantState: Alone, err: "not paired"},
 		{name: "split brain: loser demotes", m: settled(Alone, Peer{Alive: true, Known: true, State: Alone, Epoch: 5, UpToDate: true, Started: true}, nil),
-			ev: Event{Kind: PeerChanged, Peer: Peer{Alive: true, Known: true, State: Alone, Epoch: 5, UpToDate: true, Started: true}},
+			ev:        Event{Kind: PeerChanged, Peer: Peer{Alive: true, Known: true, State: Alone, Epoch: 5, UpToDate: true, Started: true}},
 			wantState: Alone, target: Second, acts: "stop_prim remove-vips start_second done"},
 		{name: "split brain: winner keeps serving", m: settled(Alone, peerDown, func(m *Machine) { m.Epoch = 5 }),
-			ev: Event{Kind: PeerChanged, Peer: Peer{Alive: true, Known: true, State: Alone, Epoch: 5, UpToDate: true, Started: true}},
+			ev:        Event{Kind: PeerChanged, Peer: Peer{Alive: true, Known: true, State: Alone, Epoch: 5, UpToDate: true, Started: true}},
 			wantState: Alone},
 		{name: "isolation stops serving at once", m: settled(Prim, peerSecond, nil), ev: Event{Kind: IsolationChanged, Isolated: true},
 			wantState: Prim, target: Wait, acts: "stop_prim remove-vips stop_both done"},
@@ -248,7 +266,7 @@ func TestRules(t *testing.T) {
 				}
 			}},
 		{name: "incompatible peer: WAIT with the field", m: settled(Wait, peerDown, nil),
-			ev: Event{Kind: PeerChanged, Peer: Peer{Alive: true, Incompatible: "cluster file differs: heartbeat.timeout: here 600ms, on peer 1s"}},
+			ev:        Event{Kind: PeerChanged, Peer: Peer{Alive: true, Incompatible: "cluster file differs: heartbeat.timeout: here 600ms, on peer 1s"}},
 			wantState: Wait, check: func(t *testing.T, m Machine) { wantIn(t, m.Reason, "heartbeat.timeout") }},
 		{name: "crash recovery cleans up before anything", m: func() Machine {
 			return New("a", "b", true, Persistent{State: Prim, Started: true, UpToDate: true, Epoch: 3})
@@ -270,7 +288,7 @@ func TestRules(t *testing.T) {
 			ev: Event{Kind: PeerChanged, Peer: func() Peer { p := peerStop; p.Epoch = 9; return p }()}, wantState: Wait,
 			check: func(t *testing.T, m Machine) { wantIn(t, m.Reason, "newer data") }},
 		{name: "peer stopped, ours newer: serve", m: settled(Wait, peerDown, nil),
-			ev: Event{Kind: PeerChanged, Peer: peerStop}, wantState: Wait, target: Alone},
+			ev: Event{Kind: PeerChanged, Peer: func() Peer { p := peerStop; p.Ack = true; return p }()}, wantState: Wait, target: Alone},
 		{name: "second command waits for a serving peer", m: settled(Stop, peerDown, nil), ev: Event{Kind: SecondCmd},
 			wantState: Stop, target: Wait},
 	}
