@@ -119,6 +119,7 @@ const (
 	// rejectLogEvery: at most one log line per source address this often.
 	rejectLogEvery = 10 * time.Second
 	readBufSize    = 1 << 16
+	dscpCS6        = 0xc0 // TOS / traffic class byte
 )
 
 // Membership runs the heartbeats of one node. Create with New, then run Run
@@ -401,8 +402,19 @@ func bind(n Network, port int) (*net.UDPConn, error) {
 		}
 		return nil, &bindError{addr: ap, hint: hint, err: err}
 	}
-	// Best effort: room for bursts of large payloads on a busy machine.
+	// Best effort: room for bursts of large payloads on a busy machine, and
+	// DSCP CS6 (network control) so that switches and qdiscs that honour it
+	// keep heartbeats ahead of bulk replication traffic.
 	_ = c.SetReadBuffer(1 << 20)
+	if rc, err := c.SyscallConn(); err == nil {
+		_ = rc.Control(func(fd uintptr) {
+			if ap.Addr().Is4() {
+				_ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_TOS, dscpCS6)
+			} else {
+				_ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IPV6, syscall.IPV6_TCLASS, dscpCS6)
+			}
+		})
+	}
 	return c, nil
 }
 
@@ -640,7 +652,12 @@ func (m *Membership) receive(idx int, from netip.AddrPort, b []byte, mac hash.Ha
 		win := p.win
 		m.mu.Unlock()
 		s.replayed.Add(1)
-		m.reject(from, idx, "replayed heartbeat refused", "sender", p.name,
+		msg := "replayed heartbeat refused: sequence already seen or too old"
+		if d.Incarnation < win.inc {
+			msg = "heartbeat of an older run of the peer refused: a replay, or the peer lost its state directory " +
+				"(then delete " + p.path + " here to forget its last incarnation)"
+		}
+		m.reject(from, idx, msg, "sender", p.name,
 			"incarnation", d.Incarnation, "seq", d.Seq, "known_incarnation", win.inc, "known_seq", win.top)
 		return
 	}

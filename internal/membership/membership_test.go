@@ -772,3 +772,24 @@ func (s *syncBuffer) String() string {
 }
 
 var _ io.Writer = (*syncBuffer)(nil)
+
+func TestSocketsMarkedCS6(t *testing.T) {
+	c := newTestCluster(t, 1, "a", "b")
+	m, err := New(c.config("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	rc, err := m.conns[0].SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tos int
+	var gerr error
+	if err := rc.Control(func(fd uintptr) { tos, gerr = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_TOS) }); err != nil || gerr != nil {
+		t.Fatal(err, gerr)
+	}
+	if tos != dscpCS6 {
+		t.Fatalf("IP_TOS %#x, want %#x", tos, dscpCS6)
+	}
+}
