@@ -661,6 +661,9 @@ func (m *Membership) receive(idx int, from netip.AddrPort, b []byte, mac hash.Ha
 			"incarnation", d.Incarnation, "seq", d.Seq, "known_incarnation", win.inc, "known_seq", win.top)
 		return
 	}
+	// Only the newest datagram may set the payload: an older copy arriving
+	// late on another network must not roll the peer's state back.
+	newest := d.Incarnation > p.win.inc || d.Seq > p.win.top
 	newInc := p.win.accept(d.Incarnation, d.Seq)
 	persist := newInc && p.win.inc > p.persisted
 	if newInc {
@@ -696,7 +699,7 @@ func (m *Membership) receive(idx int, from netip.AddrPort, b []byte, mac hash.Ha
 			p.alive = true
 			m.log.Info("peer up", "peer", p.name, "incarnation", d.Incarnation, "network", m.cfg.Networks[idx].Name)
 		}
-		if !bytes.Equal(p.payload, d.Payload) {
+		if newest && !bytes.Equal(p.payload, d.Payload) {
 			p.payload, changed = bytes.Clone(d.Payload), true
 		}
 	}
