@@ -12,8 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"go.yaml.in/yaml/v3"
 )
 
 // Defaults of the cluster file.
@@ -158,6 +156,7 @@ func (d *decoder) validateCluster(raw *rawCluster) *Cluster {
 	c := &Cluster{File: d.file}
 
 	switch {
+	case d.bad["name"]:
 	case !d.set("name") || raw.Name == "":
 		d.add(d.line("name"), "name", "required: the cluster name (e.g. name: prod)")
 	case !clusterNameRe.MatchString(raw.Name):
@@ -165,7 +164,7 @@ func (d *decoder) validateCluster(raw *rawCluster) *Cluster {
 	}
 	c.Name = raw.Name
 
-	if !d.set("key_file") || raw.KeyFile == "" {
+	if !d.bad["key_file"] && raw.KeyFile == "" {
 		d.add(d.line("key_file"), "key_file", "required: path of the shared cluster key (e.g. key_file: /etc/tandem/cluster.key)")
 	}
 	c.KeyFile = absPath(base, raw.KeyFile)
@@ -179,7 +178,7 @@ func (d *decoder) validateCluster(raw *rawCluster) *Cluster {
 	d.checkListen("health_listen", raw.HealthListen)
 
 	// Networks.
-	if len(raw.Networks) == 0 {
+	if !d.set("networks") || d.ok("networks") && len(raw.Networks) == 0 {
 		d.add(d.line("networks"), "networks", "required: at least one network name (e.g. networks: [lan])")
 	}
 	netLine := map[string]int{}
@@ -199,20 +198,20 @@ func (d *decoder) validateCluster(raw *rawCluster) *Cluster {
 
 	// Heartbeat.
 	c.Heartbeat = Heartbeat{Port: DefaultHeartbeatPort, Interval: DefaultHeartbeatInterval}
-	if d.set("heartbeat.port") {
+	if d.ok("heartbeat.port") {
 		if raw.Heartbeat.Port < 1 || raw.Heartbeat.Port > 65535 {
 			d.add(d.line("heartbeat.port"), "heartbeat.port", "port %d out of range 1-65535", raw.Heartbeat.Port)
 		}
 		c.Heartbeat.Port = raw.Heartbeat.Port
 	}
-	if d.set("heartbeat.interval") && raw.Heartbeat.Interval > 0 {
+	if d.ok("heartbeat.interval") {
 		c.Heartbeat.Interval = raw.Heartbeat.Interval
 		if c.Heartbeat.Interval < MinHeartbeatInterval {
 			d.add(d.line("heartbeat.interval"), "heartbeat.interval", "%s is too short: at least %s", c.Heartbeat.Interval, MinHeartbeatInterval)
 		}
 	}
 	c.Heartbeat.Timeout = DefaultTimeoutIntervals * c.Heartbeat.Interval
-	if d.set("heartbeat.timeout") && raw.Heartbeat.Timeout > 0 {
+	if d.ok("heartbeat.timeout") {
 		c.Heartbeat.Timeout = raw.Heartbeat.Timeout
 		if minT := MinTimeoutIntervals * c.Heartbeat.Interval; c.Heartbeat.Timeout < minT {
 			d.add(d.line("heartbeat.timeout"), "heartbeat.timeout",
@@ -222,7 +221,7 @@ func (d *decoder) validateCluster(raw *rawCluster) *Cluster {
 	}
 
 	// Nodes.
-	if len(raw.Nodes) < 2 {
+	if !d.bad["nodes"] && len(raw.Nodes) < 2 {
 		d.add(d.line("nodes"), "nodes", "at least 2 nodes are required, found %d", len(raw.Nodes))
 	}
 	nameLine := map[string]int{}
@@ -235,6 +234,9 @@ func (d *decoder) validateCluster(raw *rawCluster) *Cluster {
 	family := map[string]owner{} // network -> first node seen, for family checks
 	for i, rn := range raw.Nodes {
 		p := fmt.Sprintf("nodes[%d]", i)
+		if !d.isMapping(p) {
+			continue // already reported by the decoder
+		}
 		n := Node{Name: rn.Name, Addresses: map[string]netip.Addr{}}
 		switch {
 		case rn.Name == "":
@@ -261,6 +263,9 @@ func (d *decoder) validateCluster(raw *rawCluster) *Cluster {
 			fp := ap + "." + nw
 			text := rn.Addresses[nw]
 			if _, known := netLine[nw]; !known {
+				if !d.ok("networks") {
+					continue // the network list itself is wrong
+				}
 				d.add(d.keyLine(fp), fp, "unknown network %q (networks: %s)", nw, strings.Join(c.Networks, ", "))
 				continue
 			}
@@ -290,7 +295,7 @@ func (d *decoder) validateCluster(raw *rawCluster) *Cluster {
 			}
 			n.Addresses[nw] = a
 		}
-		if d.set(ap) && d.nodes[ap].Kind == yaml.MappingNode {
+		if d.isMapping(ap) {
 			for _, nw := range c.Networks {
 				if _, ok := rn.Addresses[nw]; !ok {
 					d.add(d.line(ap), ap, "no address for network %s: every node needs one address on every network", nw)

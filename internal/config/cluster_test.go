@@ -170,6 +170,9 @@ func checkErrors(t *testing.T, err error, file string, want []wantErr) {
 			t.Errorf("missing error %q ... %q in:\n%s", prefix, w.msg, text)
 		}
 	}
+	if got := Errors(err); len(got) != len(want) {
+		t.Errorf("%d errors, want %d:\n%s", len(got), len(want), text)
+	}
 	for _, e := range Errors(err) {
 		if e.File != file {
 			t.Errorf("error names file %q, want %q", e.File, file)
@@ -197,6 +200,10 @@ func TestLoadClusterErrors(t *testing.T) {
 			[]wantErr{{10, "heartbeat.port", `expected a whole number, got "abc"`}}},
 		{"wrong type list", strings.Replace(baseCluster, "[lan, backup]", "lan", 1),
 			[]wantErr{{3, "networks", "expected a list"}}},
+		{"wrong type for a string", strings.Replace(baseCluster, "name: prod", "name: [prod]", 1),
+			[]wantErr{{1, "name", "expected a single value, got a list"}}},
+		{"wrong type for a required string", strings.Replace(baseCluster, "key_file: cluster.key", "key_file: {a: b}", 1),
+			[]wantErr{{2, "key_file", "expected a single value, got a mapping"}}},
 		{"wrong type mapping", baseCluster + "heartbeat: 5\n",
 			[]wantErr{{9, "heartbeat", "expected a mapping"}}},
 		{"bad duration", baseCluster + "heartbeat:\n  interval: 100ms\n  timeout: 3x\n",
@@ -221,16 +228,20 @@ func TestLoadClusterErrors(t *testing.T) {
 			[]wantErr{{8, "nodes[1].addresses.lan", "address 192.0.2.11 is also node alpha's lan address (line 6)"}}},
 		{"mixed families", strings.Replace(baseCluster, "192.0.2.12", "2001:db8::12", 1),
 			[]wantErr{{8, "nodes[1].addresses.lan", "mixes IPv4 and IPv6"}}},
+		{"node as a plain string", strings.Replace(baseCluster, "  - name: beta\n", "  - beta\n  - name: beta\n", 1),
+			[]wantErr{{7, "nodes[1]", `expected a mapping (key: value), got "beta"`}}},
 		{"bad node name", strings.Replace(baseCluster, "name: beta", "name: Beta_1", 1),
 			[]wantErr{{7, "nodes[1].name", `invalid node name "Beta_1"`}}},
 		{"missing required", "networks: [lan]\nnodes: []\n",
 			[]wantErr{{1, "name", "required"}, {1, "key_file", "required"}, {2, "nodes", "at least 2 nodes"}}},
 		{"empty file", "",
-			[]wantErr{{1, "name", "required"}, {1, "networks", "required"}}},
+			[]wantErr{{1, "name", "required"}, {1, "key_file", "required"}, {1, "networks", "required"}, {1, "nodes", "at least 2 nodes are required, found 0"}}},
 		{"duplicate key", baseCluster + "name: other\n",
 			[]wantErr{{9, "name", "given twice (first at line 1)"}}},
 		{"duplicate network", strings.Replace(baseCluster, "[lan, backup]", "[lan, lan]", 1),
-			[]wantErr{{3, "networks[1]", `network "lan" listed twice`}}},
+			[]wantErr{{3, "networks[1]", `network "lan" listed twice`},
+				{6, "nodes[0].addresses.backup", `unknown network "backup" (networks: lan)`},
+				{8, "nodes[1].addresses.backup", `unknown network "backup"`}}},
 		{"bad health_listen", baseCluster + "health_listen: nowhere\n",
 			[]wantErr{{9, "health_listen", "invalid listen address"}}},
 		{"syntax error with tab", baseCluster + "heartbeat:\n\tport: 1\n",
@@ -433,4 +444,27 @@ nodes:
 	}
 	_, file, err := loadClusterText(t, baseCluster+"base: &b {x: 1}\nheartbeat:\n  <<: *b\n")
 	checkErrors(t, err, file, []wantErr{{9, "base", "unknown field"}, {11, "heartbeat.<<", "merge keys"}})
+}
+
+// No input may panic the parser or the validation; every error names the file.
+func FuzzParseCluster(f *testing.F) {
+	f.Add([]byte(baseCluster))
+	f.Add([]byte(baseCluster + "heartbeat: {interval: 1s, timeout: 2s}\n"))
+	f.Add([]byte("a: &x [*x]\n"))
+	f.Add([]byte("nodes: [{addresses: {lan: [1]}}]\n"))
+	f.Fuzz(func(t *testing.T, src []byte) {
+		c, err := parseCluster("/c.yaml", src)
+		if err == nil {
+			if c == nil {
+				t.Fatal("nil cluster without error")
+			}
+			_ = Digest(c.Fields())
+			return
+		}
+		for _, e := range Errors(err) {
+			if e.File != "/c.yaml" {
+				t.Fatalf("error names %q", e.File)
+			}
+		}
+	})
 }

@@ -28,11 +28,12 @@ type decoder struct {
 	file  string
 	errs  []*Error
 	nodes map[string]*yaml.Node // field path -> value node (null included)
+	bad   map[string]bool       // paths whose value could not be decoded
 	keys  map[string]*yaml.Node // field path -> key node
 }
 
 func newDecoder(file string) *decoder {
-	return &decoder{file: file, nodes: map[string]*yaml.Node{}, keys: map[string]*yaml.Node{}}
+	return &decoder{file: file, nodes: map[string]*yaml.Node{}, keys: map[string]*yaml.Node{}, bad: map[string]bool{}}
 }
 
 // parse reads exactly one YAML document. A missing or empty document yields
@@ -68,10 +69,28 @@ func (d *decoder) add(line int, field, format string, args ...any) {
 	d.errs = append(d.errs, errorf(d.file, line, field, format, args...))
 }
 
+// fail records a value that could not be decoded: semantic checks then
+// leave path alone rather than repeat the problem.
+func (d *decoder) fail(line int, path, format string, args ...any) {
+	d.bad[path] = true
+	d.add(line, path, format, args...)
+}
+
+// ok reports whether path was given a value that decoded cleanly.
+func (d *decoder) ok(path string) bool {
+	return d.set(path) && !d.bad[path]
+}
+
 // set reports whether path was given a non-null value in the file.
 func (d *decoder) set(path string) bool {
 	n, ok := d.nodes[path]
 	return ok && !isNull(n)
+}
+
+// isMapping reports whether path holds a mapping in the file.
+func (d *decoder) isMapping(path string) bool {
+	n, ok := d.nodes[path]
+	return ok && n.Kind == yaml.MappingNode
 }
 
 // line returns the line of path's value, or of its closest ancestor that
@@ -150,7 +169,7 @@ func (d *decoder) decode(n *yaml.Node, path string, v reflect.Value) {
 		d.structure(n, path, v)
 	case reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
-			d.add(n.Line, path, "expected a list (e.g. [a, b] or lines starting with '- '), got %s", describe(n))
+			d.fail(n.Line, path, "expected a list (e.g. [a, b] or lines starting with '- '), got %s", describe(n))
 			return
 		}
 		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
@@ -160,7 +179,7 @@ func (d *decoder) decode(n *yaml.Node, path string, v reflect.Value) {
 		v.Set(s)
 	case reflect.Map:
 		if n.Kind != yaml.MappingNode {
-			d.add(n.Line, path, "expected a mapping (key: value), got %s", describe(n))
+			d.fail(n.Line, path, "expected a mapping (key: value), got %s", describe(n))
 			return
 		}
 		m := reflect.MakeMap(v.Type())
@@ -174,44 +193,44 @@ func (d *decoder) decode(n *yaml.Node, path string, v reflect.Value) {
 		v.Set(m)
 	case reflect.String:
 		if n.Kind != yaml.ScalarNode {
-			d.add(n.Line, path, "expected a single value, got %s", describe(n))
+			d.fail(n.Line, path, "expected a single value, got %s", describe(n))
 			return
 		}
 		v.SetString(n.Value)
 	case reflect.Int:
 		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" {
-			d.add(n.Line, path, "expected a whole number, got %s", describe(n))
+			d.fail(n.Line, path, "expected a whole number, got %s", describe(n))
 			return
 		}
 		var i int
 		if err := n.Decode(&i); err != nil {
-			d.add(n.Line, path, "number %s out of range", n.Value)
+			d.fail(n.Line, path, "number %s out of range", n.Value)
 			return
 		}
 		v.SetInt(int64(i))
 	default:
 		// Only reached by a programming error in a raw struct.
-		d.add(n.Line, path, "internal error: cannot decode into %s", v.Type())
+		d.fail(n.Line, path, "internal error: cannot decode into %s", v.Type())
 	}
 }
 
 func (d *decoder) duration(n *yaml.Node, path string, v reflect.Value) {
 	const hint = "(use e.g. 500ms, 3s)"
 	if n.Kind != yaml.ScalarNode {
-		d.add(n.Line, path, "expected a duration %s, got %s", hint, describe(n))
+		d.fail(n.Line, path, "expected a duration %s, got %s", hint, describe(n))
 		return
 	}
 	t, err := time.ParseDuration(n.Value)
 	if err != nil {
 		if _, nerr := strconv.ParseFloat(n.Value, 64); nerr == nil {
-			d.add(n.Line, path, "invalid duration %q: a unit is needed %s", n.Value, hint)
+			d.fail(n.Line, path, "invalid duration %q: a unit is needed %s", n.Value, hint)
 		} else {
-			d.add(n.Line, path, "invalid duration %q %s", n.Value, hint)
+			d.fail(n.Line, path, "invalid duration %q %s", n.Value, hint)
 		}
 		return
 	}
 	if t <= 0 {
-		d.add(n.Line, path, "duration %q must be greater than zero", n.Value)
+		d.fail(n.Line, path, "duration %q must be greater than zero", n.Value)
 		return
 	}
 	v.SetInt(int64(t))
@@ -242,7 +261,7 @@ func (d *decoder) pairs(n *yaml.Node, path string, f func(key string, k, v *yaml
 
 func (d *decoder) structure(n *yaml.Node, path string, v reflect.Value) {
 	if n.Kind != yaml.MappingNode {
-		d.add(n.Line, path, "expected a mapping (key: value), got %s", describe(n))
+		d.fail(n.Line, path, "expected a mapping (key: value), got %s", describe(n))
 		return
 	}
 	t := v.Type()

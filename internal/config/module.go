@@ -126,7 +126,9 @@ func (m *Module) Fields() []Field {
 	return sortFields(f)
 }
 
-// LoadModule reads and validates the module in dir against cluster c.
+// LoadModule reads and validates the module in dir against cluster c. With
+// a nil c, the checks that need the cluster (node names, addresses) are
+// skipped.
 func LoadModule(dir string, c *Cluster) (*Module, error) {
 	m, errs := loadModule(dir, c)
 	if err := joinErrors(errs); err != nil {
@@ -159,24 +161,35 @@ func loadModule(dir string, c *Cluster) (*Module, []*Error) {
 		}
 		return nil, append(errs, &Error{File: file, Msg: msg})
 	}
+	m, perrs := parseModule(file, src, c)
+	errs = append(errs, perrs...)
+	if m == nil {
+		return nil, errs
+	}
+	m.Name, m.Dir = name, abs
+	errs = append(errs, checkScripts(m)...)
+	return m, errs
+}
+
+// parseModule decodes and validates the text of a module file.
+func parseModule(file string, src []byte, c *Cluster) (*Module, []*Error) {
 	d := newDecoder(file)
 	root, ok := d.parse(src)
 	if !ok {
-		return nil, append(errs, d.errs...)
+		return nil, d.errs
 	}
 	var raw rawModule
 	d.decode(root, "", reflect.ValueOf(&raw).Elem())
 	m := d.validateModule(&raw, c)
-	m.Name, m.Dir, m.File = name, abs, file
-	errs = append(errs, d.errs...)
-	errs = append(errs, checkScripts(m)...)
-	return m, errs
+	m.File = file
+	return m, d.errs
 }
 
 func (d *decoder) validateModule(raw *rawModule, c *Cluster) *Module {
 	m := &Module{Kind: raw.Kind}
 	switch {
-	case !d.set("kind") || raw.Kind == "":
+	case d.bad["kind"]:
+	case raw.Kind == "":
 		d.add(d.line("kind"), "kind", "required: the module kind (kind: mirror)")
 	case raw.Kind == "farm":
 		d.add(d.line("kind"), "kind", "kind farm is not supported yet (supported: mirror)")
@@ -218,6 +231,9 @@ func (d *decoder) validateModule(raw *rawModule, c *Cluster) *Module {
 	first := map[netip.Addr]int{}
 	for i, rv := range raw.VIPs {
 		p := fmt.Sprintf("vips[%d]", i)
+		if !d.isMapping(p) {
+			continue // already reported by the decoder
+		}
 		ap := p + ".address"
 		if rv.Address == "" {
 			d.add(d.line(ap), ap, "required: the virtual IP with its prefix length (e.g. address: 192.0.2.100/24)")
@@ -238,6 +254,10 @@ func (d *decoder) validateModule(raw *rawModule, c *Cluster) *Module {
 		}
 		a := pfx.Addr()
 		if a.Is4In6() {
+			if pfx.Bits() < 96 {
+				d.add(d.line(ap), ap, "%s: write an IPv4 virtual IP in IPv4 form, e.g. %s/24", rv.Address, a.Unmap())
+				continue
+			}
 			pfx = netip.PrefixFrom(a.Unmap(), pfx.Bits()-96)
 			a = pfx.Addr()
 		}
@@ -349,6 +369,7 @@ func vipConflicts(set []*loaded) {
 	type use struct {
 		l *loaded
 		v VIP
+		i int
 	}
 	seen := map[netip.Addr]use{}
 	for _, l := range set {
@@ -359,7 +380,7 @@ func vipConflicts(set []*loaded) {
 			a := v.Address.Addr()
 			u, dup := seen[a]
 			if !dup {
-				seen[a] = use{l, v}
+				seen[a] = use{l, v, i}
 				continue
 			}
 			if u.l.m.Name == l.m.Name {
@@ -367,7 +388,7 @@ func vipConflicts(set []*loaded) {
 			}
 			l.errs = append(l.errs, errorf(l.m.File, v.Line, fmt.Sprintf("vips[%d].address", i),
 				"virtual IP %s is also used by module %s (%s:%d)", a, u.l.m.Name, u.l.m.File, u.v.Line))
-			u.l.errs = append(u.l.errs, errorf(u.l.m.File, u.v.Line, "",
+			u.l.errs = append(u.l.errs, errorf(u.l.m.File, u.v.Line, fmt.Sprintf("vips[%d].address", u.i),
 				"virtual IP %s is also used by module %s (%s:%d)", a, l.m.Name, l.m.File, v.Line))
 		}
 	}

@@ -114,6 +114,8 @@ func TestLoadModuleErrors(t *testing.T) {
 			[]wantErr{{4, "scripts.stop_timeout", `invalid duration "10 seconds" (use e.g. 500ms, 3s)`}}},
 		{"negative duration", baseModule + "scripts: {timeout: -1s}\n",
 			[]wantErr{{3, "scripts.timeout", "greater than zero"}}},
+		{"kind of wrong type", "kind: [mirror]\nnodes: [alpha, beta]\n",
+			[]wantErr{{1, "kind", "expected a single value"}}},
 		{"kind missing", "nodes: [alpha, beta]\n",
 			[]wantErr{{1, "kind", "required"}}},
 		{"kind farm", "kind: farm\nnodes: [alpha, beta]\n",
@@ -130,8 +132,12 @@ func TestLoadModuleErrors(t *testing.T) {
 			[]wantErr{{3, "default_primary", `"gamma" is not one of this module's nodes (alpha, beta)`}}},
 		{"VIP without prefix", baseModule + "vips:\n  - address: 192.0.2.100\n",
 			[]wantErr{{4, "vips[0].address", "write it as CIDR, e.g. 192.0.2.100/24"}}},
+		{"VIP as a plain string", baseModule + "vips:\n  - 192.0.2.100/24\n",
+			[]wantErr{{4, "vips[0]", `expected a mapping (key: value), got "192.0.2.100/24"`}}},
 		{"VIP invalid", baseModule + "vips:\n  - address: 192.0.2.500/24\n",
 			[]wantErr{{4, "vips[0].address", `invalid address "192.0.2.500/24"`}}},
+		{"VIP IPv4-mapped short prefix", baseModule + "vips:\n  - address: \"::ffff:192.0.2.1/64\"\n",
+			[]wantErr{{4, "vips[0].address", "write an IPv4 virtual IP in IPv4 form"}}},
 		{"duplicate VIP in module", baseModule + "vips:\n  - address: 192.0.2.100/24\n  - address: 192.0.2.100/25\n",
 			[]wantErr{{5, "vips[1].address", "virtual IP 192.0.2.100 is already listed at line 4"}}},
 		{"VIP is a node address", baseModule + "vips:\n  - address: 192.0.2.11/24\n",
@@ -258,7 +264,7 @@ func TestLoadModulesVIPAcrossModules(t *testing.T) {
 	if !strings.Contains(err.Error(), want) {
 		t.Errorf("missing %q in:\n%s", want, err)
 	}
-	want = fmt.Sprintf("%s:4: virtual IP 192.0.2.50 is also used by module b (%s:5)", fa, fb)
+	want = fmt.Sprintf("%s:4: vips[0].address: virtual IP 192.0.2.50 is also used by module b (%s:5)", fa, fb)
 	if !strings.Contains(err.Error(), want) {
 		t.Errorf("missing %q in:\n%s", want, err)
 	}
@@ -351,4 +357,24 @@ func TestModuleFields(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("diff = %q, want %q", got, want)
 	}
+}
+
+func FuzzParseModule(f *testing.F) {
+	c, err := parseCluster("/c.yaml", []byte(baseCluster))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add([]byte(baseModule + "default_primary: alpha\nvips: [{address: 192.0.2.1/24, interface: eth0}]\nscripts: {timeout: 1s}\n"))
+	f.Add([]byte("kind: farm\nnodes: [a, a, b]\nvips: [1, {address: \"::ffff:192.0.2.1/120\"}]\n"))
+	f.Fuzz(func(t *testing.T, src []byte) {
+		m, errs := parseModule("/m/module.yaml", src, c)
+		if m != nil {
+			_ = Digest(m.Fields())
+		}
+		for _, e := range errs {
+			if e.File != "/m/module.yaml" {
+				t.Fatalf("error names %q", e.File)
+			}
+		}
+	})
 }
