@@ -302,14 +302,11 @@ func (h *handler) logs(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
-	send := func(e eventlog.Event) error {
-		line, err := json.Marshal(e)
-		if err != nil {
-			return nil // cannot happen for a parsed event; skip it
-		}
-		_, err = w.Write(append(line, '\n'))
-		return err
-	}
+	// Encoder writes one line per event; no HTML escaping, so "->" in a
+	// message stays readable in --json output.
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	send := func(e eventlog.Event) error { return enc.Encode(e) }
 	for _, e := range evs {
 		if send(e) != nil {
 			return
