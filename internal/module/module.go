@@ -123,6 +123,8 @@ func New(node, peer string, preferred bool, p Persistent) Machine {
 	if m.Persistent.State == "" {
 		m.Persistent.State = Stop
 	}
+	// Until Boot runs, show what ran last (Boot cleans it up after a crash).
+	m.State = m.Persistent.State
 	return m
 }
 

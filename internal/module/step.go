@@ -222,6 +222,7 @@ func primCmd(m Machine, force bool) (Machine, []Action, error) {
 			m.Node, m.Epoch, lost, m.PeerName, m.Node))
 	}
 	m.Want, m.failure = WantPrim, ""
+	m.Booting = false // the administrator decided; no need to wait for the peer
 	if m.State == Stop {
 		m.Started, m.ShuttingDown = true, false
 		m2, more, err := startFromStop(m)

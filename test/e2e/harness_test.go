@@ -417,3 +417,21 @@ func (c *cluster) waitAgent(name string) {
 	}
 	c.t.Fatalf("agent %s did not answer on its socket within 15s", name)
 }
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// waitReason waits until node name is in state with a reason containing sub.
+func (c *cluster) waitReason(name, state, sub string, within time.Duration) api.ModuleStatus {
+	c.t.Helper()
+	deadline := time.Now().Add(within)
+	var last api.ModuleStatus
+	for time.Now().Before(deadline) {
+		last, _ = c.status(name)
+		if last.State == state && strings.Contains(last.Reason, sub) {
+			return last
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.t.Fatalf("%s: want %s with a reason containing %q, last %s (%q)", name, state, sub, last.State, last.Reason)
+	return last
+}
