@@ -1,0 +1,450 @@
+// Package tcluster runs a two-node Tandem cluster in the test bed: real
+// agents, a mirror module whose start_prim runs a TCP service answering with
+// the node name, and a client host that reaches it through the VIP. Shared
+// by the end-to-end tests, the benchmarks and the demo.
+package tcluster
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tandem-ha/tandem/internal/api"
+	"github.com/tandem-ha/tandem/internal/testbed"
+)
+
+// Binaries are the programs a cluster runs.
+type Binaries struct {
+	Tandem     string // the tandem binary
+	Nameserver string // test/apps/nameserver
+}
+
+// Build compiles tandem and the test service into dir (CGO off: static).
+func Build(dir string) (Binaries, error) {
+	b := Binaries{Tandem: filepath.Join(dir, "tandem"), Nameserver: filepath.Join(dir, "nameserver")}
+	if err := build(b.Tandem, "./cmd/tandem"); err != nil {
+		return b, err
+	}
+	return b, build(b.Nameserver, "./test/apps/nameserver")
+}
+
+func build(out, pkg string) error {
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = RepoRoot()
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
+	}
+	return nil
+}
+
+// RepoRoot is the module root (where go.mod is).
+func RepoRoot() string {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil || strings.TrimSpace(string(out)) == "" || strings.TrimSpace(string(out)) == os.DevNull {
+		return "."
+	}
+	return filepath.Dir(strings.TrimSpace(string(out)))
+}
+
+// Module is the test module's name; AppPort the service's TCP port.
+const (
+	Module  = "web"
+	AppPort = 7000
+)
+
+// Options shape the cluster and its module.
+type Options struct {
+	Interval, Timeout string            // heartbeat; default 100ms / 600ms
+	VIPs              []string          // default 192.0.2.100/24
+	Scripts           map[string]string // extra or replacing scripts in bin/
+	HealthListen      string
+	ExtraCluster      string // appended to the cluster file
+}
+
+// Node is one cluster node of the bed.
+type Node struct {
+	name string
+	Host *testbed.Host
+	proc *testbed.Proc
+	api  *api.Client
+	cfg  string
+	app  string // pid file of the test service
+}
+
+// Cluster is a running two-node test cluster.
+type Cluster struct {
+	t      testbed.TB
+	bins   Binaries
+	bed    *testbed.Bed
+	dir    string
+	nodes  map[string]*Node
+	Client *testbed.Host
+	vips   []netip.Prefix
+
+	stopOnce    sync.Mutex
+	samplerStop chan struct{}
+	samplerDone chan struct{}
+	samples     atomic.Int64
+	violations  atomic.Int64
+	violation   atomic.Value // string
+}
+
+const startPrim = `#!/bin/sh
+# start the test service (answers with the node name)
+setsid %s -listen :%d -name "$TANDEM_NODE" -pidfile "$TANDEM_STATE_DIR/app.pid" >/dev/null 2>&1 </dev/null &
+i=0
+while [ ! -s "$TANDEM_STATE_DIR/app.pid" ] && [ $i -lt 200 ]; do sleep 0.01; i=$((i+1)); done
+echo "service started on $TANDEM_NODE ($1 -> $2)"
+`
+
+const stopPrim = `#!/bin/sh
+if [ -s "$TANDEM_STATE_DIR/app.pid" ]; then
+  kill -9 "$(cat "$TANDEM_STATE_DIR/app.pid")" 2>/dev/null
+  rm -f "$TANDEM_STATE_DIR/app.pid"
+fi
+echo "service stopped on $TANDEM_NODE ($3)"
+`
+
+// New builds the bed (alpha, beta, client), the cluster file, key and the
+// test module; agents are started with Start or StartPair.
+func New(t testbed.TB, bins Binaries, o Options) *Cluster {
+	t.Helper()
+	if o.Interval == "" {
+		o.Interval = "100ms"
+	}
+	if o.Timeout == "" {
+		o.Timeout = "600ms"
+	}
+	if len(o.VIPs) == 0 {
+		o.VIPs = []string{"192.0.2.100/24"}
+	}
+	bed := testbed.NewT(t, testbed.Options{})
+	c := &Cluster{t: t, bins: bins, bed: bed, dir: bed.Dir(), nodes: map[string]*Node{}}
+	for _, name := range []string{"alpha", "beta"} {
+		h, err := bed.AddHost(name)
+		if err != nil {
+			t.Fatalf("%v", err)
+		}
+		c.nodes[name] = &Node{name: name, Host: h}
+	}
+	client, err := bed.AddHost("client")
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	c.Client = client
+	for _, v := range o.VIPs {
+		c.vips = append(c.vips, netip.MustParsePrefix(v))
+	}
+
+	key := make([]byte, 32)
+	rand.Read(key)
+	keyFile := filepath.Join(c.dir, "cluster.key")
+	must(t, os.WriteFile(keyFile, []byte(hex.EncodeToString(key)+"\n"), 0o600))
+	var b strings.Builder
+	fmt.Fprintf(&b, "name: e2e\nkey_file: %s\nmodules_dir: %s\nnetworks: [lan, backup]\n", keyFile, filepath.Join(c.dir, "modules"))
+	fmt.Fprintf(&b, "heartbeat:\n  interval: %s\n  timeout: %s\n", o.Interval, o.Timeout)
+	if o.HealthListen != "" {
+		fmt.Fprintf(&b, "health_listen: %q\n", o.HealthListen)
+	}
+	b.WriteString("nodes:\n")
+	for _, name := range []string{"alpha", "beta"} {
+		n := c.nodes[name]
+		fmt.Fprintf(&b, "  - name: %s\n    addresses: {lan: %s, backup: %s}\n    socket: %s\n    state_dir: %s\n",
+			name, n.Host.Addr("lan"), n.Host.Addr("backup"), filepath.Join(c.dir, name+".sock"), filepath.Join(c.dir, "state-"+name))
+	}
+	b.WriteString(o.ExtraCluster)
+	cfg := filepath.Join(c.dir, "cluster.yaml")
+	must(t, os.WriteFile(cfg, []byte(b.String()), 0o644))
+
+	mdir := filepath.Join(c.dir, "modules", Module)
+	must(t, os.MkdirAll(filepath.Join(mdir, "bin"), 0o755))
+	var m strings.Builder
+	m.WriteString("kind: mirror\nnodes: [alpha, beta]\ndefault_primary: alpha\nvips:\n")
+	for _, v := range o.VIPs {
+		fmt.Fprintf(&m, "  - address: %s\n", v)
+	}
+	m.WriteString("scripts:\n  timeout: 10s\n  stop_timeout: 5s\n")
+	must(t, os.WriteFile(filepath.Join(mdir, "module.yaml"), []byte(m.String()), 0o644))
+	scripts := map[string]string{
+		"start_prim": fmt.Sprintf(startPrim, c.bins.Nameserver, AppPort),
+		"stop_prim":  stopPrim,
+	}
+	for k, v := range o.Scripts {
+		scripts[k] = v
+	}
+	for name, body := range scripts {
+		must(t, os.WriteFile(filepath.Join(mdir, "bin", name), []byte(body), 0o755))
+	}
+	for _, n := range c.nodes {
+		n.cfg = cfg
+		n.api = &api.Client{Socket: filepath.Join(c.dir, n.name+".sock"), Timeout: 3 * time.Second}
+		n.app = filepath.Join(c.dir, "state-"+n.name, "modules", Module, "app.pid")
+	}
+	c.startSampler()
+	t.Cleanup(c.StopSampler)
+	return c
+}
+
+func must(t testbed.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+}
+
+func (c *Cluster) Node(name string) *Node { return c.nodes[name] }
+
+func (c *Cluster) Start(name string) {
+	c.t.Helper()
+	n := c.nodes[name]
+	p, err := n.Host.Start(c.bins.Tandem, "agent", "--config", n.cfg, "--node", name)
+	if err != nil {
+		c.t.Fatalf("start agent %s: %v", name, err)
+	}
+	n.proc = p
+	c.t.Cleanup(func() {
+		if c.t.Failed() {
+			if log, err := p.Log(); err == nil {
+				c.t.Logf("agent %s log:\n%s", name, tail(log, 60))
+			}
+		}
+	})
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// kill9 kills the node's agent and its application with SIGKILL, like a
+// crash of the server's processes.
+func (c *Cluster) Kill9(name string) {
+	c.t.Helper()
+	n := c.nodes[name]
+	if n.proc != nil {
+		if err := n.proc.Kill9(); err != nil {
+			c.t.Fatalf("kill -9 agent %s: %v", name, err)
+		}
+	}
+	if b, err := os.ReadFile(n.app); err == nil {
+		exec.Command("kill", "-9", strings.TrimSpace(string(b))).Run()
+	}
+}
+
+// sigterm stops the agent cleanly and waits for it to exit.
+func (c *Cluster) Sigterm(name string) {
+	c.t.Helper()
+	n := c.nodes[name]
+	must(c.t, n.proc.Signal(os.Interrupt))
+	if err := n.proc.Wait(30 * time.Second); err != nil {
+		c.t.Logf("agent %s exit: %v", name, err)
+	}
+}
+
+func (c *Cluster) Status(name string) (api.ModuleStatus, error) {
+	st, err := c.nodes[name].api.Status(Module)
+	if err != nil {
+		return api.ModuleStatus{}, err
+	}
+	if len(st.Modules) != 1 {
+		return api.ModuleStatus{}, fmt.Errorf("status of %s: %d modules", name, len(st.Modules))
+	}
+	return st.Modules[0], nil
+}
+
+// waitState waits until node name reports state (and no transition).
+func (c *Cluster) WaitState(name, state string, within time.Duration) api.ModuleStatus {
+	c.t.Helper()
+	deadline := time.Now().Add(within)
+	var last api.ModuleStatus
+	var lastErr error
+	for time.Now().Before(deadline) {
+		last, lastErr = c.Status(name)
+		if lastErr == nil && last.State == state && last.Target == "" {
+			return last
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.t.Fatalf("%s did not reach %s within %s: last %s (target %q, reason %q) err=%v", name, state, within, last.State, last.Target, last.Reason, lastErr)
+	return last
+}
+
+func (c *Cluster) Command(name, verb string, opts api.CommandOptions) (string, error) {
+	return c.nodes[name].api.Command(Module, verb, opts)
+}
+
+// reach connects from the client host to the VIP and returns the node name
+// the service answered with.
+func (c *Cluster) Reach(vip netip.Addr, timeout time.Duration) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	conn, err := c.Client.Dial(ctx, "tcp", netip.AddrPortFrom(vip, AppPort).String())
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(timeout))
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	return strings.TrimSpace(line), err
+}
+
+// waitReach retries until the service answers from node want; it returns
+// the time taken.
+func (c *Cluster) WaitReach(vip netip.Addr, want string, within time.Duration) time.Duration {
+	c.t.Helper()
+	start := time.Now()
+	var got string
+	var err error
+	for time.Since(start) < within {
+		got, err = c.Reach(vip, 200*time.Millisecond)
+		if err == nil && got == want {
+			return time.Since(start)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	c.t.Fatalf("client did not reach the service on %s through %s within %s: last answer %q err=%v", want, vip, within, got, err)
+	return 0
+}
+
+// startSampler checks every few milliseconds that no VIP is held by two
+// nodes at once.
+func (c *Cluster) startSampler() {
+	c.samplerStop = make(chan struct{})
+	c.samplerDone = make(chan struct{})
+	go func() {
+		defer close(c.samplerDone)
+		t := time.NewTicker(5 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-c.samplerStop:
+				return
+			case <-t.C:
+			}
+			for _, v := range c.vips {
+				holders := []string{}
+				for _, n := range c.nodes {
+					if ok, err := n.Host.HasAddr(v.Addr()); err == nil && ok {
+						holders = append(holders, n.name)
+					}
+				}
+				c.samples.Add(1)
+				if len(holders) > 1 {
+					if c.violations.Add(1) == 1 {
+						c.violation.Store(fmt.Sprintf("%s held by %v at %s", v, holders, time.Now().Format("15:04:05.000")))
+					}
+				}
+			}
+		}
+	}()
+}
+
+// StopSampler ends the VIP sampler and fails the test if a VIP was ever
+// seen on two nodes at once. It runs at cleanup; calling it earlier is fine.
+func (c *Cluster) StopSampler() {
+	c.stopOnce.Lock()
+	defer c.stopOnce.Unlock()
+	select {
+	case <-c.samplerStop:
+		return
+	default:
+	}
+	close(c.samplerStop)
+	<-c.samplerDone
+	if n := c.violations.Load(); n > 0 {
+		c.t.Errorf("VIP held by two nodes at once in %d of %d samples; first: %v", n, c.samples.Load(), c.violation.Load())
+	} else {
+		c.t.Logf("VIP sampler: %d samples, never on two nodes", c.samples.Load())
+	}
+}
+
+// holder names the node that has the VIP now ("" if none).
+func (c *Cluster) Holder(v netip.Addr) string {
+	var out []string
+	for _, n := range c.nodes {
+		if ok, _ := n.Host.HasAddr(v); ok {
+			out = append(out, n.name)
+		}
+	}
+	return strings.Join(out, ",")
+}
+
+// startPair starts both agents and waits for alpha PRIM, beta SECOND.
+func (c *Cluster) StartPair() {
+	c.t.Helper()
+	c.Start("alpha")
+	c.Start("beta")
+	for _, n := range []string{"alpha", "beta"} {
+		c.WaitAgent(n)
+		if _, err := c.Command(n, "start", api.CommandOptions{}); err != nil {
+			c.t.Fatalf("start module on %s: %v", n, err)
+		}
+	}
+	c.WaitState("alpha", "PRIM", 15*time.Second)
+	c.WaitState("beta", "SECOND", 15*time.Second)
+}
+
+func (c *Cluster) WaitAgent(name string) {
+	c.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := c.Status(name); err == nil {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.t.Fatalf("agent %s did not answer on its socket within 15s", name)
+}
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// waitReason waits until node name is in state with a reason containing sub.
+func (c *Cluster) WaitReason(name, state, sub string, within time.Duration) api.ModuleStatus {
+	c.t.Helper()
+	deadline := time.Now().Add(within)
+	var last api.ModuleStatus
+	for time.Now().Before(deadline) {
+		last, _ = c.Status(name)
+		if last.State == state && strings.Contains(last.Reason, sub) {
+			return last
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.t.Fatalf("%s: want %s with a reason containing %q, last %s (%q)", name, state, sub, last.State, last.Reason)
+	return last
+}
+
+// Dir is the bed's directory (configs, sockets, state, logs).
+func (c *Cluster) Dir() string { return c.dir }
+
+// Bed is the underlying test bed.
+func (c *Cluster) Bed() *testbed.Bed { return c.bed }
+
+// ConfigPath is the cluster file shared by both nodes.
+func (c *Cluster) ConfigPath() string { return filepath.Join(c.dir, "cluster.yaml") }
+
+// ModuleDir is the test module's directory.
+func (c *Cluster) ModuleDir() string { return filepath.Join(c.dir, "modules", Module) }
+
+// Name is the node's name.
+func (n *Node) Name() string { return n.name }
+
+// API is the node's control API client.
+func (n *Node) API() *api.Client { return n.api }
+
+// Proc is the node's running agent (nil before Start).
+func (n *Node) Proc() *testbed.Proc { return n.proc }
