@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every test of the repository: unit tests, then the multi-host
+# end-to-end tests, which need root (network namespaces) and skip without it.
+# As root it first installs the system tools the tests use (Debian packages).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin"
+
+# command -> Debian package
+declare -A tools=(
+  [ip]=iproute2 [nsenter]=util-linux [unshare]=util-linux [nft]=nftables
+  [ping]=iputils-ping [keepalived]=keepalived
+)
+missing=()
+for cmd in "${!tools[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${tools[$cmd]}")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(printf '%s\n' "${missing[@]}" | sort -u) >/dev/null
+  else
+    echo "warning: missing ${missing[*]}; the tests that need them will fail or skip" >&2
+  fi
+fi
+
+go vet ./...
+go test -count=1 -timeout 20m ./... "$@"
