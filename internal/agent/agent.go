@@ -215,6 +215,16 @@ func (a *Agent) shutdown() {
 
 // publish sends this node's view to the peers with the next heartbeat, at once.
 func (a *Agent) publish() {
+	b, err := json.Marshal(a.payloadNow())
+	if err != nil {
+		a.log.Error("encode heartbeat payload", "err", err)
+		return
+	}
+	a.mem.SetPayload(b)
+}
+
+// payloadNow is this node's view for its peers.
+func (a *Agent) payloadNow() payload {
 	p := payload{ClusterDigest: a.clusterDigest, Modules: map[string]modView{}}
 	a.mu.Lock()
 	for _, pi := range a.peerViews {
@@ -233,12 +243,7 @@ func (a *Agent) publish() {
 		}
 		p.Modules[r.cfg.Name] = v
 	}
-	b, err := json.Marshal(p)
-	if err != nil {
-		a.log.Error("encode heartbeat payload", "err", err)
-		return
-	}
-	a.mem.SetPayload(b)
+	return p
 }
 
 // watchPeers turns membership changes into per-module peer views.
