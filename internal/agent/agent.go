@@ -6,7 +6,6 @@ package agent
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -460,5 +459,3 @@ func (a *Agent) LogPath(name string) (string, error) {
 }
 
 func modDir(stateDir, name string) string { return filepath.Join(stateDir, "modules", name) }
-
-var errStopped = errors.New("agent is stopping")

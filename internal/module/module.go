@@ -52,8 +52,6 @@ type Peer struct {
 // usable reports whether the peer can take part in decisions.
 func (p Peer) usable() bool { return p.Alive && p.Known && p.Incompatible == "" }
 
-// serving reports whether the peer holds or is taking the VIPs.
-func (p Peer) serving() bool { return p.usable() && (p.State.Serving() || p.Target.Serving()) }
 
 // Persistent is the part of a machine written to disk after every step; it
 // survives agent restarts.

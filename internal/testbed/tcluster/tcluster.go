@@ -410,8 +410,6 @@ func (c *Cluster) WaitAgent(name string) {
 	c.t.Fatalf("agent %s did not answer on its socket within 15s", name)
 }
 
-func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
-
 // waitReason waits until node name is in state with a reason containing sub.
 func (c *Cluster) WaitReason(name, state, sub string, within time.Duration) api.ModuleStatus {
 	c.t.Helper()
