@@ -446,6 +446,9 @@ func (a *Agent) Command(name, verb string, opts api.CommandOptions) (string, err
 	if m.Reason != "" {
 		msg += " (" + m.Reason + ")"
 	}
+	if verb == "second" && opts.Full {
+		msg += "; --full: this module replicates no directory, there is nothing to resynchronise"
+	}
 	return msg, nil
 }
 

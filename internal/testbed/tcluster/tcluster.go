@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/tandem-ha/tandem/internal/api"
+	"github.com/tandem-ha/tandem/internal/eventlog"
 	"github.com/tandem-ha/tandem/internal/testbed"
 )
 
@@ -70,6 +71,9 @@ type Options struct {
 	Scripts           map[string]string // extra or replacing scripts in bin/
 	HealthListen      string
 	ExtraCluster      string // appended to the cluster file
+	// ScriptTimeout and StopTimeout go to module.yaml's scripts section;
+	// default 10s / 5s.
+	ScriptTimeout, StopTimeout string
 }
 
 // Node is one cluster node of the bed.
@@ -93,6 +97,8 @@ type Cluster struct {
 	vips   []netip.Prefix
 
 	stopOnce    sync.Mutex
+	sampleMu    sync.Mutex // held during one sample; Pause/Resume take it
+	paused      bool       // guarded by sampleMu
 	samplerStop chan struct{}
 	samplerDone chan struct{}
 	samples     atomic.Int64
@@ -116,6 +122,16 @@ fi
 echo "service stopped on $TANDEM_NODE ($3)"
 `
 
+// ServiceScripts are the module's default start_prim (starts the test
+// service, answering with the node name) and stop_prim (kills it), for
+// tests that wrap them in scripts of their own.
+func ServiceScripts(b Binaries) map[string]string {
+	return map[string]string{
+		"start_prim": fmt.Sprintf(startPrim, b.Nameserver, AppPort),
+		"stop_prim":  stopPrim,
+	}
+}
+
 // New builds the bed (alpha, beta, client), the cluster file, key and the
 // test module; agents are started with Start or StartPair.
 func New(t testbed.TB, bins Binaries, o Options) *Cluster {
@@ -128,6 +144,12 @@ func New(t testbed.TB, bins Binaries, o Options) *Cluster {
 	}
 	if len(o.VIPs) == 0 {
 		o.VIPs = []string{"192.0.2.100/24"}
+	}
+	if o.ScriptTimeout == "" {
+		o.ScriptTimeout = "10s"
+	}
+	if o.StopTimeout == "" {
+		o.StopTimeout = "5s"
 	}
 	bed := testbed.NewT(t, testbed.Options{})
 	c := &Cluster{t: t, bins: bins, bed: bed, dir: bed.Dir(), nodes: map[string]*Node{}}
@@ -174,12 +196,9 @@ func New(t testbed.TB, bins Binaries, o Options) *Cluster {
 	for _, v := range o.VIPs {
 		fmt.Fprintf(&m, "  - address: %s\n", v)
 	}
-	m.WriteString("scripts:\n  timeout: 10s\n  stop_timeout: 5s\n")
+	fmt.Fprintf(&m, "scripts:\n  timeout: %s\n  stop_timeout: %s\n", o.ScriptTimeout, o.StopTimeout)
 	must(t, os.WriteFile(filepath.Join(mdir, "module.yaml"), []byte(m.String()), 0o644))
-	scripts := map[string]string{
-		"start_prim": fmt.Sprintf(startPrim, c.bins.Nameserver, AppPort),
-		"stop_prim":  stopPrim,
-	}
+	scripts := ServiceScripts(bins)
 	for k, v := range o.Scripts {
 		scripts[k] = v
 	}
@@ -335,6 +354,11 @@ func (c *Cluster) startSampler() {
 				return
 			case <-t.C:
 			}
+			c.sampleMu.Lock()
+			if c.paused {
+				c.sampleMu.Unlock()
+				continue
+			}
 			for _, v := range c.vips {
 				holders := []string{}
 				for _, n := range c.nodes {
@@ -349,8 +373,26 @@ func (c *Cluster) startSampler() {
 					}
 				}
 			}
+			c.sampleMu.Unlock()
 		}
 	}()
+}
+
+// PauseSampler stops the VIP sampler from checking until ResumeSampler, for
+// a test that puts a VIP on a second node on purpose. When it returns, no
+// sample is in progress.
+func (c *Cluster) PauseSampler() {
+	c.sampleMu.Lock()
+	c.paused = true
+	c.sampleMu.Unlock()
+}
+
+// ResumeSampler makes the sampler check again; samples taken after it
+// returns see the addresses as they are then.
+func (c *Cluster) ResumeSampler() {
+	c.sampleMu.Lock()
+	c.paused = false
+	c.sampleMu.Unlock()
 }
 
 // StopSampler ends the VIP sampler and fails the test if a VIP was ever
@@ -443,6 +485,32 @@ func (n *Node) Name() string { return n.name }
 
 // API is the node's control API client.
 func (n *Node) API() *api.Client { return n.api }
+
+// ConfigPath is the cluster file the node's agent is started with.
+func (n *Node) ConfigPath() string { return n.cfg }
+
+// SetConfig makes the next Start of the node use another cluster file
+// (e.g. a copy differing in one field).
+func (n *Node) SetConfig(path string) { n.cfg = path }
+
+// ModuleStateDir is the test module's state directory on node name
+// ($TANDEM_STATE_DIR of its scripts).
+func (c *Cluster) ModuleStateDir(name string) string {
+	return filepath.Join(c.dir, "state-"+name, "modules", Module)
+}
+
+// EventLogPath is the test module's event log on node name.
+func (c *Cluster) EventLogPath(name string) string {
+	return filepath.Join(c.ModuleStateDir(name), "events.log")
+}
+
+// Events reads every event of the test module's log on node name.
+func (c *Cluster) Events(name string) ([]eventlog.Event, error) {
+	return eventlog.Read(c.EventLogPath(name), -1)
+}
+
+// Binaries are the programs the cluster runs.
+func (c *Cluster) Binaries() Binaries { return c.bins }
 
 // Proc is the node's running agent (nil before Start).
 func (n *Node) Proc() *testbed.Proc { return n.proc }
