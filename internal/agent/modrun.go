@@ -148,7 +148,11 @@ func (r *modRunner) apply(ctx context.Context, ev module.Event) error {
 		r.log.Add("admin", msg+" requested")
 	}
 	if next.State != prev.State {
-		r.log.Add("state", fmt.Sprintf("%s -> %s", prev.State, next.State), "reason", next.Reason, "epoch", next.Epoch)
+		kv := []any{"epoch", next.Epoch}
+		if next.Reason != "" {
+			kv = append(kv, "reason", next.Reason)
+		}
+		r.log.Add("state", fmt.Sprintf("%s -> %s", prev.State, next.State), kv...)
 	}
 	if next.Persistent != prev.Persistent {
 		if err := savePersistent(r.statePath, next.Persistent); err != nil {
