@@ -1,0 +1,140 @@
+// Package op is the vocabulary of replication: one Op per mutating
+// filesystem operation, as intercepted on the primary (replica/fs), carried
+// by the stream (replica/wire) and applied on the secondary (replica/apply).
+// Paths are relative to the replicated directory's root.
+package op
+
+import (
+	"fmt"
+	"path"
+	"strings"
+)
+
+// Kind names a mutation.
+type Kind uint8
+
+const (
+	Invalid Kind = iota
+	Write        // Data at Off to Path
+	Truncate     // Path to size Off
+	Create       // regular file Path with Mode (Flags: O_EXCL etc. informative)
+	Mknod        // node Path with Mode and Rdev (fifo, socket, device)
+	Mkdir        // directory Path with Mode
+	Unlink       // file Path
+	Rmdir        // directory Path
+	Rename       // Path -> Path2 with Flags (RENAME_NOREPLACE, RENAME_EXCHANGE)
+	Link         // hard link Path2 to existing Path
+	Symlink      // symlink Path whose target is string(Data)
+	Chmod        // Path to Mode (permission and special bits)
+	Chown        // Path to Uid/Gid (-1 = unchanged), not following a symlink
+	Utimens      // Path times Atime/Mtime (see Time), not following a symlink
+	SetXattr     // Name = Data on Path with Flags (XATTR_CREATE/REPLACE)
+	RemoveXattr  // Name from Path
+	Fallocate    // Path, Flags = mode, Off, Len
+	Fsync        // Path's data (and metadata unless Flags&DataOnly) durable
+	// SyncAll makes everything before it durable (syncfs on the secondary).
+	SyncAll
+	kindEnd
+)
+
+// DataOnly in an Fsync op's Flags: fdatasync.
+const DataOnly = 1
+
+var kindNames = [...]string{"invalid", "write", "truncate", "create", "mknod", "mkdir", "unlink", "rmdir",
+	"rename", "link", "symlink", "chmod", "chown", "utimens", "setxattr", "removexattr", "fallocate", "fsync", "syncall"}
+
+func (k Kind) String() string {
+	if int(k) < len(kindNames) {
+		return kindNames[k]
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+// Valid reports whether k is a known kind.
+func (k Kind) Valid() bool { return k > Invalid && k < kindEnd }
+
+// Time is one timestamp of a Utimens op.
+type Time struct {
+	Sec  int64
+	Nsec int64 // or UtimeNow / UtimeOmit (as in utimensat(2))
+}
+
+// Special Nsec values of Time, as in utimensat(2).
+const (
+	UtimeNow  = (1 << 30) - 1
+	UtimeOmit = (1 << 30) - 2
+)
+
+// Op is one mutation. Fields not used by its Kind are zero.
+type Op struct {
+	Kind  Kind
+	Path  string
+	Path2 string // Rename target, Link new name
+	Data  []byte // Write data, Symlink target, SetXattr value
+	Off   int64  // Write/Fallocate offset, Truncate size
+	Len   int64  // Fallocate length
+	Mode  uint32 // Create/Mknod/Mkdir/Chmod
+	Rdev  uint64 // Mknod
+	Uid   int64  // Chown, -1 = unchanged; Create/Mknod/Mkdir/Symlink owner
+	Gid   int64  // idem
+	Atime Time   // Utimens
+	Mtime Time   // Utimens
+	Flags uint32 // Rename flags, SetXattr flags, Fallocate mode, Fsync DataOnly
+	Name  string // xattr name
+}
+
+// String is a short description for logs (no data).
+func (o *Op) String() string {
+	switch o.Kind {
+	case Write:
+		return fmt.Sprintf("write %q %d@%d", o.Path, len(o.Data), o.Off)
+	case Rename, Link:
+		return fmt.Sprintf("%s %q -> %q", o.Kind, o.Path, o.Path2)
+	}
+	return fmt.Sprintf("%s %q", o.Kind, o.Path)
+}
+
+// Size is the op's approximate wire size, for lag accounting.
+func (o *Op) Size() int { return 64 + len(o.Path) + len(o.Path2) + len(o.Data) + len(o.Name) }
+
+// CleanPath checks a relative path from the wire: no absolute path, no
+// "..", no empty element, no NUL; "" is the root.
+func CleanPath(p string) error {
+	if p == "" {
+		return nil
+	}
+	if strings.HasPrefix(p, "/") || strings.IndexByte(p, 0) >= 0 || path.Clean(p) != p || p == "." || p == ".." ||
+		strings.HasPrefix(p, "../") {
+		return fmt.Errorf("bad replicated path %q", p)
+	}
+	return nil
+}
+
+// Validate checks an op received from the network before it is applied.
+func (o *Op) Validate() error {
+	if !o.Kind.Valid() {
+		return fmt.Errorf("unknown op kind %d", o.Kind)
+	}
+	if err := CleanPath(o.Path); err != nil {
+		return err
+	}
+	if o.Kind == Rename || o.Kind == Link {
+		if err := CleanPath(o.Path2); err != nil {
+			return err
+		}
+		if o.Path2 == "" {
+			return fmt.Errorf("%s to the root", o.Kind)
+		}
+	}
+	if o.Path == "" {
+		switch o.Kind {
+		case Chmod, Chown, Utimens, SetXattr, RemoveXattr, Fsync, SyncAll:
+		default:
+			return fmt.Errorf("%s on the root", o.Kind)
+		}
+	}
+	if o.Off < 0 || o.Len < 0 {
+		return fmt.Errorf("%s %q: negative offset or length", o.Kind, o.Path)
+	}
+	return nil
+}
