@@ -44,8 +44,19 @@ type Cluster struct {
 	HealthListen string
 	Networks     []string
 	Heartbeat    Heartbeat
+	Replication  ClusterReplication
 	Nodes        []Node
 }
+
+// ClusterReplication says where replication streams flow: each node
+// listens on Port at its address on Network.
+type ClusterReplication struct {
+	Port    int
+	Network string
+}
+
+// DefaultReplicationPort is the TCP port of replication streams.
+const DefaultReplicationPort = 7401
 
 // Heartbeat holds the failure-detection settings.
 type Heartbeat struct {
@@ -75,15 +86,21 @@ type NodeSettings struct {
 }
 
 type rawCluster struct {
-	Name         string       `yaml:"name"`
-	KeyFile      string       `yaml:"key_file"`
-	StateDir     string       `yaml:"state_dir"`
-	ModulesDir   string       `yaml:"modules_dir"`
-	Socket       string       `yaml:"socket"`
-	HealthListen string       `yaml:"health_listen"`
-	Networks     []string     `yaml:"networks"`
-	Heartbeat    rawHeartbeat `yaml:"heartbeat"`
-	Nodes        []rawNode    `yaml:"nodes"`
+	Name         string                `yaml:"name"`
+	KeyFile      string                `yaml:"key_file"`
+	StateDir     string                `yaml:"state_dir"`
+	ModulesDir   string                `yaml:"modules_dir"`
+	Socket       string                `yaml:"socket"`
+	HealthListen string                `yaml:"health_listen"`
+	Networks     []string              `yaml:"networks"`
+	Heartbeat    rawHeartbeat          `yaml:"heartbeat"`
+	Replication  rawClusterReplication `yaml:"replication"`
+	Nodes        []rawNode             `yaml:"nodes"`
+}
+
+type rawClusterReplication struct {
+	Port    int    `yaml:"port"`
+	Network string `yaml:"network"`
 }
 
 type rawHeartbeat struct {
@@ -217,6 +234,27 @@ func (d *decoder) validateCluster(raw *rawCluster) *Cluster {
 			d.add(d.line("heartbeat.timeout"), "heartbeat.timeout",
 				"%s is shorter than %d × heartbeat.interval (%d × %s = %s): raise the timeout or lower the interval",
 				c.Heartbeat.Timeout, MinTimeoutIntervals, MinTimeoutIntervals, c.Heartbeat.Interval, minT)
+		}
+	}
+
+	// Replication.
+	c.Replication = ClusterReplication{Port: DefaultReplicationPort}
+	if len(c.Networks) > 0 {
+		c.Replication.Network = c.Networks[0]
+	}
+	if d.ok("replication.port") {
+		if raw.Replication.Port < 1 || raw.Replication.Port > 65535 {
+			d.add(d.line("replication.port"), "replication.port", "port %d out of range 1-65535", raw.Replication.Port)
+		} else if raw.Replication.Port == c.Heartbeat.Port {
+			d.add(d.line("replication.port"), "replication.port", "port %d is the heartbeat port too: give replication its own (TCP) port", raw.Replication.Port)
+		}
+		c.Replication.Port = raw.Replication.Port
+	}
+	if raw.Replication.Network != "" {
+		if !slices.Contains(c.Networks, raw.Replication.Network) {
+			d.add(d.line("replication.network"), "replication.network", "unknown network %q (networks: %s)", raw.Replication.Network, strings.Join(c.Networks, ", "))
+		} else {
+			c.Replication.Network = raw.Replication.Network
 		}
 	}
 

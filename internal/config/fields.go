@@ -38,6 +38,8 @@ func (c *Cluster) Fields() []Field {
 		{"heartbeat.port", strconv.Itoa(c.Heartbeat.Port)},
 		{"heartbeat.interval", c.Heartbeat.Interval.String()},
 		{"heartbeat.timeout", c.Heartbeat.Timeout.String()},
+		{"replication.port", strconv.Itoa(c.Replication.Port)},
+		{"replication.network", c.Replication.Network},
 		{"nodes", strings.Join(c.NodeNames(), ",")},
 	}
 	for _, n := range c.Nodes {

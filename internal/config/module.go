@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -21,8 +22,12 @@ const (
 	ModuleFile               = "module.yaml"
 	DefaultScriptTimeout     = 60 * time.Second
 	DefaultScriptStopTimeout = 30 * time.Second
-	MaxModulesPerNode        = 32
-	maxModuleNameLen         = 32
+	// DefaultReplicationTimeout: a secondary silent this long is failed.
+	DefaultReplicationTimeout = 3 * time.Second
+	// DefaultMaxLag: how far plain writes may stream ahead of the secondary.
+	DefaultMaxLag     int64 = 64 << 20
+	MaxModulesPerNode       = 32
+	maxModuleNameLen        = 32
 )
 
 // ScriptNames are the scripts a module may have in its bin/ directory.
@@ -41,6 +46,9 @@ type Module struct {
 	DefaultPrimary string
 	VIPs           []VIP
 	Scripts        Scripts
+	Directories    []string // replicated directories, absolute and clean
+	Sync           string   // SyncFsync or SyncWrite
+	Replication    Replication
 }
 
 // VIP is a virtual IP of a module. Interface empty means "the interface
@@ -51,6 +59,18 @@ type VIP struct {
 	Line      int
 }
 
+// Sync modes of a module's replication.
+const (
+	SyncFsync = "fsync" // durable calls wait for the secondary; plain writes stream ahead
+	SyncWrite = "write" // every write waits for the secondary
+)
+
+// Replication holds a module's replication settings.
+type Replication struct {
+	Timeout time.Duration // no acknowledgement for this long: the peer is failed
+	MaxLag  int64         // bytes plain writes may stream ahead of the secondary
+}
+
 // Scripts holds the script time limits.
 type Scripts struct {
 	Timeout     time.Duration // start scripts
@@ -58,11 +78,19 @@ type Scripts struct {
 }
 
 type rawModule struct {
-	Kind           string     `yaml:"kind"`
-	Nodes          []string   `yaml:"nodes"`
-	DefaultPrimary string     `yaml:"default_primary"`
-	VIPs           []rawVIP   `yaml:"vips"`
-	Scripts        rawScripts `yaml:"scripts"`
+	Kind           string         `yaml:"kind"`
+	Nodes          []string       `yaml:"nodes"`
+	DefaultPrimary string         `yaml:"default_primary"`
+	VIPs           []rawVIP       `yaml:"vips"`
+	Scripts        rawScripts     `yaml:"scripts"`
+	Directories    []string       `yaml:"directories"`
+	Sync           string         `yaml:"sync"`
+	Replication    rawReplication `yaml:"replication"`
+}
+
+type rawReplication struct {
+	Timeout time.Duration `yaml:"timeout"`
+	MaxLag  string        `yaml:"max_lag"`
 }
 
 type rawVIP struct {
@@ -115,6 +143,11 @@ func (m *Module) Fields() []Field {
 		{"default_primary", m.DefaultPrimary},
 		{"scripts.timeout", m.Scripts.Timeout.String()},
 		{"scripts.stop_timeout", m.Scripts.StopTimeout.String()},
+	}
+	f = append(f, Field{"sync", m.Sync}, Field{"replication.timeout", m.Replication.Timeout.String()},
+		Field{"replication.max_lag", strconv.FormatInt(m.Replication.MaxLag, 10)})
+	for i, d := range m.Directories {
+		f = append(f, Field{fmt.Sprintf("directories[%d]", i), d})
 	}
 	for i, v := range m.VIPs {
 		p := fmt.Sprintf("vips[%d].", i)
@@ -290,7 +323,90 @@ func (d *decoder) validateModule(raw *rawModule, c *Cluster) *Module {
 	if raw.Scripts.StopTimeout > 0 {
 		m.Scripts.StopTimeout = raw.Scripts.StopTimeout
 	}
+	d.validateReplication(raw, m)
 	return m
+}
+
+// validateReplication checks directories, sync and replication.
+func (d *decoder) validateReplication(raw *rawModule, m *Module) {
+	for i, dir := range raw.Directories {
+		p := fmt.Sprintf("directories[%d]", i)
+		clean := filepath.Clean(dir)
+		switch {
+		case dir == "":
+			d.add(d.line(p), p, "empty directory")
+			continue
+		case !filepath.IsAbs(dir):
+			d.add(d.line(p), p, "%q is not absolute: write the full path, e.g. /var/lib/app", dir)
+			continue
+		case clean == "/" || forbiddenDir(clean):
+			d.add(d.line(p), p, "%s cannot be replicated (system or runtime directory)", clean)
+			continue
+		}
+		for j, other := range m.Directories {
+			if other == clean || strings.HasPrefix(clean+"/", other+"/") || strings.HasPrefix(other+"/", clean+"/") {
+				d.add(d.line(p), p, "%s overlaps directories[%d] (%s): list each tree once", clean, j, other)
+				clean = ""
+				break
+			}
+		}
+		if clean != "" {
+			m.Directories = append(m.Directories, clean)
+		}
+	}
+	m.Sync = SyncFsync
+	switch raw.Sync {
+	case "", SyncFsync:
+	case SyncWrite:
+		m.Sync = SyncWrite
+	default:
+		d.add(d.line("sync"), "sync", "unknown mode %q: fsync (durable calls wait for the secondary) or write (every write waits)", raw.Sync)
+	}
+	m.Replication = Replication{Timeout: DefaultReplicationTimeout, MaxLag: DefaultMaxLag}
+	if raw.Replication.Timeout > 0 {
+		m.Replication.Timeout = raw.Replication.Timeout
+	}
+	if raw.Replication.MaxLag != "" {
+		n, err := ParseSize(raw.Replication.MaxLag)
+		switch {
+		case err != nil:
+			d.add(d.line("replication.max_lag"), "replication.max_lag", "%v", err)
+		case n < 1<<20:
+			d.add(d.line("replication.max_lag"), "replication.max_lag", "%s is too small: at least 1MiB", raw.Replication.MaxLag)
+		default:
+			m.Replication.MaxLag = n
+		}
+	}
+}
+
+// forbiddenDir reports directories that must never be replicated.
+func forbiddenDir(dir string) bool {
+	for _, f := range []string{"/proc", "/sys", "/dev", "/run", "/boot", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/var/lib/tandem"} {
+		if dir == f || (f != "/etc" && f != "/run" && strings.HasPrefix(dir, f+"/")) {
+			return true
+		}
+	}
+	return dir == "/run/tandem" || strings.HasPrefix(dir, "/run/tandem/")
+}
+
+// ParseSize reads "64MiB", "1GiB", "512KiB", "1048576" (bytes).
+func ParseSize(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"B", 1}}
+	num, mult := strings.TrimSpace(s), int64(1)
+	for _, u := range units {
+		if strings.HasSuffix(num, u.suffix) {
+			num, mult = strings.TrimSpace(strings.TrimSuffix(num, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 || n > (1<<50)/mult {
+		return 0, fmt.Errorf("invalid size %q (use e.g. 64MiB, 1GiB or a number of bytes)", s)
+	}
+	return n * mult, nil
 }
 
 func hasNode(c *Cluster, name string) bool {

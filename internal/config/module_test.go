@@ -71,7 +71,9 @@ scripts:
 			{Address: netip.MustParsePrefix("192.0.2.100/24"), Interface: "eth0", Line: 5},
 			{Address: netip.MustParsePrefix("2001:db8::100/64"), Line: 7},
 		},
-		Scripts: Scripts{Timeout: 90 * time.Second, StopTimeout: 10 * time.Second},
+		Scripts:     Scripts{Timeout: 90 * time.Second, StopTimeout: 10 * time.Second},
+		Sync:        SyncFsync,
+		Replication: Replication{Timeout: DefaultReplicationTimeout, MaxLag: DefaultMaxLag},
 	}
 	if fmt.Sprint(m) != fmt.Sprint(want) {
 		t.Errorf("got  %+v\nwant %+v", m, want)
@@ -377,4 +379,59 @@ func FuzzParseModule(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestModuleReplicationFields(t *testing.T) {
+	e := newEnv(t)
+	file := e.module(t, "db", `kind: mirror
+nodes: [alpha, beta]
+directories:
+  - /srv/db
+  - /srv/db/wal
+  - relative/dir
+  - /proc/x
+sync: sometimes
+replication:
+  timeout: 2s
+  max_lag: 12XB
+`)
+	_, err := LoadModule(filepath.Dir(file), e.c)
+	for _, want := range []string{
+		file + ":5: directories[1]: /srv/db/wal overlaps directories[0]",
+		file + ":6: directories[2]: \"relative/dir\" is not absolute",
+		file + ":7: directories[3]: /proc/x cannot be replicated",
+		file + ":8: sync: unknown mode \"sometimes\"",
+		file + ":11: replication.max_lag: invalid size \"12XB\"",
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("missing error %q in:\n%v", want, err)
+		}
+	}
+	file = e.module(t, "db2", `kind: mirror
+nodes: [alpha, beta]
+directories: [/srv/db2/]
+sync: write
+replication: {timeout: 2s, max_lag: 8MiB}
+`)
+	m, err := LoadModule(filepath.Dir(file), e.c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Directories) != 1 || m.Directories[0] != "/srv/db2" || m.Sync != SyncWrite ||
+		m.Replication.Timeout != 2*time.Second || m.Replication.MaxLag != 8<<20 {
+		t.Errorf("parsed %+v", m)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"64MiB": 64 << 20, "1GiB": 1 << 30, "512KiB": 512 << 10, "1048576": 1 << 20, "2M": 2 << 20} {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "x", "-1", "1.5GiB", "10TB"} {
+		if _, err := ParseSize(bad); err == nil {
+			t.Errorf("ParseSize(%q) accepted", bad)
+		}
+	}
 }
