@@ -3,6 +3,8 @@ package failover
 import (
 	"bufio"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -14,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -25,7 +28,6 @@ import (
 const (
 	envRun    = "TANDEM_BENCH"        // 1 runs the benchmark
 	envFaults = "TANDEM_BENCH_FAULTS" // faults per case, default 20
-	envCases  = "TANDEM_BENCH_CASES"  // comma-separated substrings of case names
 	envSeed   = "TANDEM_BENCH_SEED"   // seed of the pre-fault jitter
 	envOut    = "TANDEM_BENCH_OUT"    // also write the markdown report here
 )
@@ -90,18 +92,17 @@ func TestFailoverBench(t *testing.T) {
 		}
 		seed = s
 	}
-	cases := SelectCases(DefaultCases(), os.Getenv(envCases))
-	if len(cases) == 0 {
-		t.Fatalf("%s=%q selects no case; names: %s", envCases, os.Getenv(envCases), caseNames(DefaultCases()))
-	}
+	cases := DefaultCases()
 	t.Logf("%d faults per case, seed %d (%s=%d replays the jitter)", faults, seed, envSeed, seed)
 	rng := rand.New(rand.NewPCG(seed, 0))
 
-	start := time.Now()
+	start, load := time.Now(), loadAvg()
 	var results []Result
 	for _, c := range cases {
 		r := Result{Case: c}
+		ran := false
 		t.Run(c.Name, func(t *testing.T) {
+			ran = true
 			defer func() {
 				if t.Failed() && r.Err == "" {
 					r.Err = "failed, see the log"
@@ -117,9 +118,11 @@ func TestFailoverBench(t *testing.T) {
 				runKeepalived(t, c, faults, rng, &r)
 			}
 		})
-		results = append(results, r)
+		if ran { // not filtered out by -run
+			results = append(results, r)
+		}
 	}
-	report := header(faults, seed, time.Since(start)) + "\n" + Table(results)
+	report := header(faults, seed, time.Since(start), load) + "\n" + Table(results)
 	fmt.Println("\n" + report)
 	if p := os.Getenv(envOut); p != "" {
 		if err := os.WriteFile(p, []byte(report), 0o644); err != nil {
@@ -128,16 +131,18 @@ func TestFailoverBench(t *testing.T) {
 	}
 }
 
-func caseNames(cs []Case) string {
-	var s []string
-	for _, c := range cs {
-		s = append(s, c.Name)
+// loadAvg is the 1-minute load average: other work on the machine skews
+// the figures, so the report shows it.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
 	}
-	return strings.Join(s, ", ")
+	return strings.Fields(string(b))[0]
 }
 
 // header names the machine and the run.
-func header(faults int, seed uint64, took time.Duration) string {
+func header(faults int, seed uint64, took time.Duration, load string) string {
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	ka := "not installed"
 	if out, err := exec.Command("keepalived", "--version").CombinedOutput(); err == nil || len(out) > 0 {
@@ -149,9 +154,9 @@ func header(faults int, seed uint64, took time.Duration) string {
 	if out, err := exec.Command("git", "-C", tcluster.RepoRoot(), "rev-parse", "--short", "HEAD").Output(); err == nil {
 		commit = strings.TrimSpace(string(out))
 	}
-	return fmt.Sprintf("Run %s, commit %s, %d CPUs, kernel %s, %s, %s; %d faults per case, seed %d, took %s.\n",
+	return fmt.Sprintf("Run %s, commit %s, %d CPUs, kernel %s, %s, %s; %d faults per case, seed %d, took %s; load average %s at the start, %s at the end.\n",
 		time.Now().Format("2006-01-02 15:04 MST"), commit, runtime.NumCPU(), strings.TrimSpace(string(kernel)), runtime.Version(), ka,
-		faults, seed, took.Round(time.Second))
+		faults, seed, took.Round(time.Second), load, loadAvg())
 }
 
 // pair is a two-node bed under test: fault one node, repair it, and say
@@ -159,6 +164,9 @@ func header(faults int, seed uint64, took time.Duration) string {
 type pair interface {
 	fault(t *testing.T, node string)
 	repair(t *testing.T, node, primary string)
+	// appStart is how long node's service took to start in the failover
+	// that followed since (false when the product does not start it).
+	appStart(node string, since time.Time) (time.Duration, bool)
 }
 
 // measure runs the fault loop: fault the primary, time the first answer
@@ -178,7 +186,7 @@ func measure(t *testing.T, c Case, faults int, rng *rand.Rand, p pair, client *t
 		}
 		t0 := time.Now()
 		p.fault(t, prim)
-		at, err := firstAnswer(client, back, takeoverMax)
+		at, st, err := firstAnswerStats(client, back, takeoverMax)
 		if err != nil {
 			t.Fatalf("fault %d (%s of %s): %v", i+1, c.Fault, prim, err)
 		}
@@ -190,8 +198,13 @@ func measure(t *testing.T, c Case, faults int, rng *rand.Rand, p pair, client *t
 		}
 		p.repair(t, prim, back)
 		dual := w.dual(t0, time.Now())
-		t.Logf("fault %2d: %s of %s -> %s answered after %s (VIP on %s after %s; on both nodes %s)", i+1, c.Fault, prim, back,
-			took.Round(100*time.Microsecond), back, moved.Sub(t0).Round(time.Millisecond), dual.Round(time.Millisecond))
+		app := ""
+		if d, ok := p.appStart(back, t0); ok {
+			r.App = append(r.App, d)
+			app = fmt.Sprintf("start_prim took %s; ", d)
+		}
+		t.Logf("fault %2d: %s of %s -> %s answered after %s (VIP on %s after %s; on both nodes %s; %sfailed probes: %s)", i+1, c.Fault, prim, back,
+			took.Round(100*time.Microsecond), back, moved.Sub(t0).Round(time.Millisecond), dual.Round(time.Millisecond), app, st)
 		r.Took = append(r.Took, took)
 		r.Moved = append(r.Moved, moved.Sub(t0))
 		r.Dual = append(r.Dual, dual)
@@ -231,6 +244,35 @@ func (p *tandemPair) repair(t *testing.T, node, primary string) {
 	}
 	p.c.WaitState(node, "SECOND", repairMax)
 	p.c.WaitState(primary, "PRIM", repairMax)
+}
+
+// appStart reads the last start_prim run after since in node's module log.
+func (p *tandemPair) appStart(node string, since time.Time) (time.Duration, bool) {
+	f, err := os.Open(filepath.Join(p.c.Dir(), "state-"+node, "modules", tcluster.Module, "events.log"))
+	if err != nil {
+		return 0, false
+	}
+	defer f.Close()
+	var took time.Duration
+	var found bool
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var e struct {
+			Time   time.Time      `json:"time"`
+			Msg    string         `json:"msg"`
+			Fields map[string]any `json:"fields"`
+		}
+		if json.Unmarshal(sc.Bytes(), &e) != nil || e.Time.Before(since) || !strings.HasPrefix(e.Msg, "start_prim exited") {
+			continue
+		}
+		if v, ok := e.Fields["duration"].(string); ok {
+			if d, err := time.ParseDuration(v); err == nil {
+				took, found = d, true
+			}
+		}
+	}
+	return took, found
 }
 
 func linkAll(t *testing.T, h *testbed.Host, up bool) {
@@ -370,6 +412,8 @@ func (n *kaNode) waitState(t *testing.T, want string, within time.Duration) {
 	t.Fatalf("keepalived on %s not %s within %s (last state %q), see %s", n.h.Name, want, within, n.state(), n.proc.LogPath)
 }
 
+func (p *kaPair) appStart(string, time.Time) (time.Duration, bool) { return 0, false }
+
 // fault: kill -9 of keepalived (parent and VRRP child: one process group);
 // the service keeps running, and the VIP stays on the interface because
 // nothing removes it.
@@ -423,6 +467,21 @@ func reach(client *testbed.Host, timeout time.Duration) (string, error) {
 // bounded by probeTimeout, so several overlap while the VIP is unreachable)
 // until one is answered by node want; it returns when that answer arrived.
 func firstAnswer(client *testbed.Host, want string, within time.Duration) (time.Time, error) {
+	at, _, err := firstAnswerStats(client, want, within)
+	return at, err
+}
+
+// probeStats counts the failed probes of one firstAnswer by cause.
+type probeStats struct {
+	refused, timeout, other, wrong int
+}
+
+func (s probeStats) String() string {
+	return fmt.Sprintf("refused %d, timed out %d, other errors %d, answered by the old node %d", s.refused, s.timeout, s.other, s.wrong)
+}
+
+func firstAnswerStats(client *testbed.Host, want string, within time.Duration) (time.Time, probeStats, error) {
+	var st probeStats
 	ctx, cancel := context.WithTimeout(context.Background(), within)
 	defer cancel()
 	found := make(chan time.Time, 1)
@@ -436,11 +495,12 @@ func firstAnswer(client *testbed.Host, want string, within time.Duration) (time.
 	for {
 		select {
 		case at := <-found:
-			return at, nil
+			cancel()
+			wg.Wait()
+			return at, st, nil
 		case <-ctx.Done():
-			mu.Lock()
-			defer mu.Unlock()
-			return time.Time{}, fmt.Errorf("client got no answer from %s through %s within %s (last probe: %s)", want, vip, within, last)
+			wg.Wait()
+			return time.Time{}, st, fmt.Errorf("client got no answer from %s through %s within %s (last probe: %s)", want, vip, within, last)
 		case <-tick.C:
 		}
 		select {
@@ -462,12 +522,24 @@ func firstAnswer(client *testbed.Host, want string, within time.Duration) (time.
 				return
 			}
 			mu.Lock()
+			defer mu.Unlock()
+			if ctx.Err() != nil {
+				return // cut short by the end of the search
+			}
+			switch {
+			case err == nil:
+				last = "answered by " + got
+				st.wrong++
+			case errors.Is(err, syscall.ECONNREFUSED):
+				st.refused++
+			case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded):
+				st.timeout++
+			default:
+				st.other++
+			}
 			if err != nil {
 				last = err.Error()
-			} else {
-				last = "answered by " + got
 			}
-			mu.Unlock()
 		}()
 	}
 }

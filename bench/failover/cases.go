@@ -105,21 +105,3 @@ func DefaultCases() []Case {
 	}
 	return out
 }
-
-// SelectCases keeps the cases whose name contains one of the
-// comma-separated words of filter (all when filter is empty).
-func SelectCases(all []Case, filter string) []Case {
-	if strings.TrimSpace(filter) == "" {
-		return all
-	}
-	var out []Case
-	for _, c := range all {
-		for _, w := range strings.Split(filter, ",") {
-			if w = strings.TrimSpace(w); w != "" && strings.Contains(c.Name, w) {
-				out = append(out, c)
-				break
-			}
-		}
-	}
-	return out
-}
