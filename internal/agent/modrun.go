@@ -237,6 +237,11 @@ func (r *modRunner) execute(ctx context.Context, acts []module.Action, from modu
 			}
 		case module.RemoveVIPs:
 			r.removeVIPs()
+		case module.MountData, module.UnmountData, module.StartReceiver, module.StopReceiver:
+			if err := r.replica(act.Kind); err != nil {
+				r.post(module.Event{Kind: module.TransitionDone, OK: false, Reason: err.Error()})
+				return
+			}
 		case module.Done:
 			r.post(module.Event{Kind: module.TransitionDone, OK: true})
 		}
@@ -366,4 +371,13 @@ func (r *modRunner) status() api.ModuleStatus {
 		st.VIPHolder = r.peer
 	}
 	return st
+}
+
+// replica carries out the replication actions of a transition; a module
+// without directories has nothing to do.
+func (r *modRunner) replica(kind module.ActionKind) error {
+	if len(r.cfg.Directories) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s: replicated directories need the replication layer, not wired in this build", kind)
 }

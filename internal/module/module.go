@@ -83,6 +83,9 @@ type Machine struct {
 	Isolated bool
 	Want     Want
 	Handover bool // we released the module to the peer (swap)
+	// ReplBroken: the replication stream to the SECOND failed; we serve
+	// ALONE until the peer has resynchronised.
+	ReplBroken bool
 	// ShuttingDown: the agent is exiting; nothing starts again.
 	ShuttingDown bool
 	// Claim and Ack make a promotion while the peer is alive a two-step
@@ -154,12 +157,16 @@ const (
 	SyncDone
 	// Shutdown: the agent is exiting: stop scripts and VIPs, keep the intent.
 	Shutdown
+	// ReplicationFailed: the stream to the SECOND broke (Event.Reason); the
+	// primary goes on ALONE and the SECOND is no longer up to date.
+	ReplicationFailed
 )
 
 var eventNames = map[EventKind]string{
 	Boot: "boot", Start: "start", StopCmd: "stop", Restart: "restart", PrimCmd: "prim",
 	SecondCmd: "second", SwapCmd: "swap", PeerChanged: "peer", DiscoveryDone: "discovery-done",
 	TransitionDone: "transition-done", IsolationChanged: "isolation", SyncDone: "sync-done", Shutdown: "shutdown",
+	ReplicationFailed: "replication-failed",
 }
 
 func (k EventKind) String() string {
@@ -171,7 +178,7 @@ func (k EventKind) String() string {
 
 // EventKinds lists every event kind, for exhaustive tests.
 var EventKinds = []EventKind{Boot, Start, StopCmd, Restart, PrimCmd, SecondCmd, SwapCmd, PeerChanged,
-	DiscoveryDone, TransitionDone, IsolationChanged, SyncDone, Shutdown}
+	DiscoveryDone, TransitionDone, IsolationChanged, SyncDone, Shutdown, ReplicationFailed}
 
 // Event is one input.
 type Event struct {
@@ -199,6 +206,15 @@ const (
 	ArmDiscovery
 	// Log: record a decision in the module log.
 	Log
+	// MountData: intercept the replicated directories (FUSE) on the node
+	// about to serve; UnmountData releases them after stop_prim, once the
+	// secondary has everything (a swap's final sync).
+	MountData
+	UnmountData
+	// StartReceiver / StopReceiver: receive the replication stream as SECOND
+	// (directories read-only to everything but the agent).
+	StartReceiver
+	StopReceiver
 )
 
 // Action is one side effect. The actions of a transition are carried out in
@@ -212,6 +228,8 @@ type Action struct {
 	Level  string   // Log: "info", "warn", "error"
 	Msg    string   // Log
 }
+
+func (k ActionKind) String() string { return Action{Kind: k}.String() }
 
 func (a Action) String() string {
 	switch a.Kind {
@@ -227,6 +245,14 @@ func (a Action) String() string {
 		return "arm-discovery"
 	case Log:
 		return "log " + a.Level + ": " + a.Msg
+	case MountData:
+		return "mount-data"
+	case UnmountData:
+		return "unmount-data"
+	case StartReceiver:
+		return "start-receiver"
+	case StopReceiver:
+		return "stop-receiver"
 	}
 	return fmt.Sprintf("action(%d)", int(a.Kind))
 }

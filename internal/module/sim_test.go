@@ -73,9 +73,17 @@ func (s *sim) step(i int, ev Event) {
 			n.pending = append(n.pending, a)
 		}
 	}
-	// Machines answer SyncDone as the agent does when there is no data.
-	if n.m.State == Second && n.m.Target == "" && n.m.Sync == SyncResyncing {
-		s.step(i, Event{Kind: SyncDone})
+}
+
+// resync completes a SECOND's resynchronisation when its primary streams to
+// it, as the agent's sender does.
+func (s *sim) resync() {
+	for i := range 2 {
+		n, o := s.n[i], s.n[1-i]
+		if n.up && o.up && !s.partitioned && n.m.State == Second && n.m.Target == "" && n.m.Sync == SyncResyncing &&
+			o.m.State.Serving() && !o.m.ReplBroken && n.m.Peer.State.Serving() {
+			s.step(i, Event{Kind: SyncDone})
+		}
 	}
 }
 
@@ -139,6 +147,7 @@ func (s *sim) refreshViews() {
 			}
 		}
 	}
+	s.resync()
 }
 
 func (s *sim) crash(i int) {
@@ -172,7 +181,8 @@ func (s *sim) quiesce() {
 			}
 		}
 		for i := range 2 {
-			if s.n[i].up && s.n[i].m.Peer != s.view(i) {
+			n := s.n[i]
+			if n.up && (n.m.Peer != s.view(i) || (n.m.State == Second && n.m.Sync == SyncResyncing && s.n[1-i].up && !s.partitioned)) {
 				busy = true
 			}
 		}
@@ -262,8 +272,10 @@ func runSim(t *testing.T, seed uint64) {
 			s.n[i].fail = true
 		case r < 95:
 			s.step(i, Event{Kind: DiscoveryDone})
-		default:
+		case r < 97:
 			s.step(i, Event{Kind: SecondCmd})
+		default:
+			s.step(i, Event{Kind: ReplicationFailed, Reason: "stream broke"})
 		}
 		s.refreshViews()
 		// Every node that serves holds the VIPs only when it should.

@@ -71,6 +71,13 @@ func Step(m Machine, ev Event) (Machine, []Action, error) {
 			// Requests made while we were apart are stale.
 			m.SwapSeen = p.SwapRequest
 		}
+		if m.State == Second && m.Sync == SyncSynced && m.Peer.usable() && m.Peer.State == Prim &&
+			p.usable() && p.State == Alone {
+			// Our primary went on without us (its stream to us broke): our
+			// copy no longer follows it.
+			m.Sync, m.UpToDate = SyncResyncing, false
+			acts = append(acts, logf("warn", "%s serves ALONE: this copy is no longer up to date and resynchronises", m.PeerName))
+		}
 		m.Peer = p
 		if p.Alive {
 			m.Booting = false
@@ -108,6 +115,11 @@ func Step(m Machine, ev Event) (Machine, []Action, error) {
 			}
 			m.PeerOutdated = false
 		}
+	case ReplicationFailed:
+		if m.State.Serving() && !m.ReplBroken {
+			m.ReplBroken = true
+			acts = append(acts, logf("error", "replication to %s failed: %s; serving ALONE", m.PeerName, ev.Reason))
+		}
 	case Shutdown:
 		m.ShuttingDown = true
 		if m.Target != "" {
@@ -139,6 +151,10 @@ func normalize(m Machine) Machine {
 	if m.State.Running() || !p.usable() {
 		m.Claim = false
 	}
+	if m.ReplBroken && (!p.usable() || !p.UpToDate || !m.State.Serving()) {
+		m.ReplBroken = false // the peer resynchronises from scratch
+	}
+
 	if !p.usable() || !p.Claim {
 		m.Ack = false
 	}
@@ -163,7 +179,9 @@ func boot(m Machine) (Machine, []Action, error) {
 		acts := []Action{logf("warn", "the agent stopped while the module was %s: cleaning up before anything else", last),
 			script(role.stop, last, next, "stop", true)}
 		if last.Serving() {
-			acts = append(acts, Action{Kind: RemoveVIPs})
+			acts = append(acts, Action{Kind: RemoveVIPs}, Action{Kind: UnmountData})
+		} else {
+			acts = append(acts, Action{Kind: StopReceiver})
 		}
 		acts = append(acts, script("stop_both", last, next, "stop", true))
 		if !m.Started {
@@ -374,8 +392,11 @@ func desired(m Machine) (State, string) {
 			}
 			return Second, fmt.Sprintf("split brain: %s also serves and wins (epoch %d vs %d); this node's changes since are discarded", m.PeerName, p.Epoch, m.Epoch)
 		}
-		if p.usable() && p.State == Second && p.Target == "" {
+		if p.usable() && p.State == Second && p.Target == "" && !m.ReplBroken {
 			return Prim, ""
+		}
+		if m.ReplBroken {
+			return Alone, fmt.Sprintf("replication to %s failed; it resynchronises when it returns", m.PeerName)
 		}
 		return Alone, aloneReason(m)
 	case m.State == Second:
@@ -506,7 +527,7 @@ func transition(m Machine, to State, acts []Action) (Machine, []Action, error) {
 	if to.Serving() {
 		// A new data generation starts whenever we serve without a synced peer.
 		p := m.Peer
-		synced := p.usable() && p.State == Second && p.UpToDate && p.Epoch == m.Epoch
+		synced := p.usable() && p.State == Second && p.UpToDate && p.Epoch == m.Epoch && !m.ReplBroken
 		if !m.UpToDate && m.Epoch == 0 {
 			m.UpToDate = true
 		}
@@ -560,16 +581,16 @@ func roleScripts(s State) role {
 
 func enterRole(from, to State) []Action {
 	if to.Serving() {
-		return []Action{{Kind: AddVIPs}, script("start_prim", from, to, "start", false)}
+		return []Action{{Kind: MountData}, {Kind: AddVIPs}, script("start_prim", from, to, "start", false)}
 	}
-	return []Action{script("start_second", from, to, "start", false)}
+	return []Action{{Kind: StartReceiver}, script("start_second", from, to, "start", false)}
 }
 
 func leaveRole(from, to State) []Action {
 	if from.Serving() {
-		return []Action{script("stop_prim", from, to, "stop", true), {Kind: RemoveVIPs}}
+		return []Action{script("stop_prim", from, to, "stop", true), {Kind: RemoveVIPs}, {Kind: UnmountData}}
 	}
-	return []Action{script("stop_second", from, to, "stop", true)}
+	return []Action{script("stop_second", from, to, "stop", true), {Kind: StopReceiver}}
 }
 
 func script(name string, from, to State, action string, stop bool) Action {

@@ -113,7 +113,7 @@ func checkInvariants(t *testing.T, name string, m, next Machine, acts []Action, 
 	if next.Target.Serving() && !m.State.Serving() && !m.Target.Serving() && next.Epoch < m.Epoch {
 		t.Errorf("%s: epoch went backwards", name)
 	}
-	if next.State.Serving() && next.Target == "" && next.Peer.usable() && next.Peer.State == Second && next.State != Prim {
+	if next.State.Serving() && next.Target == "" && next.Peer.usable() && next.Peer.State == Second && next.State != Prim && !next.ReplBroken {
 		t.Errorf("%s: serving with a SECOND peer but state %s", name, next.State)
 	}
 }
@@ -168,7 +168,7 @@ func TestRules(t *testing.T) {
 			return m
 		}(),
 			ev: Event{Kind: PeerChanged, Peer: Peer{Alive: true, Known: true, State: Wait, Started: true, Ack: true}}, wantState: Wait, target: Alone,
-			acts: "start_both add-vips start_prim done",
+			acts: "start_both mount-data add-vips start_prim done",
 			check: func(t *testing.T, m Machine) {
 				if m.Epoch != 1 || !m.UpToDate || !m.PeerOutdated {
 					t.Errorf("fresh promotion: epoch %d uptodate %v peerOutdated %v", m.Epoch, m.UpToDate, m.PeerOutdated)
@@ -177,10 +177,10 @@ func TestRules(t *testing.T) {
 		{name: "fresh pair: other node waits", m: func() Machine { m := fresh(false); m.State = Wait; m.Started = true; return m }(),
 			ev: Event{Kind: PeerChanged, Peer: Peer{Alive: true, Known: true, State: Wait, Started: true}}, wantState: Wait},
 		{name: "returning node joins as SECOND", m: settled(Wait, peerDown, nil),
-			ev: Event{Kind: PeerChanged, Peer: peerAlone}, wantState: Wait, target: Second, acts: "start_both start_second done"},
+			ev: Event{Kind: PeerChanged, Peer: peerAlone}, wantState: Wait, target: Second, acts: "start_both start-receiver start_second done"},
 		{name: "peer loss on SECOND = failover", m: settled(Second, peerPrim, nil),
 			ev: Event{Kind: PeerChanged, Peer: peerDown}, wantState: Second, target: Alone,
-			acts: "stop_second add-vips start_prim done",
+			acts: "stop_second stop-receiver mount-data add-vips start_prim done",
 			check: func(t *testing.T, m Machine) {
 				if m.Epoch != 4 || !m.PeerOutdated {
 					t.Errorf("failover must start a new epoch: %d %v", m.Epoch, m.PeerOutdated)
@@ -194,13 +194,13 @@ func TestRules(t *testing.T) {
 				}
 			}},
 		{name: "SECOND not up to date never promotes", m: settled(Second, peerPrim, func(m *Machine) { m.UpToDate = false; m.Sync = SyncResyncing }),
-			ev: Event{Kind: PeerChanged, Peer: peerDown}, wantState: Second, target: Wait, acts: "stop_second stop_both done"},
+			ev: Event{Kind: PeerChanged, Peer: peerDown}, wantState: Second, target: Wait, acts: "stop_second stop-receiver stop_both done"},
 		{name: "peer stopped on PRIM side = failover", m: settled(Second, peerPrim, nil),
 			ev: Event{Kind: PeerChanged, Peer: peerStop}, wantState: Second, target: Alone},
 		{name: "SECOND waits while the primary is still releasing", m: settled(Second, peerPrim, nil),
 			ev: Event{Kind: PeerChanged, Peer: func() Peer { p := peerPrim; p.Target = Stop; return p }()}, wantState: Second},
 		{name: "stop on PRIM", m: settled(Prim, peerSecond, nil), ev: Event{Kind: StopCmd}, wantState: Prim, target: Stop,
-			acts: "stop_prim remove-vips stop_both poststop done"},
+			acts: "stop_prim remove-vips unmount-data stop_both poststop done"},
 		{name: "ALONE joined by SECOND becomes PRIM", m: settled(Alone, peerDown, nil),
 			ev: Event{Kind: PeerChanged, Peer: func() Peer { p := peerSecond; p.Epoch = 3; return p }()}, wantState: Alone, target: Prim, acts: "done"},
 		{name: "prim refused when not up to date", m: settled(Wait, peerDown, func(m *Machine) { m.UpToDate = false }),
@@ -219,7 +219,7 @@ func TestRules(t *testing.T) {
 		{name: "prim from STOP when proven runs prestart", m: settled(Stop, peerDown, func(m *Machine) { m.PeerOutdated = true }),
 			ev: Event{Kind: PrimCmd}, wantState: Stop, target: Wait},
 		{name: "swap on PRIM releases first", m: settled(Prim, peerSecond, nil), ev: Event{Kind: SwapCmd},
-			wantState: Prim, target: Second, acts: "stop_prim remove-vips start_second done",
+			wantState: Prim, target: Second, acts: "stop_prim remove-vips unmount-data start-receiver start_second done",
 			check: func(t *testing.T, m Machine) {
 				if !m.Handover {
 					t.Error("handover not set")
@@ -227,7 +227,7 @@ func TestRules(t *testing.T) {
 			}},
 		{name: "swap taken over by the SECOND", m: settled(Second, peerPrim, nil),
 			ev:        Event{Kind: PeerChanged, Peer: func() Peer { p := peerSecond; p.Handover = true; return p }()},
-			wantState: Second, target: Prim, acts: "stop_second add-vips start_prim done",
+			wantState: Second, target: Prim, acts: "stop_second stop-receiver mount-data add-vips start_prim done",
 			check: func(t *testing.T, m Machine) {
 				if m.Epoch != 3 {
 					t.Errorf("a swap must not start a new epoch: %d", m.Epoch)
@@ -241,17 +241,17 @@ func TestRules(t *testing.T) {
 			}},
 		{name: "PRIM acts on the peer's swap request", m: settled(Prim, peerSecond, nil),
 			ev:        Event{Kind: PeerChanged, Peer: func() Peer { p := peerSecond; p.SwapRequest = 1; return p }()},
-			wantState: Prim, target: Second, acts: "stop_prim remove-vips start_second done"},
+			wantState: Prim, target: Second, acts: "stop_prim remove-vips unmount-data start-receiver start_second done"},
 		{name: "swap refused without a synced SECOND", m: settled(Alone, peerDown, nil), ev: Event{Kind: SwapCmd},
 			wantState: Alone, err: "not paired"},
 		{name: "split brain: loser demotes", m: settled(Alone, Peer{Alive: true, Known: true, State: Alone, Epoch: 5, UpToDate: true, Started: true}, nil),
 			ev:        Event{Kind: PeerChanged, Peer: Peer{Alive: true, Known: true, State: Alone, Epoch: 5, UpToDate: true, Started: true}},
-			wantState: Alone, target: Second, acts: "stop_prim remove-vips start_second done"},
+			wantState: Alone, target: Second, acts: "stop_prim remove-vips unmount-data start-receiver start_second done"},
 		{name: "split brain: winner keeps serving", m: settled(Alone, peerDown, func(m *Machine) { m.Epoch = 5 }),
 			ev:        Event{Kind: PeerChanged, Peer: Peer{Alive: true, Known: true, State: Alone, Epoch: 5, UpToDate: true, Started: true}},
 			wantState: Alone},
 		{name: "isolation stops serving at once", m: settled(Prim, peerSecond, nil), ev: Event{Kind: IsolationChanged, Isolated: true},
-			wantState: Prim, target: Wait, acts: "stop_prim remove-vips stop_both done"},
+			wantState: Prim, target: Wait, acts: "stop_prim remove-vips unmount-data stop_both done"},
 		{name: "restart re-runs role scripts", m: settled(Prim, peerSecond, nil), ev: Event{Kind: Restart},
 			wantState: Prim, target: Prim, acts: "stop_prim start_prim done"},
 		{name: "start script failure -> STOP with reason", m: func() Machine {
@@ -259,7 +259,7 @@ func TestRules(t *testing.T) {
 			m.Target = Alone
 			return m
 		}(), ev: Event{Kind: TransitionDone, OK: false, Reason: "start_prim exited 3"}, wantState: Alone, target: Stop,
-			acts: "stop_prim remove-vips stop_both poststop done",
+			acts: "stop_prim remove-vips unmount-data stop_both poststop done",
 			check: func(t *testing.T, m Machine) {
 				if m.Started {
 					t.Error("failed start must leave the module stopped")
@@ -271,14 +271,14 @@ func TestRules(t *testing.T) {
 		{name: "crash recovery cleans up before anything", m: func() Machine {
 			return New("a", "b", true, Persistent{State: Prim, Started: true, UpToDate: true, Epoch: 3})
 		}(), ev: Event{Kind: Boot}, wantState: Prim, target: Wait,
-			acts: "stop_prim remove-vips stop_both arm-discovery done"},
+			acts: "stop_prim remove-vips unmount-data stop_both arm-discovery done"},
 		{name: "restart after crash of a PRIM with a SECOND waits", m: settled(Wait, peerDown, func(m *Machine) { m.PeerOutdated = false }),
 			ev: Event{Kind: DiscoveryDone}, wantState: Wait,
 			check: func(t *testing.T, m Machine) { wantIn(t, m.Reason, "prim --force") }},
 		{name: "restart after crash of an ALONE serves again", m: settled(Wait, peerDown, func(m *Machine) { m.PeerOutdated = true; m.Booting = true }),
 			ev: Event{Kind: DiscoveryDone}, wantState: Wait, target: Alone},
 		{name: "shutdown of PRIM stops everything", m: settled(Prim, peerSecond, nil), ev: Event{Kind: Shutdown},
-			wantState: Prim, target: Stop, acts: "stop_prim remove-vips stop_both poststop done",
+			wantState: Prim, target: Stop, acts: "stop_prim remove-vips unmount-data stop_both poststop done",
 			check: func(t *testing.T, m Machine) {
 				if !m.Started {
 					t.Error("shutdown must keep the intent to run")
@@ -289,6 +289,25 @@ func TestRules(t *testing.T) {
 			check: func(t *testing.T, m Machine) { wantIn(t, m.Reason, "newer data") }},
 		{name: "peer stopped, ours newer: serve", m: settled(Wait, peerDown, nil),
 			ev: Event{Kind: PeerChanged, Peer: func() Peer { p := peerStop; p.Ack = true; return p }()}, wantState: Wait, target: Alone},
+		{name: "replication failure: PRIM goes on ALONE with a new epoch", m: settled(Prim, peerSecond, nil),
+			ev: Event{Kind: ReplicationFailed, Reason: "no ack within 3s"}, wantState: Prim, target: Alone, acts: "done",
+			check: func(t *testing.T, m Machine) {
+				if !m.PeerOutdated || m.Epoch != 4 || !m.ReplBroken {
+					t.Errorf("after replication failure: peerOutdated %v epoch %d broken %v", m.PeerOutdated, m.Epoch, m.ReplBroken)
+				}
+			}},
+		{name: "SECOND whose primary went on ALONE is no longer up to date", m: settled(Second, peerPrim, nil),
+			ev: Event{Kind: PeerChanged, Peer: func() Peer { p := peerPrim; p.State = Alone; p.Epoch = 4; return p }()}, wantState: Second,
+			check: func(t *testing.T, m Machine) {
+				if m.UpToDate || m.Sync != SyncResyncing {
+					t.Errorf("uptodate %v sync %s", m.UpToDate, m.Sync)
+				}
+			}},
+		{name: "SECOND not up to date never takes over", m: settled(Second, peerAlone, func(m *Machine) { m.UpToDate = false; m.Sync = SyncResyncing }),
+			ev: Event{Kind: PeerChanged, Peer: peerDown}, wantState: Second, target: Wait},
+		{name: "entering serving mounts the data before the VIP and start_prim", m: settled(Second, peerPrim, nil),
+			ev: Event{Kind: PeerChanged, Peer: peerDown}, wantState: Second, target: Alone,
+			acts: "stop_second stop-receiver mount-data add-vips start_prim done"},
 		{name: "second command waits for a serving peer", m: settled(Stop, peerDown, nil), ev: Event{Kind: SecondCmd},
 			wantState: Stop, target: Wait},
 	}
