@@ -1,0 +1,522 @@
+package wire
+
+import (
+	"bufio"
+	"context"
+	"crypto/cipher"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/tandem-ha/tandem/internal/replica/op"
+)
+
+// Defaults of SenderConfig.
+const (
+	DefaultTimeout = 3 * time.Second
+	DefaultMaxLag  = 64 << 20
+)
+
+const (
+	frameTarget = 1 << 20 // a batch is closed once it holds this much
+	frameCap    = frameTarget + 64<<10
+	keepFree    = 4 // spare frame buffers kept for reuse
+)
+
+// ErrClosed is what Failed returns after Close.
+var ErrClosed = errors.New("replication stream closed")
+
+// ErrPeerTimeout is wrapped by the failure of a peer that made no progress
+// within SenderConfig.Timeout.
+var ErrPeerTimeout = errors.New("the secondary made no progress in time")
+
+// SenderConfig configures the primary's end of a module's stream.
+type SenderConfig struct {
+	Cluster, Module, Node string // ours; the secondary checks cluster and module
+	Key                   []byte // cluster key, at least 16 bytes
+	Epoch                 uint64 // our module epoch; a secondary with a newer one refuses us
+	Addr                  string // host:port of the secondary's listener
+	// Timeout declares the peer failed when it acknowledges nothing new for
+	// this long while ops are outstanding; it also bounds Dial's handshake,
+	// Submit's back-pressure and Wait. Default DefaultTimeout.
+	Timeout time.Duration
+	// MaxLag is how many bytes of unacknowledged ops Submit accepts before
+	// blocking. Default DefaultMaxLag. Timeout must cover sending MaxLag
+	// over the link, or a slow link reads as a dead peer.
+	MaxLag int
+	Logger *slog.Logger // nil: slog.Default()
+	// OnFailure is called once, in its own goroutine, when the peer is
+	// declared failed: no progress within Timeout, a connection error, or
+	// an op the secondary failed to apply. Not called after Close.
+	OnFailure func(error)
+}
+
+// Sender is the primary's end of a module's stream. Its methods are safe
+// for concurrent use.
+type Sender struct {
+	cfg       SenderConfig
+	log       *slog.Logger
+	conn      net.Conn
+	tx        sealer // writer goroutine only
+	rx        opener // reader goroutine only
+	peerNode  string
+	peerEpoch uint64
+
+	mu       sync.Mutex
+	nextSeq  uint64 // seq of the next Submit
+	queued   uint64 // last seq encoded for sending
+	cur      *frame // batch being filled, nil if none
+	ready    []*frame
+	free     []*frame
+	inflight []frameRec // closed batches not yet acknowledged, oldest first
+	inHead   int
+	lagBytes int
+	applied  uint64
+	durable  uint64
+	progress time.Time // last progress, or when ops became outstanding
+	failed   error
+	closed   bool
+	ackCh    chan struct{} // closed on the next state change; nil when nobody waits
+	wake     chan struct{} // writer wake-up, capacity 1
+	done     chan struct{} // closed on failure or Close
+	wg       sync.WaitGroup
+}
+
+type frame struct {
+	buf   []byte
+	last  uint64
+	bytes int
+}
+
+type frameRec struct {
+	last  uint64
+	bytes int
+}
+
+// Dial connects to the secondary, authenticates both ends with the cluster
+// key and returns a Sender whose first op has seq 1. The handshake is
+// bounded by cfg.Timeout and ctx. A refusal is a *RefusedError.
+func Dial(ctx context.Context, cfg SenderConfig) (*Sender, error) {
+	if len(cfg.Key) < minKeyLen {
+		return nil, fmt.Errorf("replica %s: cluster key of %d bytes, need at least %d", cfg.Module, len(cfg.Key), minKeyLen)
+	}
+	if cfg.Module == "" || cfg.Addr == "" {
+		return nil, fmt.Errorf("replica: sender needs a module and a peer address (module %q, address %q)", cfg.Module, cfg.Addr)
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.MaxLag <= 0 {
+		cfg.MaxLag = DefaultMaxLag
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("module", cfg.Module, "peer", cfg.Addr)
+	wrap := func(err error) error {
+		return fmt.Errorf("replica %s: connect to secondary %s: %w", cfg.Module, cfg.Addr, err)
+	}
+	d := net.Dialer{Timeout: cfg.Timeout}
+	conn, err := d.DialContext(ctx, "tcp", cfg.Addr)
+	if err != nil {
+		return nil, wrap(err)
+	}
+	deadline := time.Now().Add(cfg.Timeout)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	conn.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	br := bufio.NewReaderSize(conn, 64<<10)
+	h := hello{Cluster: cfg.Cluster, Module: cfg.Module, Node: cfg.Node, Epoch: cfg.Epoch, StartSeq: 1}
+	acc, c2s, s2c, err := clientHandshake(conn, br, cfg.Key, &h, cfg.Addr)
+	if !stop() && err != nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		conn.Close()
+		return nil, wrap(err)
+	}
+	conn.SetDeadline(time.Time{})
+	s := newSender(cfg, log, conn, br, c2s, s2c)
+	s.peerNode, s.peerEpoch = acc.Node, acc.Epoch
+	log.Info("replication stream connected", "peer_node", acc.Node, "epoch", cfg.Epoch, "peer_epoch", acc.Epoch)
+	return s, nil
+}
+
+func newSender(cfg SenderConfig, log *slog.Logger, conn net.Conn, br *bufio.Reader, c2s, s2c cipher.AEAD) *Sender {
+	s := &Sender{
+		cfg: cfg, log: log, conn: conn,
+		tx:      sealer{aead: c2s},
+		rx:      opener{aead: s2c, r: br, max: maxS2C},
+		nextSeq: 1,
+		wake:    make(chan struct{}, 1),
+		done:    make(chan struct{}),
+	}
+	s.wg.Add(3)
+	go s.writer()
+	go s.reader()
+	go s.watchdog()
+	return s
+}
+
+// Submit queues o for the secondary and returns its sequence number. o is
+// copied (its Data too: the caller may reuse its buffers at once). A write
+// larger than MaxOpData is split; the seq returned is its last part's.
+// Submit blocks while more than MaxLag bytes are unacknowledged, at most
+// Timeout: then the peer is failed. Once the peer failed or the Sender is
+// closed, Submit drops the op and returns at once.
+func (s *Sender) Submit(o *op.Op) uint64 {
+	if o.Kind == op.Write && len(o.Data) > MaxOpData {
+		part := *o
+		var seq uint64
+		for data := o.Data; len(data) > 0; {
+			n := min(len(data), MaxOpData)
+			part.Data = data[:n]
+			seq = s.Submit(&part)
+			data, part.Off = data[n:], part.Off+int64(n)
+		}
+		return seq
+	}
+	size := o.Size()
+	s.mu.Lock()
+	if s.lagBytes > 0 && s.lagBytes+size > s.cfg.MaxLag && s.usable() {
+		s.waitLagLocked(size)
+	}
+	seq := s.nextSeq
+	s.nextSeq++
+	if !s.usable() {
+		s.mu.Unlock()
+		return seq
+	}
+	if len(o.Data) > MaxOpData {
+		s.mu.Unlock()
+		s.fail(fmt.Errorf("%s: %d bytes of data, more than one op may carry (%d)", o, len(o.Data), MaxOpData))
+		return seq
+	}
+	if s.applied == s.queued {
+		s.progress = time.Now() // ops outstanding from now on: start the clock
+	}
+	f := s.cur
+	if f != nil && len(f.buf)+size > frameTarget {
+		s.closeCurLocked()
+		f = nil
+	}
+	if f == nil {
+		f = s.newFrameLocked(seq)
+	}
+	f.buf = AppendOp(f.buf, o)
+	f.last, f.bytes = seq, f.bytes+size
+	s.queued = seq
+	s.lagBytes += size
+	if len(f.buf) >= frameTarget {
+		s.closeCurLocked()
+	}
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	return seq
+}
+
+// waitLagLocked blocks, s.mu held, until the lag leaves room for size more
+// bytes, the Sender stops, or Timeout passes (the peer is then failed).
+func (s *Sender) waitLagLocked(size int) {
+	timer := time.NewTimer(s.cfg.Timeout)
+	defer timer.Stop()
+	for s.lagBytes > 0 && s.lagBytes+size > s.cfg.MaxLag && s.usable() {
+		ch := s.waitChLocked()
+		lag := s.lagBytes
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-timer.C:
+			s.fail(fmt.Errorf("%w: over %d bytes unacknowledged (limit %d) for %s", ErrPeerTimeout, lag, s.cfg.MaxLag, s.cfg.Timeout))
+		}
+		s.mu.Lock()
+	}
+}
+
+func (s *Sender) newFrameLocked(first uint64) *frame {
+	var f *frame
+	if n := len(s.free); n > 0 {
+		f = s.free[n-1]
+		s.free = s.free[:n-1]
+		f.buf = f.buf[:0]
+	} else {
+		f = &frame{buf: make([]byte, 0, frameCap)}
+	}
+	f.buf = append(f.buf, 0, 0, 0, 0, frameBatch)
+	f.buf = binary.BigEndian.AppendUint64(f.buf, first)
+	f.bytes = 0
+	s.cur = f
+	return f
+}
+
+func (s *Sender) closeCurLocked() {
+	f := s.cur
+	s.cur = nil
+	s.ready = append(s.ready, f)
+	s.inflight = append(s.inflight, frameRec{last: f.last, bytes: f.bytes})
+}
+
+func (s *Sender) usable() bool { return s.failed == nil && !s.closed }
+
+// waitChLocked returns a channel closed at the next state change.
+func (s *Sender) waitChLocked() chan struct{} {
+	if s.ackCh == nil {
+		s.ackCh = make(chan struct{})
+	}
+	return s.ackCh
+}
+
+func (s *Sender) notifyLocked() {
+	if s.ackCh != nil {
+		close(s.ackCh)
+		s.ackCh = nil
+	}
+}
+
+// Wait blocks until the secondary applied op seq (durable: and executed an
+// Fsync or SyncAll op at or after seq, so pass the seq of the Fsync op the
+// caller submitted). It returns nil at once when the Sender has failed or
+// is closed: the module then runs alone and must not be blocked. It never
+// blocks longer than Timeout: then the peer is declared failed and Wait
+// returns nil. An error means seq was never submitted.
+func (s *Sender) Wait(seq uint64, durable bool) error {
+	if seq == 0 {
+		return nil
+	}
+	var timer *time.Timer
+	s.mu.Lock()
+	for {
+		if !s.usable() {
+			s.mu.Unlock()
+			return nil
+		}
+		if seq >= s.nextSeq {
+			n := s.nextSeq
+			s.mu.Unlock()
+			return fmt.Errorf("replica %s: wait for op %d, but only %d ops were submitted", s.cfg.Module, seq, n-1)
+		}
+		got := s.applied
+		if durable {
+			got = s.durable
+		}
+		if got >= seq {
+			s.mu.Unlock()
+			return nil
+		}
+		ch := s.waitChLocked()
+		s.mu.Unlock()
+		if timer == nil {
+			timer = time.NewTimer(s.cfg.Timeout)
+			defer timer.Stop()
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			kind := "applied"
+			if durable {
+				kind = "made durable"
+			}
+			s.fail(fmt.Errorf("%w: op %d not %s within %s", ErrPeerTimeout, seq, kind, s.cfg.Timeout))
+		}
+		s.mu.Lock()
+	}
+}
+
+// Peer returns the secondary's node name and its epoch at the handshake.
+func (s *Sender) Peer() (node string, epoch uint64) { return s.peerNode, s.peerEpoch }
+
+// Lag returns the number and approximate size of ops not yet acknowledged.
+func (s *Sender) Lag() (ops int, bytes int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return int(s.queued - s.applied), s.lagBytes
+}
+
+// Acked returns the last applied and last durable seq acknowledged.
+func (s *Sender) Acked() (applied, durable uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.applied, s.durable
+}
+
+// Failed returns why the peer was declared failed, ErrClosed after Close,
+// or nil while the stream is healthy.
+func (s *Sender) Failed() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failed != nil {
+		return s.failed
+	}
+	if s.closed {
+		return ErrClosed
+	}
+	return nil
+}
+
+// Done is closed when the Sender fails or is closed.
+func (s *Sender) Done() <-chan struct{} { return s.done }
+
+// Close stops the stream without draining it: queued ops are dropped and
+// pending Waits return. OnFailure is not called.
+func (s *Sender) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	if s.failed == nil {
+		close(s.done)
+	}
+	s.notifyLocked()
+	s.mu.Unlock()
+	err := s.conn.Close()
+	s.wg.Wait()
+	if errors.Is(err, net.ErrClosed) {
+		err = nil
+	}
+	return err
+}
+
+// fail declares the peer failed (once) and releases everyone waiting.
+func (s *Sender) fail(err error) {
+	s.mu.Lock()
+	if !s.usable() {
+		s.mu.Unlock()
+		return
+	}
+	err = fmt.Errorf("replica %s: secondary %s failed: %w", s.cfg.Module, s.cfg.Addr, err)
+	s.failed = err
+	close(s.done)
+	s.notifyLocked()
+	ops, bytes := int(s.queued-s.applied), s.lagBytes
+	s.mu.Unlock()
+	s.conn.Close()
+	s.log.Warn("replication peer failed", "err", err, "unacked_ops", ops, "unacked_bytes", bytes)
+	if s.cfg.OnFailure != nil {
+		go s.cfg.OnFailure(err)
+	}
+}
+
+func (s *Sender) writer() {
+	defer s.wg.Done()
+	for {
+		s.mu.Lock()
+		for len(s.ready) == 0 && s.cur == nil && s.usable() {
+			s.mu.Unlock()
+			select {
+			case <-s.wake:
+			case <-s.done:
+			}
+			s.mu.Lock()
+		}
+		if !s.usable() {
+			s.mu.Unlock()
+			return
+		}
+		if len(s.ready) == 0 {
+			s.closeCurLocked() // nothing else queued: send the partial batch now
+		}
+		f := s.ready[0]
+		copy(s.ready, s.ready[1:])
+		s.ready[len(s.ready)-1] = nil
+		s.ready = s.ready[:len(s.ready)-1]
+		s.mu.Unlock()
+
+		out := s.tx.seal(f.buf)
+		_, err := s.conn.Write(out)
+		if err != nil {
+			s.fail(fmt.Errorf("send: %w", err))
+			return
+		}
+		s.mu.Lock()
+		if len(s.free) < keepFree && cap(out) <= 2*frameCap {
+			f.buf = out[:0]
+			s.free = append(s.free, f)
+		}
+		s.mu.Unlock()
+	}
+}
+
+func (s *Sender) reader() {
+	defer s.wg.Done()
+	buf := make([]byte, 0, 4096)
+	for {
+		plain, nb, err := s.rx.read(buf)
+		buf = nb
+		if err != nil {
+			s.fail(fmt.Errorf("receive acks: %w", err))
+			return
+		}
+		a, err := parseAck(plain)
+		if err != nil {
+			s.fail(err)
+			return
+		}
+		s.mu.Lock()
+		if a.Applied > s.queued || a.Durable > a.Applied {
+			s.mu.Unlock()
+			s.fail(fmt.Errorf("ack of op %d (durable %d) beyond the last op sent (%d)", a.Applied, a.Durable, s.queued))
+			return
+		}
+		if a.Applied > s.applied {
+			s.applied = a.Applied
+			s.progress = time.Now()
+			for s.inHead < len(s.inflight) && s.inflight[s.inHead].last <= a.Applied {
+				s.lagBytes -= s.inflight[s.inHead].bytes
+				s.inHead++
+			}
+			if s.inHead == len(s.inflight) {
+				s.inflight, s.inHead = s.inflight[:0], 0
+			} else if s.inHead > 1024 && s.inHead > len(s.inflight)/2 {
+				n := copy(s.inflight, s.inflight[s.inHead:])
+				s.inflight, s.inHead = s.inflight[:n], 0
+			}
+			if s.applied == s.queued && s.cur == nil {
+				s.lagBytes = 0 // guard against drift
+			}
+		}
+		if a.Durable > s.durable {
+			s.durable = a.Durable
+		}
+		s.notifyLocked()
+		s.mu.Unlock()
+		if a.ErrSeq != 0 {
+			s.fail(&ApplyError{Seq: a.ErrSeq, Errno: errnoOf(a.Errno), Msg: a.Msg})
+			return
+		}
+	}
+}
+
+// watchdog fails the peer when ops are outstanding and nothing was
+// acknowledged for Timeout. It polls at a twentieth of Timeout, so the
+// failure is declared within 1.05 Timeout.
+func (s *Sender) watchdog() {
+	defer s.wg.Done()
+	t := time.NewTicker(max(s.cfg.Timeout/20, time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case now := <-t.C:
+			s.mu.Lock()
+			stuck := s.applied < s.queued && now.Sub(s.progress) > s.cfg.Timeout
+			n := s.queued - s.applied
+			s.mu.Unlock()
+			if stuck {
+				s.fail(fmt.Errorf("%w: %d ops unacknowledged for %s", ErrPeerTimeout, n, s.cfg.Timeout))
+			}
+		}
+	}
+}
