@@ -45,6 +45,8 @@ type Host struct {
 	dropped  map[string][]string // other host -> nft set elements added
 	dropMade bool                // nft table created
 	tmpfs    map[string]int64    // mount path -> size, from MountTmpfs
+	binds    []string            // BindMount targets still mounted
+	created  [][]string          // paths each BindMount created, deepest first
 }
 
 // AddHost adds a host with allocated addresses: host index i gets offset
@@ -246,6 +248,7 @@ mount -t sysfs -o nosuid,nodev,noexec sysfs /sys`
 // namespace (which deletes its veths). Processes must be gone already.
 func (h *Host) teardown() error {
 	var errs []error
+	h.releaseMounts()
 	if h.nl != nil {
 		h.nl.close()
 	}
