@@ -239,6 +239,9 @@ func (w *writer) open(st *ackState) (uint64, error) {
 			maxIntact = max(maxIntact, lastIntact)
 		} else if !errors.Is(err, os.ErrNotExist) {
 			return 0, dataFail(err, "scan %s", path)
+		} else if lastAckedIn[k] > 0 {
+			return 0, fail(exitFail, "%s is missing but holds acknowledged records up to %d: data was lost; run `writer verify` and start with a new ack log and directory",
+				path, lastAckedIn[k])
 		}
 		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|modes[cfg.mode], 0o644)
 		if err != nil {

@@ -318,6 +318,12 @@ func TestVerifyJSON(t *testing.T) {
 	if code != exitFail || r.OK || r.Acked != 20 || r.Present != 15 || !slices.Equal(r.Lost, []uint64{4, 8, 12, 16, 20}) || r.Corrupt == nil {
 		t.Fatalf("exit %d, %+v", code, r)
 	}
+	// Resuming with a whole data file gone is refused.
+	errb.Reset()
+	if code := mainArgs(append([]string{"run", "--records", "1", "--checkpoint-every", "5", "--keep-checkpoints", "2"}, args...), &out, &errb); code != exitFail ||
+		!strings.Contains(errb.String(), "data-3.log is missing") {
+		t.Fatalf("resume without data-3.log: exit %d: %s", code, errb.String())
+	}
 }
 
 func TestDetectZeroedRanges(t *testing.T) {
