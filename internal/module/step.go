@@ -111,7 +111,7 @@ func Step(m Machine, ev Event) (Machine, []Action, error) {
 		if m.State == Second && m.Target == "" {
 			m.Sync, m.UpToDate = SyncSynced, true
 			if m.Peer.usable() {
-				m.Epoch = max(m.Epoch, m.Peer.Epoch)
+				m.Epoch = m.Peer.Epoch
 			}
 			m.PeerOutdated = false
 		}
@@ -539,6 +539,10 @@ func transition(m Machine, to State, acts []Action) (Machine, []Action, error) {
 	}
 	if to == Second {
 		m.Want = WantNone
+		if p := m.Peer; p.usable() && !m.Handover {
+			// Following the peer means taking its data as the reference.
+			m.Epoch = p.Epoch
+		}
 	}
 	m.Target = to
 	acts = append(acts, logf("info", "%s -> %s%s", from, to, reasonSuffix(m.Reason)))

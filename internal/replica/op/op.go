@@ -40,6 +40,10 @@ const (
 // DataOnly in an Fsync op's Flags: fdatasync.
 const DataOnly = 1
 
+// ResyncDone in a SyncAll op's Flags: the full resynchronisation that came
+// before it is complete; once it is durable the secondary is up to date.
+const ResyncDone = 1
+
 var kindNames = [...]string{"invalid", "write", "truncate", "create", "mknod", "mkdir", "unlink", "rmdir",
 	"rename", "link", "symlink", "chmod", "chown", "utimens", "setxattr", "removexattr", "fallocate", "fsync", "syncall"}
 
