@@ -28,12 +28,16 @@ import (
 type Binaries struct {
 	Tandem     string // the tandem binary
 	Nameserver string // test/apps/nameserver
+	Writer     string // test/apps/writer (the no-loss workload)
 }
 
 // Build compiles tandem and the test service into dir (CGO off: static).
 func Build(dir string) (Binaries, error) {
-	b := Binaries{Tandem: filepath.Join(dir, "tandem"), Nameserver: filepath.Join(dir, "nameserver")}
+	b := Binaries{Tandem: filepath.Join(dir, "tandem"), Nameserver: filepath.Join(dir, "nameserver"), Writer: filepath.Join(dir, "writer")}
 	if err := build(b.Tandem, "./cmd/tandem"); err != nil {
+		return b, err
+	}
+	if err := build(b.Writer, "./test/apps/writer"); err != nil {
 		return b, err
 	}
 	return b, build(b.Nameserver, "./test/apps/nameserver")
@@ -74,6 +78,12 @@ type Options struct {
 	// ScriptTimeout and StopTimeout go to module.yaml's scripts section;
 	// default 10s / 5s.
 	ScriptTimeout, StopTimeout string
+	// Directories are replicated by the module. Each host gets its own
+	// backing directory (bind-mounted at the same path inside the host), so
+	// the two copies are distinct although the hosts share one disk.
+	Directories []string
+	// ModuleExtra is appended to module.yaml (e.g. "sync: write\n").
+	ModuleExtra string
 }
 
 // Node is one cluster node of the bed.
@@ -197,6 +207,18 @@ func New(t testbed.TB, bins Binaries, o Options) *Cluster {
 		fmt.Fprintf(&m, "  - address: %s\n", v)
 	}
 	fmt.Fprintf(&m, "scripts:\n  timeout: %s\n  stop_timeout: %s\n", o.ScriptTimeout, o.StopTimeout)
+	if len(o.Directories) > 0 {
+		m.WriteString("directories:\n")
+		for _, d := range o.Directories {
+			fmt.Fprintf(&m, "  - %s\n", d)
+			for _, n := range c.nodes {
+				backing := filepath.Join(c.dir, "data-"+n.name, strings.ReplaceAll(strings.Trim(d, "/"), "/", "_"))
+				must(t, os.MkdirAll(backing, 0o755))
+				must(t, n.Host.BindMount(backing, d))
+			}
+		}
+	}
+	m.WriteString(o.ModuleExtra)
 	must(t, os.WriteFile(filepath.Join(mdir, "module.yaml"), []byte(m.String()), 0o644))
 	scripts := ServiceScripts(bins)
 	for k, v := range o.Scripts {
@@ -514,3 +536,9 @@ func (c *Cluster) Binaries() Binaries { return c.bins }
 
 // Proc is the node's running agent (nil before Start).
 func (n *Node) Proc() *testbed.Proc { return n.proc }
+
+// BackingDir is where node's copy of a replicated directory really lives,
+// seen from outside the hosts (below any FUSE or read-only mount).
+func (c *Cluster) BackingDir(node, dir string) string {
+	return filepath.Join(c.dir, "data-"+node, strings.ReplaceAll(strings.Trim(dir, "/"), "/", "_"))
+}
