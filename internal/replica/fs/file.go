@@ -1,0 +1,317 @@
+package fs
+
+import (
+	"context"
+	"sync/atomic"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/tandem-ha/tandem/internal/replica/op"
+)
+
+var (
+	_ gofs.NodeReader    = (*node)(nil)
+	_ gofs.NodeWriter    = (*node)(nil)
+	_ gofs.NodeFlusher   = (*node)(nil)
+	_ gofs.NodeReleaser  = (*node)(nil)
+	_ gofs.NodeFsyncer   = (*node)(nil)
+	_ gofs.NodeAllocater = (*node)(nil)
+	_ gofs.NodeLseeker   = (*node)(nil)
+)
+
+// handle is one open file: a real fd on the inode.
+type handle struct {
+	m        *meta
+	fd       int
+	writable bool
+	wrote    atomic.Bool
+}
+
+func (f *fsys) newHandle(m *meta, fd int, flags uint32) *handle {
+	return &handle{
+		m:        m,
+		fd:       fd,
+		writable: flags&unix.O_ACCMODE != unix.O_RDONLY,
+	}
+}
+
+// backingFlags turns the kernel's open flags into flags for the real file:
+// no O_APPEND (the kernel sends the offset where an append lands; pwrite on
+// an O_APPEND fd would ignore it), no O_DIRECT (our buffers are not aligned;
+// the page cache of the mount is what the application bypasses), no create
+// flags (Create handles them), no O_NOFOLLOW (we open through
+// /proc/self/fd), O_TRUNC applied explicitly so it is replicated.
+//
+// No O_SYNC/O_DSYNC either: the kernel follows every O_SYNC/O_DSYNC (and
+// RWF_DSYNC) write with an FSYNC request (generic_write_sync, checked by
+// TestWaits), which syncs locally and waits for the peer; syncing in the
+// write as well would flush the disk twice.
+func backingFlags(flags uint32) int {
+	const strip = unix.O_APPEND | unix.O_CREAT | unix.O_EXCL | unix.O_NOCTTY | unix.O_TRUNC |
+		unix.O_DIRECT | unix.O_NOFOLLOW | fuse.FMODE_EXEC | unix.O_SYNC | unix.O_DSYNC
+	return int(flags&^strip) | unix.O_CLOEXEC
+}
+
+func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	fd, err := unix.Open(procPath(n.m.fd), backingFlags(flags), 0)
+	if err != nil {
+		return nil, 0, errno(err)
+	}
+	h := n.f.newHandle(n.m, fd, flags)
+	if flags&unix.O_TRUNC != 0 && h.writable {
+		// Only with atomic_o_trunc; otherwise the kernel sends a SETATTR.
+		f, m := n.f, n.m
+		f.ns.RLock()
+		m.dataMu.Lock()
+		err := unix.Ftruncate(fd, 0)
+		if err == nil {
+			m.mtimeDirty.Store(true)
+			if p, ok := f.pathOf(m); ok {
+				f.submit(m, &op.Op{Kind: op.Truncate, Path: p})
+			}
+		}
+		m.dataMu.Unlock()
+		f.ns.RUnlock()
+		if err != nil {
+			unix.Close(fd)
+			return nil, 0, errno(err)
+		}
+	}
+	return h, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+func (n *node) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	h, ok := fh.(*handle)
+	if !ok {
+		return nil, syscall.EBADF
+	}
+	// Spliced from the real file when the kernel allows it.
+	return fuse.ReadResultFd(uintptr(h.fd), off, len(dest)), 0
+}
+
+// Write applies data at the offset the kernel gave (for O_APPEND, the end of
+// file as the kernel knows it, which every write through the mount keeps
+// exact) and submits it under the inode lock.
+func (n *node) Write(ctx context.Context, fh gofs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	h, ok := fh.(*handle)
+	if !ok {
+		return 0, syscall.EBADF
+	}
+	f, m := n.f, n.m
+	f.ns.RLock()
+	m.dataMu.Lock()
+	done := 0
+	var err error
+	for done < len(data) {
+		var w int
+		w, err = unix.Pwrite(h.fd, data[done:], off+int64(done))
+		if w <= 0 {
+			if err == nil {
+				err = syscall.EIO
+			}
+			break
+		}
+		done += w
+		err = nil
+	}
+	var seq uint64
+	if done > 0 {
+		m.mtimeDirty.Store(true)
+		h.wrote.Store(true)
+		if p, named := f.pathOf(m); named {
+			seq = f.submit(m, &op.Op{Kind: op.Write, Path: p, Data: data[:done], Off: off})
+		}
+	}
+	m.dataMu.Unlock()
+	f.ns.RUnlock()
+	if seq != 0 && f.sync == SyncWrite {
+		f.wait(seq, false, "write")
+	}
+	if done == 0 {
+		return 0, errno(err)
+	}
+	return uint32(done), 0
+}
+
+// Flush is close(2) (once per close of a descriptor). A handle that may have
+// written sends the file's mtime if data changed since it was last sent, and
+// waits until the peer applied everything submitted for the inode.
+func (n *node) Flush(ctx context.Context, fh gofs.FileHandle) syscall.Errno {
+	h, ok := fh.(*handle)
+	if !ok || !h.writable {
+		return 0
+	}
+	n.sendMtime(h)
+	n.f.wait(n.m.lastSeq.Load(), false, "close")
+	return 0
+}
+
+// sendMtime replicates the mtime after data changes (writes do not carry
+// it), so the peer's copy matches after a close.
+func (n *node) sendMtime(h *handle) {
+	f, m := n.f, n.m
+	if !m.mtimeDirty.Load() {
+		return
+	}
+	f.ns.RLock()
+	m.dataMu.Lock()
+	if m.mtimeDirty.Load() {
+		var st unix.Stat_t
+		if unix.Fstat(h.fd, &st) == nil {
+			m.mtimeDirty.Store(false)
+			if p, named := f.pathOf(m); named {
+				f.submit(m, &op.Op{Kind: op.Utimens, Path: p, Atime: op.Time{Nsec: op.UtimeOmit},
+					Mtime: op.Time{Sec: st.Mtim.Sec, Nsec: st.Mtim.Nsec}})
+			}
+		}
+	}
+	m.dataMu.Unlock()
+	f.ns.RUnlock()
+}
+
+// Release is the last close of the handle; it does not wait (the kernel
+// does not wait for it either).
+func (n *node) Release(ctx context.Context, fh gofs.FileHandle) syscall.Errno {
+	h, ok := fh.(*handle)
+	if !ok {
+		return 0
+	}
+	if h.writable {
+		n.sendMtime(h) // pages written back from a mmap after the last close
+	}
+	unix.Close(h.fd)
+	h.fd = -1
+	return 0
+}
+
+// Fsync syncs locally, submits an Fsync op and waits until the peer made
+// everything up to it durable.
+func (n *node) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32) syscall.Errno {
+	f, m := n.f, n.m
+	fd := -1
+	if h, ok := fh.(*handle); ok {
+		fd = h.fd
+	} else {
+		var err error
+		if fd, err = unix.Open(procPath(m.fd), unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+			return errno(err)
+		}
+		defer unix.Close(fd)
+	}
+	dataOnly := flags&1 != 0 // FUSE_FSYNC_FDATASYNC
+	var err error
+	if dataOnly {
+		err = unix.Fdatasync(fd)
+	} else {
+		err = unix.Fsync(fd)
+	}
+	if err != nil {
+		return errno(err)
+	}
+	f.ns.RLock()
+	var seq uint64
+	if p, named := f.pathOf(m); named {
+		o := &op.Op{Kind: op.Fsync, Path: p}
+		if dataOnly {
+			o.Flags = op.DataOnly
+		}
+		seq = f.submit(m, o)
+	}
+	f.ns.RUnlock()
+	f.wait(seq, true, "fsync")
+	return 0
+}
+
+func (n *node) Allocate(ctx context.Context, fh gofs.FileHandle, off uint64, size uint64, mode uint32) syscall.Errno {
+	h, ok := fh.(*handle)
+	if !ok {
+		return syscall.EBADF
+	}
+	f, m := n.f, n.m
+	f.ns.RLock()
+	m.dataMu.Lock()
+	err := unix.Fallocate(h.fd, mode, int64(off), int64(size))
+	var seq uint64
+	if err == nil {
+		m.mtimeDirty.Store(true)
+		h.wrote.Store(true)
+		if p, named := f.pathOf(m); named {
+			seq = f.submit(m, &op.Op{Kind: op.Fallocate, Path: p, Flags: mode, Off: int64(off), Len: int64(size)})
+		}
+	}
+	m.dataMu.Unlock()
+	f.ns.RUnlock()
+	if seq != 0 && f.sync == SyncWrite {
+		f.wait(seq, false, "fallocate")
+	}
+	return errno(err)
+}
+
+func (n *node) Lseek(ctx context.Context, fh gofs.FileHandle, off uint64, whence uint32) (uint64, syscall.Errno) {
+	h, ok := fh.(*handle)
+	if !ok {
+		return 0, syscall.EBADF
+	}
+	r, err := unix.Seek(h.fd, int64(off), int(whence))
+	return uint64(r), errno(err)
+}
+
+// dirHandle is an open directory: listing from the real directory, and
+// fsyncdir replicated. It exposes no ioctl (a FS_IOC_SETFLAGS would change
+// the directory without an op).
+type dirHandle struct {
+	n  *node
+	ds gofs.DirStream
+}
+
+var (
+	_ gofs.FileReaddirenter = (*dirHandle)(nil)
+	_ gofs.FileSeekdirer    = (*dirHandle)(nil)
+	_ gofs.FileReleasedirer = (*dirHandle)(nil)
+	_ gofs.FileFsyncdirer   = (*dirHandle)(nil)
+)
+
+func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	fd, err := unix.Openat(n.m.fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, 0, errno(err)
+	}
+	ds, e := gofs.NewLoopbackDirStreamFd(fd)
+	if e != 0 {
+		unix.Close(fd)
+		return nil, 0, e
+	}
+	return &dirHandle{n: n, ds: ds}, 0, 0
+}
+
+func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	return d.ds.(gofs.FileReaddirenter).Readdirent(ctx)
+}
+
+func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	return d.ds.(gofs.FileSeekdirer).Seekdir(ctx, off)
+}
+
+func (d *dirHandle) Releasedir(ctx context.Context, flags uint32) { d.ds.Close() }
+
+func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
+	if e := d.ds.(gofs.FileFsyncdirer).Fsyncdir(ctx, flags); e != 0 {
+		return e
+	}
+	f, m := d.n.f, d.n.m
+	f.ns.RLock()
+	var seq uint64
+	if p, named := f.pathOf(m); named {
+		o := &op.Op{Kind: op.Fsync, Path: p}
+		if flags&1 != 0 {
+			o.Flags = op.DataOnly
+		}
+		seq = f.submit(m, o)
+	}
+	f.ns.RUnlock()
+	f.wait(seq, true, "fsyncdir")
+	return 0
+}

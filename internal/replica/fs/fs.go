@@ -1,0 +1,386 @@
+// Package fs is the FUSE front of mirror replication on the primary: a
+// passthrough filesystem mounted over a replicated directory. Every mutation
+// is applied to the real directory (reached through a directory fd opened
+// before the mount) and described to a Replicator as an op.Op, in the order
+// it was applied.
+//
+// Design (see docs/design.md, "Mirror write path"):
+//
+//   - Nodes are resolved through an O_PATH fd held per inode (openat on the
+//     parent's fd, as libfuse's passthrough_hp does), never by joining full
+//     paths, so depth is not limited by PATH_MAX and a rename between lookup
+//     and use cannot redirect an operation. Each inode also keeps its names
+//     (parent + name, several for hard links) to build the op path on demand;
+//     op paths are relative to the root and may be longer than PATH_MAX.
+//   - Ordering: one namespace RWMutex (create, mkdir, mknod, symlink, link,
+//     unlink, rmdir, rename take it exclusively; data and attribute ops take
+//     it shared) plus a per-inode mutex for data and attribute ops. The local
+//     apply and Submit happen under these locks, so the op order equals the
+//     local order for any one file and for the namespace. Waits for the peer
+//     happen after the locks are released.
+//   - Writeback cache is off: every write(2) reaches the daemon before it
+//     returns, which is what sync=write needs, and O_SYNC/O_DSYNC writes are
+//     followed by an FSYNC from the kernel (generic_write_sync). Shared
+//     writable mmap works without it: dirty pages come as WRITE requests on
+//     msync, fsync, close or background writeback, and are replicated like
+//     any write.
+//   - No passthrough: passed-through writes would bypass the daemon, and once
+//     an inode has a backing file every other open of it must be passthrough
+//     too (the kernel answers EIO otherwise), so read and write opens of one
+//     file could not coexist. Reads are served by splice from the real file.
+//   - Durability (SPEC §4): FSYNC and FSYNCDIR sync locally, submit an Fsync
+//     op and wait until the peer applied and flushed it. A close (FLUSH) of a
+//     handle that may have written waits until the peer applied everything
+//     submitted for the inode. In SyncWrite mode every write waits (applied).
+//     Plain writes only submit; the Replicator bounds the lag.
+package fs
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/tandem-ha/tandem/internal/replica/op"
+)
+
+// Replicator receives the mutations applied through the mount.
+type Replicator interface {
+	// Submit is called after the local apply succeeded, in the local order
+	// for any one file and for the namespace, and returns the op's sequence
+	// number. o.Data may be reused by the caller once Submit returns.
+	Submit(o *op.Op) uint64
+	// Wait blocks until the peer applied everything up to seq (durable:
+	// and flushed it). It returns nil when running without a peer and is
+	// bounded by the peer timeout.
+	Wait(seq uint64, durable bool) error
+}
+
+// SyncMode says which calls wait for the peer.
+type SyncMode int
+
+const (
+	// SyncFsync (default): fsync, fdatasync, O_SYNC/O_DSYNC writes wait until
+	// the peer made the data durable; close after write waits until the peer
+	// applied it.
+	SyncFsync SyncMode = iota
+	// SyncWrite: in addition every write waits until the peer applied it.
+	SyncWrite
+)
+
+func (s SyncMode) String() string {
+	switch s {
+	case SyncFsync:
+		return "fsync"
+	case SyncWrite:
+		return "write"
+	}
+	return fmt.Sprintf("syncmode(%d)", int(s))
+}
+
+// Options configure Mount.
+type Options struct {
+	// Replicator receives every mutation; nil drops them (local only).
+	Replicator Replicator
+	Sync       SyncMode
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Debug logs every FUSE request (very verbose).
+	Debug bool
+
+	// writeback enables the kernel writeback cache (benchmarks only: it
+	// hides O_DSYNC from the daemon and makes write(2) return before the
+	// daemon sees the data, which breaks sync=write).
+	writeback bool
+}
+
+// Timeouts for the kernel's dentry and attribute caches. Nothing but this
+// mount changes the directory while it is mounted, so they can be long; the
+// kernel invalidates what a request through the mount changes.
+const (
+	entryTimeout    = 5 * time.Second
+	attrTimeout     = 5 * time.Second
+	negativeTimeout = 5 * time.Second
+	maxWrite        = 1 << 20
+	maxBackground   = 64
+	fsName          = "tandem"
+)
+
+// ErrLazyUnmount is wrapped by Unmount's error when the mount was busy and
+// was detached instead (MNT_DETACH).
+var ErrLazyUnmount = errors.New("mount busy: detached lazily")
+
+// Mounted is a live mount.
+type Mounted struct {
+	dir    string
+	rootFd int
+	fsys   *fsys
+	server *fuse.Server
+	done   chan struct{}
+
+	mu        sync.Mutex
+	unmounted bool
+}
+
+// Mount mounts the replicating filesystem over dir itself. It first opens dir
+// (the fd stays usable after the mount: see RootFd), cleans up a stale tandem
+// mount left by a crashed agent, and refuses a dir that already carries a live
+// tandem mount. It needs root (mount(2), allow_other, fchown as the caller).
+func Mount(dir string, opts Options) (*Mounted, error) {
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("mount replicated directory %s: needs root (mount(2) and file ownership)", dir)
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("mount replicated directory %s: %w", dir, err)
+	}
+	dir = filepath.Clean(abs)
+	if err := CleanupStale(dir); err != nil {
+		return nil, err
+	}
+	if live, err := isTandemMount(dir); err != nil {
+		return nil, fmt.Errorf("mount replicated directory %s: %w", dir, err)
+	} else if live {
+		return nil, fmt.Errorf("mount replicated directory %s: already carries a tandem mount; unmount it first", dir)
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	logger = logger.With("dir", dir)
+
+	rootFd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, fmt.Errorf("mount replicated directory %s: open: %w (it must be an existing directory, not a symlink)", dir, err)
+	}
+	f, err := newFsys(rootFd, opts, logger)
+	if err != nil {
+		unix.Close(rootFd)
+		return nil, fmt.Errorf("mount replicated directory %s: %w", dir, err)
+	}
+	checkNofile(logger)
+
+	var sfs unix.Statfs_t
+	if err := unix.Fstatfs(rootFd, &sfs); err != nil {
+		f.close()
+		return nil, fmt.Errorf("mount replicated directory %s: statfs: %w", dir, err)
+	}
+	// Keep the underlying mount's suid/dev/exec policy (go-fuse's default
+	// would add nosuid,nodev and change what the application sees).
+	var mflags uintptr
+	if sfs.Flags&unix.ST_NOSUID != 0 {
+		mflags |= unix.MS_NOSUID
+	}
+	if sfs.Flags&unix.ST_NODEV != 0 {
+		mflags |= unix.MS_NODEV
+	}
+	if sfs.Flags&unix.ST_NOEXEC != 0 {
+		mflags |= unix.MS_NOEXEC
+	}
+	if mflags == 0 {
+		mflags = unix.MS_MGC_VAL
+	}
+
+	et, at, nt := entryTimeout, attrTimeout, negativeTimeout
+	gopts := &gofs.Options{
+		EntryTimeout:    &et,
+		AttrTimeout:     &at,
+		NegativeTimeout: &nt,
+		NullPermissions: true,
+		RootStableAttr:  &gofs.StableAttr{Ino: f.root.ino, Gen: f.root.gen},
+		Logger:          log.New(slogWriter{logger, slog.LevelWarn}, "", 0),
+	}
+	gopts.MountOptions = fuse.MountOptions{
+		AllowOther:        true,
+		Options:           []string{"default_permissions"},
+		FsName:            fsName,
+		Name:              fsName,
+		MaxWrite:          maxWrite,
+		MaxBackground:     maxBackground,
+		DirectMountStrict: true,
+		DirectMountFlags:  mflags,
+		Debug:             opts.Debug,
+		Logger:            log.New(slogWriter{logger, slog.LevelDebug}, "", 0),
+	}
+	if opts.writeback {
+		gopts.MountOptions.ExtraCapabilities |= fuse.CAP_WRITEBACK_CACHE
+	}
+	root := &node{f: f, m: f.root}
+	rawFS := gofs.NewNodeFS(root, gopts)
+	server, err := fuse.NewServer(rawFS, dir, &gopts.MountOptions)
+	if err != nil {
+		f.close()
+		return nil, fmt.Errorf("mount replicated directory %s: %w", dir, err)
+	}
+	m := &Mounted{dir: dir, rootFd: rootFd, fsys: f, server: server, done: make(chan struct{})}
+	go func() {
+		server.Serve()
+		// The kernel connection is gone: no request can reach a meta fd.
+		f.close()
+		close(m.done)
+	}()
+	if err := server.WaitMount(); err != nil {
+		_ = server.Unmount()
+		<-m.done
+		return nil, fmt.Errorf("mount replicated directory %s: %w", dir, err)
+	}
+	logger.Info("replicated directory mounted", "sync", opts.Sync.String(), "max_write", maxWrite)
+	return m, nil
+}
+
+// Dir is the mount point.
+func (m *Mounted) Dir() string { return m.dir }
+
+// RootFd is the replicated directory itself, opened (O_RDONLY|O_DIRECTORY)
+// before the mount: openat and friends relative to it reach the real files,
+// not the mount. It stays valid until Done is closed; do not close it.
+func (m *Mounted) RootFd() int { return m.rootFd }
+
+// Done is closed when the FUSE server stopped (after Unmount, also after a
+// lazy one once the last open file is closed).
+func (m *Mounted) Done() <-chan struct{} { return m.done }
+
+// Unmount unmounts the filesystem. When files are still open (EBUSY) it
+// detaches the mount instead (MNT_DETACH): new opens see the real directory
+// at once, the processes holding files open keep using them through the
+// daemon (still replicated) until they close them, and then the server stops
+// and Done is closed. That case returns an error wrapping ErrLazyUnmount.
+func (m *Mounted) Unmount() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.unmounted {
+		return nil
+	}
+	err := unix.Unmount(m.dir, 0)
+	if err == nil {
+		m.unmounted = true
+		<-m.done
+		m.fsys.log.Info("replicated directory unmounted")
+		return nil
+	}
+	if !errors.Is(err, unix.EBUSY) {
+		return fmt.Errorf("unmount replicated directory %s: %w", m.dir, err)
+	}
+	if derr := unix.Unmount(m.dir, unix.MNT_DETACH); derr != nil {
+		return fmt.Errorf("unmount replicated directory %s: busy (%v), and lazy unmount failed: %w", m.dir, err, derr)
+	}
+	m.unmounted = true
+	m.fsys.log.Warn("replicated directory busy: detached lazily; open files stay replicated until closed")
+	return fmt.Errorf("unmount replicated directory %s: %w: files still open there are served (and replicated) until closed", m.dir, ErrLazyUnmount)
+}
+
+// CleanupStale detaches a tandem FUSE mount left at dir by a crashed agent
+// (the mount answers ENOTCONN). It does nothing when dir is not such a mount.
+func CleanupStale(dir string) error {
+	for range 8 { // mounts may be stacked; bounded
+		// statfs always reaches the daemon (stat may be answered from the
+		// kernel's attribute cache).
+		var sfs unix.Statfs_t
+		err := unix.Statfs(dir, &sfs)
+		if !errors.Is(err, unix.ENOTCONN) {
+			return nil
+		}
+		live, merr := isTandemMount(dir)
+		if merr != nil {
+			return fmt.Errorf("clean up stale mount at %s: %w", dir, merr)
+		}
+		if !live {
+			return fmt.Errorf("clean up stale mount at %s: not connected, but not a tandem mount; unmount it by hand (umount -l %s)", dir, dir)
+		}
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+			return fmt.Errorf("clean up stale tandem mount at %s: umount -l: %w", dir, err)
+		}
+		slog.Warn("detached stale tandem mount left by a crashed agent", "dir", dir)
+	}
+	return fmt.Errorf("clean up stale mount at %s: still not connected after 8 detaches", dir)
+}
+
+// isTandemMount reports whether the top mount at dir is a tandem FUSE mount.
+func isTandemMount(dir string) (bool, error) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false, err
+	}
+	found := false
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		// id parent maj:min root mountpoint opts... - fstype source superopts
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 || unescapeMount(fields[4]) != dir {
+			continue
+		}
+		sep := -1
+		for i, fl := range fields {
+			if fl == "-" {
+				sep = i
+				break
+			}
+		}
+		if sep < 0 || sep+1 >= len(fields) {
+			continue
+		}
+		// The last matching line is the top of the stack.
+		found = fields[sep+1] == "fuse."+fsName
+	}
+	return found, sc.Err()
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space...).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// checkNofile warns when the fd limit is low: every inode the kernel holds
+// a reference to costs one O_PATH fd.
+func checkNofile(logger *slog.Logger) {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		return
+	}
+	if rl.Cur < rl.Max {
+		rl.Cur = rl.Max
+		_ = unix.Setrlimit(unix.RLIMIT_NOFILE, &rl)
+	}
+	if rl.Cur < 65536 {
+		logger.Warn("low open file limit: each inode cached by the kernel holds one fd; raise LimitNOFILE", "nofile", rl.Cur)
+	}
+}
+
+// slogWriter adapts go-fuse's *log.Logger output to slog.
+type slogWriter struct {
+	l     *slog.Logger
+	level slog.Level
+}
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	w.l.Log(context.Background(), w.level, "fuse: "+strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
