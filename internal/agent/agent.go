@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -39,6 +40,8 @@ type Agent struct {
 	byName   map[string]*modRunner
 	mem      *membership.Membership
 	guard    *guard
+	key      []byte
+	mux      *replMux
 
 	clusterFields []config.Field
 	clusterDigest string
@@ -86,8 +89,9 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	a := &Agent{
 		log: log.With("node", node), cluster: c, node: node, settings: c.Resolved(node),
-		byName: map[string]*modRunner{}, peerViews: map[string]peerInfo{},
+		byName: map[string]*modRunner{}, peerViews: map[string]peerInfo{}, key: key,
 	}
+	a.mux = newReplMux(a.log)
 	a.clusterFields = c.Fields()
 	a.clusterDigest = digestHex(a.clusterFields)
 	if err := os.MkdirAll(a.settings.StateDir, 0o700); err != nil {
@@ -158,6 +162,16 @@ func Run(ctx context.Context, opts Options) error {
 		})
 	}
 	goRun(func() { a.mem.Run(runCtx) })
+	if a.replicates() {
+		addr := netip.AddrPortFrom(self.Addresses[c.Replication.Network], uint16(c.Replication.Port))
+		ln, err := net.Listen("tcp", addr.String())
+		if err != nil {
+			stopAll()
+			wg.Wait()
+			return fmt.Errorf("replication listener %s: %w (is another agent using replication.port %d?)", addr, err, c.Replication.Port)
+		}
+		goRun(func() { a.mux.serve(runCtx, ln) })
+	}
 	for _, r := range a.mods {
 		goRun(func() { r.loop(runCtx) })
 		r.post(module.Event{Kind: module.Boot})
@@ -183,6 +197,16 @@ func Run(ctx context.Context, opts Options) error {
 	wg.Wait()
 	a.log.Info("agent stopped")
 	return runErr
+}
+
+// replicates reports whether a module of this node replicates directories.
+func (a *Agent) replicates() bool {
+	for _, r := range a.mods {
+		if len(r.cfg.Directories) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // shutdown stops every module (scripts, VIPs) and waits, bounded by the

@@ -31,6 +31,7 @@ type modRunner struct {
 	fields    []config.Field
 	digest    string
 	inbox     chan request
+	repl      *replica
 
 	mu    sync.Mutex
 	m     module.Machine
@@ -56,6 +57,7 @@ func newModRunner(a *Agent, m *config.Module) (*modRunner, error) {
 		fields:    m.Fields(), inbox: make(chan request, 256), since: time.Now(),
 	}
 	r.digest = digestHex(r.fields)
+	r.repl = newReplica(r)
 	vips := make([]string, len(m.VIPs))
 	for i, v := range m.VIPs {
 		vips[i] = v.Address.String()
@@ -182,6 +184,12 @@ func (r *modRunner) apply(ctx context.Context, ev module.Event) error {
 			transition = append(transition, act)
 		}
 	}
+	if prev.State.Serving() && next.Target != "" && !next.Target.Serving() {
+		// Leaving the serving role: an unacknowledged durable write fails.
+		for _, d := range r.repl.dirs {
+			d.rep.demoting.Store(true)
+		}
+	}
 	if len(transition) > 0 {
 		if transition[len(transition)-1].Kind == module.Done {
 			go r.execute(ctx, transition, next.State)
@@ -189,10 +197,11 @@ func (r *modRunner) apply(ctx context.Context, ev module.Event) error {
 			r.execute(ctx, transition, next.State)
 		}
 	}
-	// Nothing to copy until replication exists: a new SECOND is in sync.
-	if next.State == module.Second && next.Target == "" && next.Sync == module.SyncResyncing {
+	// Without directories there is nothing to copy: a new SECOND is in sync.
+	if len(r.cfg.Directories) == 0 && next.State == module.Second && next.Target == "" && next.Sync == module.SyncResyncing {
 		go r.post(module.Event{Kind: module.SyncDone})
 	}
+	r.repl.reconcile(next)
 	if next.State != prev.State || next.Target != prev.Target || next.Epoch != prev.Epoch ||
 		next.UpToDate != prev.UpToDate || next.Started != prev.Started || next.Handover != prev.Handover ||
 		next.SwapRequest != prev.SwapRequest || next.Sync != prev.Sync || next.Claim != prev.Claim || next.Ack != prev.Ack {
@@ -379,5 +388,15 @@ func (r *modRunner) replica(kind module.ActionKind) error {
 	if len(r.cfg.Directories) == 0 {
 		return nil
 	}
-	return fmt.Errorf("%s: replicated directories need the replication layer, not wired in this build", kind)
+	switch kind {
+	case module.MountData:
+		return r.repl.mount()
+	case module.UnmountData:
+		r.repl.unmount()
+	case module.StartReceiver:
+		return r.repl.startReceiver(r.machine())
+	case module.StopReceiver:
+		r.repl.stopReceiver()
+	}
+	return nil
 }

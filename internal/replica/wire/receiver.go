@@ -40,7 +40,9 @@ type ReceiverConfig struct {
 	// primary that disconnects.
 	OnError func(error)
 
-	apply func(*op.Op) error // tests: replaces Applier.Apply
+	// Apply, when set, replaces Applier.Apply (the agent wraps it to see
+	// the end-of-resync marker; tests use it to inject failures).
+	Apply func(*op.Op) error
 }
 
 // Serve accepts replication streams for one module on ln until ctx is done
@@ -56,10 +58,10 @@ func Serve(ctx context.Context, ln net.Listener, cfg ReceiverConfig) error {
 	if len(cfg.Key) < minKeyLen {
 		return fmt.Errorf("replica %s: cluster key of %d bytes, need at least %d", cfg.Module, len(cfg.Key), minKeyLen)
 	}
-	if cfg.Epoch == nil || (cfg.Applier == nil && cfg.apply == nil) || cfg.Module == "" {
+	if cfg.Epoch == nil || (cfg.Applier == nil && cfg.Apply == nil) || cfg.Module == "" {
 		return fmt.Errorf("replica %q: receiver needs a module, an epoch source and an applier", cfg.Module)
 	}
-	srv := &server{cfg: cfg, apply: cfg.apply, conns: make(map[net.Conn]struct{})}
+	srv := &server{cfg: cfg, apply: cfg.Apply, conns: make(map[net.Conn]struct{})}
 	if srv.apply == nil {
 		srv.apply = cfg.Applier.Apply
 	}
@@ -153,6 +155,11 @@ type session struct {
 	poke    chan struct{}
 	applied atomic.Uint64
 	durable atomic.Uint64
+
+	ackMu   sync.Mutex
+	tx      sealer
+	ackBuf  []byte
+	lastAck ack
 }
 
 func (s *session) stop() {
@@ -161,6 +168,26 @@ func (s *session) stop() {
 		close(s.stopCh)
 		s.conn.Close()
 	})
+}
+
+// sendAck sends the current applied and durable seqs if they changed, or
+// final's error.
+func (s *session) sendAck(final *sessionError) error {
+	s.ackMu.Lock()
+	defer s.ackMu.Unlock()
+	a := ack{Applied: s.applied.Load(), Durable: s.durable.Load()}
+	if final != nil {
+		a.ErrSeq, a.Errno, a.Msg = final.seq, uint32(final.errno), final.err.Error()
+	}
+	if a == s.lastAck {
+		return nil
+	}
+	s.ackBuf = appendAck(append(s.ackBuf[:0], 0, 0, 0, 0), &a)
+	out := s.tx.seal(s.ackBuf)
+	_, err := s.conn.Write(out)
+	s.ackBuf = out[:0]
+	s.lastAck = a
+	return err
 }
 
 func (s *session) pokeAck() {
@@ -310,47 +337,21 @@ func (s *session) run(br *bufio.Reader, c2s, s2c cipher.AEAD, startSeq uint64) {
 		}
 	}()
 
-	var final atomic.Pointer[sessionError]
+	s.tx = sealer{aead: s2c}
 	ackStop := make(chan struct{})
 	ackDone := make(chan struct{})
-	go func() {
+	go func() { // acks while busy; when idle, applyLoop sends them itself
 		defer close(ackDone)
-		tx := sealer{aead: s2c}
-		buf := make([]byte, 0, 256)
-		var last ack
-		send := func(a *ack) error {
-			buf = appendAck(append(buf[:0], 0, 0, 0, 0), a)
-			out := tx.seal(buf)
-			_, err := s.conn.Write(out)
-			buf = out[:0]
-			return err
-		}
 		for {
-			stopping := false
 			select {
 			case <-s.poke:
+				if err := s.sendAck(nil); err != nil {
+					s.stop()
+					return
+				}
 			case <-ackStop:
-				stopping = true
-			}
-			a := ack{Applied: s.applied.Load(), Durable: s.durable.Load()}
-			if stopping {
-				if e := final.Load(); e != nil {
-					a.ErrSeq, a.Errno, a.Msg = e.seq, uint32(e.errno), e.err.Error()
-				}
-				if a != last {
-					s.conn.SetWriteDeadline(time.Now().Add(finalAckTimeout))
-					_ = send(&a)
-				}
 				return
 			}
-			if a == last {
-				continue
-			}
-			if err := send(&a); err != nil {
-				s.stop()
-				return
-			}
-			last = a
 		}
 	}()
 
@@ -360,11 +361,10 @@ func (s *session) run(br *bufio.Reader, c2s, s2c cipher.AEAD, startSeq uint64) {
 		<-readDone // frames closed: the reader said why
 		serr = s.readFailure(readErr, startSeq)
 	}
-	if serr != nil {
-		final.Store(serr)
-	}
 	close(ackStop)
 	<-ackDone
+	s.conn.SetWriteDeadline(time.Now().Add(finalAckTimeout))
+	_ = s.sendAck(serr)
 	s.stop()
 	<-readDone
 	switch {
@@ -421,7 +421,10 @@ func (s *session) applyLoop(frames <-chan rxFrame, pool chan<- []byte, next uint
 			s.srv.lastApplied.Store(next)
 			if o.Kind == op.Fsync || o.Kind == op.SyncAll {
 				s.durable.Store(next)
-				s.pokeAck()
+				// Someone waits for this: answer now, not via the acker.
+				if err := s.sendAck(nil); err != nil {
+					s.stop()
+				}
 				lastAck = time.Now()
 			} else if now := time.Now(); now.Sub(lastAck) >= ackEvery {
 				s.pokeAck()
@@ -433,7 +436,13 @@ func (s *session) applyLoop(frames <-chan rxFrame, pool chan<- []byte, next uint
 		case pool <- fr.buf:
 		default:
 		}
-		s.pokeAck()
+		if len(frames) == 0 {
+			if err := s.sendAck(nil); err != nil { // idle: answer at once
+				s.stop()
+			}
+		} else {
+			s.pokeAck()
+		}
 		lastAck = time.Now()
 	}
 	return nil

@@ -24,7 +24,8 @@ const (
 const (
 	frameTarget = 1 << 20 // a batch is closed once it holds this much
 	frameCap    = frameTarget + 64<<10
-	keepFree    = 4 // spare frame buffers kept for reuse
+	keepFree    = 4        // spare frame buffers kept for reuse
+	directMax   = 64 << 10 // largest batch Submit sends itself
 )
 
 // ErrClosed is what Failed returns after Close.
@@ -40,6 +41,9 @@ type SenderConfig struct {
 	Key                   []byte // cluster key, at least 16 bytes
 	Epoch                 uint64 // our module epoch; a secondary with a newer one refuses us
 	Addr                  string // host:port of the secondary's listener
+	// Dialer, when set, opens the connection instead of a plain TCP dial
+	// to Addr (the agent routes several streams through one port).
+	Dialer func(ctx context.Context) (net.Conn, error)
 	// Timeout declares the peer failed when it acknowledges nothing new for
 	// this long while ops are outstanding; it also bounds Dial's handshake,
 	// Submit's back-pressure and Wait. Default DefaultTimeout.
@@ -71,6 +75,7 @@ type Sender struct {
 	queued   uint64 // last seq encoded for sending
 	cur      *frame // batch being filled, nil if none
 	ready    []*frame
+	sending  bool // a goroutine holds the token to seal and write a frame
 	free     []*frame
 	inflight []frameRec // closed batches not yet acknowledged, oldest first
 	inHead   int
@@ -121,8 +126,16 @@ func Dial(ctx context.Context, cfg SenderConfig) (*Sender, error) {
 	wrap := func(err error) error {
 		return fmt.Errorf("replica %s: connect to secondary %s: %w", cfg.Module, cfg.Addr, err)
 	}
-	d := net.Dialer{Timeout: cfg.Timeout}
-	conn, err := d.DialContext(ctx, "tcp", cfg.Addr)
+	var conn net.Conn
+	var err error
+	if cfg.Dialer != nil {
+		dctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+		conn, err = cfg.Dialer(dctx)
+		cancel()
+	} else {
+		d := net.Dialer{Timeout: cfg.Timeout}
+		conn, err = d.DialContext(ctx, "tcp", cfg.Addr)
+	}
 	if err != nil {
 		return nil, wrap(err)
 	}
@@ -217,7 +230,18 @@ func (s *Sender) Submit(o *op.Op) uint64 {
 	if len(f.buf) >= frameTarget {
 		s.closeCurLocked()
 	}
+	var direct *frame
+	if !s.sending && len(s.ready) == 0 && len(s.cur.buf) <= directMax {
+		// Nobody is sending a small batch: send it ourselves rather than
+		// pay for waking the writer (tens of µs on an idle machine). Big
+		// batches go to the writer, which seals them while we copy the
+		// next.
+		direct = s.takeFrameLocked()
+	}
 	s.mu.Unlock()
+	if direct != nil {
+		s.sendFrame(direct)
+	}
 	select {
 	case s.wake <- struct{}{}:
 	default:
@@ -408,11 +432,12 @@ func (s *Sender) fail(err error) {
 	}
 }
 
+// writer sends queued frames whenever no Submit is sending one itself.
 func (s *Sender) writer() {
 	defer s.wg.Done()
 	for {
 		s.mu.Lock()
-		for len(s.ready) == 0 && s.cur == nil && s.usable() {
+		for (s.sending || (len(s.ready) == 0 && s.cur == nil)) && s.usable() {
 			s.mu.Unlock()
 			select {
 			case <-s.wake:
@@ -424,28 +449,49 @@ func (s *Sender) writer() {
 			s.mu.Unlock()
 			return
 		}
-		if len(s.ready) == 0 {
-			s.closeCurLocked() // nothing else queued: send the partial batch now
-		}
-		f := s.ready[0]
-		copy(s.ready, s.ready[1:])
-		s.ready[len(s.ready)-1] = nil
-		s.ready = s.ready[:len(s.ready)-1]
+		f := s.takeFrameLocked()
 		s.mu.Unlock()
-
-		out := s.tx.seal(f.buf)
-		_, err := s.conn.Write(out)
-		if err != nil {
-			s.fail(fmt.Errorf("send: %w", err))
+		if !s.sendFrame(f) {
 			return
 		}
-		s.mu.Lock()
-		if len(s.free) < keepFree && cap(out) <= 2*frameCap {
-			f.buf = out[:0]
-			s.free = append(s.free, f)
-		}
-		s.mu.Unlock()
 	}
+}
+
+// takeFrameLocked pops the next frame to send, closing the partial batch
+// when nothing else is queued, and takes the sending token. Nil if there
+// is nothing to send.
+func (s *Sender) takeFrameLocked() *frame {
+	if len(s.ready) == 0 {
+		if s.cur == nil {
+			return nil
+		}
+		s.closeCurLocked()
+	}
+	f := s.ready[0]
+	copy(s.ready, s.ready[1:])
+	s.ready[len(s.ready)-1] = nil
+	s.ready = s.ready[:len(s.ready)-1]
+	s.sending = true
+	return f
+}
+
+// sendFrame seals and writes f, then gives the sending token back. Frames
+// are sealed and written under the token, so in counter and seq order.
+func (s *Sender) sendFrame(f *frame) bool {
+	out := s.tx.seal(f.buf)
+	_, err := s.conn.Write(out)
+	s.mu.Lock()
+	s.sending = false
+	if len(s.free) < keepFree && cap(out) <= 2*frameCap {
+		f.buf = out[:0]
+		s.free = append(s.free, f)
+	}
+	s.mu.Unlock()
+	if err != nil {
+		s.fail(fmt.Errorf("send: %w", err))
+		return false
+	}
+	return true
 }
 
 func (s *Sender) reader() {

@@ -1,0 +1,591 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tandem-ha/tandem/internal/config"
+	"github.com/tandem-ha/tandem/internal/module"
+	"github.com/tandem-ha/tandem/internal/replica/apply"
+	rfs "github.com/tandem-ha/tandem/internal/replica/fs"
+	"github.com/tandem-ha/tandem/internal/replica/op"
+	"github.com/tandem-ha/tandem/internal/replica/resync"
+	"github.com/tandem-ha/tandem/internal/replica/wire"
+)
+
+// Replication of a module's directories, one stream per directory:
+//   - serving (PRIM/ALONE): each directory is intercepted by a FUSE mount
+//     whose Replicator forwards to a wire.Sender while the peer is a SECOND;
+//   - SECOND: a wire receiver applies the stream below a directory fd opened
+//     before the directory is bind-mounted read-only over itself.
+// All streams of a node share one TCP port: the dialer sends a one-line
+// preamble naming its stream, and the listener routes the connection.
+
+const preamblePrefix = "TANDEM-STREAM "
+
+func streamName(module string, idx int) string { return module + "/" + strconv.Itoa(idx) }
+
+// replMux routes incoming replication connections to their stream.
+type replMux struct {
+	log    *slog.Logger
+	mu     sync.Mutex
+	routes map[string]*chanListener
+}
+
+func newReplMux(log *slog.Logger) *replMux {
+	return &replMux{log: log, routes: map[string]*chanListener{}}
+}
+
+func (x *replMux) serve(ctx context.Context, ln net.Listener) {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			x.log.Error("replication listener failed", "err", err)
+			return
+		}
+		go x.dispatch(conn)
+	}
+}
+
+// dispatch reads the preamble byte by byte (the dialer sends nothing more
+// until the receiver speaks) and hands the connection to its stream.
+func (x *replMux) dispatch(conn net.Conn) {
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var line []byte
+	b := make([]byte, 1)
+	for len(line) < 160 {
+		if _, err := conn.Read(b); err != nil {
+			conn.Close()
+			return
+		}
+		if b[0] == '\n' {
+			break
+		}
+		line = append(line, b[0])
+	}
+	conn.SetReadDeadline(time.Time{})
+	name, ok := strings.CutPrefix(string(line), preamblePrefix)
+	x.mu.Lock()
+	l := x.routes[name]
+	x.mu.Unlock()
+	if !ok || l == nil || !l.push(conn) {
+		x.log.Warn("replication connection for no receiving stream refused", "from", conn.RemoteAddr(), "stream", name)
+		conn.Close()
+	}
+}
+
+func (x *replMux) route(name string) *chanListener {
+	l := &chanListener{ch: make(chan net.Conn, 4), done: make(chan struct{})}
+	x.mu.Lock()
+	if old := x.routes[name]; old != nil {
+		old.Close()
+	}
+	x.routes[name] = l
+	x.mu.Unlock()
+	return l
+}
+
+func (x *replMux) unroute(name string, l *chanListener) {
+	x.mu.Lock()
+	if x.routes[name] == l {
+		delete(x.routes, name)
+	}
+	x.mu.Unlock()
+	l.Close()
+}
+
+// chanListener is a net.Listener fed by the mux.
+type chanListener struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func (l *chanListener) push(c net.Conn) bool {
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.done:
+		return false
+	case <-time.After(5 * time.Second):
+		return false
+	}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{} }
+
+// replicator is the FUSE layer's Replicator: it forwards to the current
+// sender, or records nothing while the module runs without a peer.
+// Sequence numbers carry the sender's generation in their high bits, so a
+// Wait on an op of a closed sender is never mistaken for one of the next.
+type replicator struct {
+	mu      sync.RWMutex
+	gen     uint64
+	sender  *wire.Sender
+	senders map[uint64]*wire.Sender
+	// demoting: this node is leaving the serving role; a durable call whose
+	// data the peer did not acknowledge must fail (EIO), since the peer and
+	// not this node will serve the data next.
+	demoting atomic.Bool
+	lastSeq  atomic.Uint64
+}
+
+const genShift = 40
+
+func newReplicator() *replicator { return &replicator{senders: map[uint64]*wire.Sender{}} }
+
+func (x *replicator) Submit(o *op.Op) uint64 {
+	x.mu.RLock()
+	s, gen := x.sender, x.gen
+	x.mu.RUnlock()
+	if s == nil {
+		return 0
+	}
+	seq := gen<<genShift | s.Submit(o)
+	x.lastSeq.Store(seq)
+	return seq
+}
+
+func (x *replicator) Wait(seq uint64, durable bool) error {
+	if seq == 0 {
+		return x.released()
+	}
+	x.mu.RLock()
+	s := x.senders[seq>>genShift]
+	x.mu.RUnlock()
+	if s == nil {
+		return x.released()
+	}
+	n := seq & (1<<genShift - 1)
+	if err := s.Wait(n, durable); err != nil {
+		return err
+	}
+	applied, flushed := s.Acked()
+	if (durable && flushed >= n) || (!durable && applied >= n) {
+		return nil
+	}
+	return x.released()
+}
+
+// released answers a wait the peer did not acknowledge.
+func (x *replicator) released() error {
+	if x.demoting.Load() {
+		return syscall.EIO
+	}
+	return nil
+}
+
+// attach makes s the current sender (under the caller's freeze).
+func (x *replicator) attach(s *wire.Sender) {
+	x.mu.Lock()
+	x.gen++
+	x.sender = s
+	x.senders[x.gen] = s
+	x.mu.Unlock()
+}
+
+// detach closes the current sender; pending waits are released.
+func (x *replicator) detach() {
+	x.mu.Lock()
+	s := x.sender
+	x.sender = nil
+	for g, old := range x.senders {
+		delete(x.senders, g)
+		defer old.Close()
+	}
+	x.mu.Unlock()
+	_ = s
+}
+
+func (x *replicator) current() *wire.Sender {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return x.sender
+}
+
+// replDir is one replicated directory of a module on this node.
+type replDir struct {
+	idx   int
+	path  string
+	name  string
+	rep   *replicator
+	mount *rfs.Mounted
+
+	applier    *apply.Applier
+	listener   *chanListener
+	recvCancel context.CancelFunc
+	recvDone   chan struct{}
+	readOnly   bool
+	resynced   atomic.Bool
+}
+
+// replica is the replication state of one module.
+type replica struct {
+	r    *modRunner
+	dirs []*replDir
+
+	mu         sync.Mutex
+	connecting bool
+}
+
+func newReplica(r *modRunner) *replica {
+	x := &replica{r: r}
+	for i, p := range r.cfg.Directories {
+		x.dirs = append(x.dirs, &replDir{idx: i, path: p, name: streamName(r.cfg.Name, i), rep: newReplicator()})
+	}
+	return x
+}
+
+func (x *replica) syncMode() rfs.SyncMode {
+	if x.r.cfg.Sync == config.SyncWrite {
+		return rfs.SyncWrite
+	}
+	return rfs.SyncFsync
+}
+
+// mount intercepts every directory (entering PRIM/ALONE).
+func (x *replica) mount() error {
+	x.stopReceiver()
+	for _, d := range x.dirs {
+		if d.mount != nil {
+			continue
+		}
+		if err := rfs.CleanupStale(d.path); err != nil {
+			return fmt.Errorf("directory %s: %w", d.path, err)
+		}
+		d.rep.demoting.Store(false)
+		m, err := rfs.Mount(d.path, rfs.Options{Replicator: d.rep, Sync: x.syncMode(), Logger: x.r.a.log.With("module", x.r.cfg.Name, "dir", d.path)})
+		if err != nil {
+			return fmt.Errorf("intercept %s: %w", d.path, err)
+		}
+		d.mount = m
+		x.r.log.Add("info", "replicated directory "+d.path+" intercepted", "dir", d.path)
+	}
+	return nil
+}
+
+// unmount ends the interception (leaving PRIM/ALONE) after a final sync:
+// everything the application wrote is on the secondary before the peer can
+// take over (a swap loses no acknowledged write).
+func (x *replica) unmount() {
+	for _, d := range x.dirs {
+		if s := d.rep.current(); s != nil {
+			if seq := d.rep.lastSeq.Load(); seq != 0 {
+				if err := d.rep.Wait(seq, true); err != nil {
+					x.r.log.Add("error", "final sync of "+d.path+" failed: "+err.Error())
+				}
+			}
+		}
+		d.rep.demoting.Store(true)
+		d.rep.detach()
+		if d.mount != nil {
+			if err := d.mount.Unmount(); err != nil {
+				x.r.log.Add("warn", "unmount "+d.path+": "+err.Error())
+			}
+			d.mount = nil
+		}
+	}
+}
+
+// startReceiver prepares every directory to receive (entering SECOND).
+func (x *replica) startReceiver(m module.Machine) error {
+	for _, d := range x.dirs {
+		if d.listener != nil {
+			continue
+		}
+		if err := rfs.CleanupStale(d.path); err != nil {
+			return fmt.Errorf("directory %s: %w", d.path, err)
+		}
+		unmountReadOnly(d.path) // a stale one from a crash
+		fd, err := unix.Open(d.path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("open replicated directory %s: %w (does it exist on %s?)", d.path, err, x.r.a.node)
+		}
+		// Unless a swap hands the module over with both copies in sync, the
+		// primary sends the whole tree: start from an empty directory.
+		full := !m.Handover
+		if full {
+			if err := resync.Wipe(fd); err != nil {
+				unix.Close(fd)
+				return fmt.Errorf("empty %s before a full resynchronisation: %w", d.path, err)
+			}
+		}
+		d.resynced.Store(!full)
+		ap, err := apply.NewFromFd(fd)
+		if err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("replicated directory %s: %w", d.path, err)
+		}
+		d.applier = ap
+		if err := bindReadOnly(d.path); err != nil {
+			x.r.log.Add("warn", "could not make "+d.path+" read-only on the secondary: "+err.Error())
+		} else {
+			d.readOnly = true
+		}
+		d.listener = x.r.a.mux.route(d.name)
+		ctx, cancel := context.WithCancel(context.Background())
+		d.recvCancel, d.recvDone = cancel, make(chan struct{})
+		go x.receive(ctx, d)
+	}
+	return nil
+}
+
+func (x *replica) receive(ctx context.Context, d *replDir) {
+	defer close(d.recvDone)
+	a := x.r.a
+	cfg := wire.ReceiverConfig{
+		Cluster: a.cluster.Name, Module: d.name, Node: a.node, Key: a.key,
+		Epoch:   func() uint64 { return x.r.machine().Epoch },
+		Applier: d.applier,
+		Logger:  a.log.With("module", x.r.cfg.Name, "dir", d.path),
+		OnError: func(err error) {
+			x.r.log.Add("error", "replication of "+d.path+" stopped: "+err.Error())
+		},
+		Apply: func(o *op.Op) error {
+			if err := d.applier.Apply(o); err != nil {
+				return err
+			}
+			if o.Kind == op.SyncAll && o.Flags&op.ResyncDone != 0 {
+				d.resynced.Store(true)
+				x.r.log.Add("info", "full resynchronisation of "+d.path+" complete")
+				if x.allResynced() {
+					go x.r.post(module.Event{Kind: module.SyncDone})
+				}
+			}
+			return nil
+		},
+	}
+	if err := wire.Serve(ctx, d.listener, cfg); err != nil && ctx.Err() == nil {
+		x.r.log.Add("error", "replication receiver for "+d.path+": "+err.Error())
+	}
+}
+
+func (x *replica) allResynced() bool {
+	for _, d := range x.dirs {
+		if !d.resynced.Load() {
+			return false
+		}
+	}
+	return true
+}
+
+func (x *replica) stopReceiver() {
+	for _, d := range x.dirs {
+		if d.listener == nil {
+			continue
+		}
+		x.r.a.mux.unroute(d.name, d.listener)
+		d.recvCancel()
+		select {
+		case <-d.recvDone:
+		case <-time.After(10 * time.Second):
+			x.r.log.Add("warn", "replication receiver of "+d.path+" did not stop within 10s")
+		}
+		d.listener = nil
+		if d.applier != nil {
+			d.applier.Close()
+			d.applier = nil
+		}
+		if d.readOnly {
+			unmountReadOnly(d.path)
+			d.readOnly = false
+		}
+	}
+}
+
+// reconcile connects the senders when this node serves and the peer is a
+// settled SECOND, and drops them when the peer is gone.
+func (x *replica) reconcile(m module.Machine) {
+	if len(x.dirs) == 0 {
+		return
+	}
+	p := m.Peer
+	if !m.State.Serving() || (m.Target != "" && !m.Target.Serving()) {
+		return // unmount handles the senders
+	}
+	want := p.Alive && p.Known && p.Incompatible == "" && p.State == module.Second && p.Target == "" && !m.ReplBroken
+	if !want {
+		if !p.Alive || !p.Known || p.State != module.Second {
+			for _, d := range x.dirs {
+				if d.rep.current() != nil {
+					d.rep.detach()
+					x.r.log.Add("info", "replication of "+d.path+" to "+x.r.peer+" stopped (peer "+peerWord(p)+")")
+				}
+			}
+		}
+		return
+	}
+	x.mu.Lock()
+	if x.connecting || x.dirs[0].rep.current() != nil {
+		x.mu.Unlock()
+		return
+	}
+	x.connecting = true
+	x.mu.Unlock()
+	go x.connect(m.Epoch, !p.UpToDate)
+}
+
+func peerWord(p module.Peer) string {
+	if !p.Alive {
+		return "down"
+	}
+	return string(p.State)
+}
+
+// connect dials one stream per directory; a peer that is not up to date
+// first gets the whole tree while mutations are frozen.
+func (x *replica) connect(epoch uint64, full bool) {
+	defer func() {
+		x.mu.Lock()
+		x.connecting = false
+		x.mu.Unlock()
+	}()
+	a, cfg := x.r.a, x.r.cfg
+	peer, _ := a.cluster.Node(x.r.peer)
+	addr := netip.AddrPortFrom(peer.Addresses[a.cluster.Replication.Network], uint16(a.cluster.Replication.Port)).String()
+	var opened []*wire.Sender
+	fail := func(err error) {
+		for _, s := range opened {
+			s.Close()
+		}
+		for _, d := range x.dirs {
+			d.rep.detach()
+		}
+		x.r.log.Add("error", "replication to "+x.r.peer+" failed: "+err.Error())
+		x.r.post(module.Event{Kind: module.ReplicationFailed, Reason: err.Error()})
+	}
+	for _, d := range x.dirs {
+		if d.mount == nil {
+			fail(fmt.Errorf("%s is not intercepted", d.path))
+			return
+		}
+		name := d.name
+		ctx, cancel := context.WithTimeout(context.Background(), cfg.Replication.Timeout+5*time.Second)
+		s, err := wire.Dial(ctx, wire.SenderConfig{
+			Cluster: a.cluster.Name, Module: name, Node: a.node, Key: a.key, Epoch: epoch, Addr: addr,
+			Timeout: cfg.Replication.Timeout, MaxLag: int(cfg.Replication.MaxLag),
+			Logger: a.log.With("module", cfg.Name, "dir", d.path),
+			OnFailure: func(err error) {
+				x.r.post(module.Event{Kind: module.ReplicationFailed, Reason: err.Error()})
+			},
+			Dialer: func(ctx context.Context) (net.Conn, error) {
+				var nd net.Dialer
+				c, err := nd.DialContext(ctx, "tcp", addr)
+				if err != nil {
+					return nil, err
+				}
+				if _, err := c.Write([]byte(preamblePrefix + name + "\n")); err != nil {
+					c.Close()
+					return nil, err
+				}
+				return c, nil
+			},
+		})
+		cancel()
+		if err != nil {
+			fail(err)
+			return
+		}
+		opened = append(opened, s)
+	}
+	for i, d := range x.dirs {
+		s := opened[i]
+		thaw := d.mount.Freeze()
+		d.rep.attach(s)
+		if full {
+			start := time.Now()
+			st, err := resync.Emit(d.mount.RootFd(), func(o *op.Op) error {
+				s.Submit(o)
+				return s.Failed()
+			})
+			if err == nil {
+				seq := s.Submit(&op.Op{Kind: op.SyncAll, Flags: op.ResyncDone})
+				err = s.Wait(seq, true)
+				if err == nil && s.Failed() != nil {
+					err = s.Failed()
+				}
+			}
+			thaw()
+			if err != nil {
+				fail(fmt.Errorf("full resynchronisation of %s: %w", d.path, err))
+				return
+			}
+			x.r.log.Add("info", fmt.Sprintf("full resynchronisation of %s sent: %d files, %d dirs, %d bytes in %s",
+				d.path, st.Files, st.Dirs, st.Bytes, time.Since(start).Round(time.Millisecond)))
+			continue
+		}
+		thaw()
+	}
+	x.r.log.Add("info", "replicating to "+x.r.peer+" ("+addr+")")
+}
+
+// lag sums the unacknowledged ops and bytes of every stream.
+func (x *replica) lag() (ops, bytes int) {
+	for _, d := range x.dirs {
+		if s := d.rep.current(); s != nil {
+			o, b := s.Lag()
+			ops, bytes = ops+o, bytes+b
+		}
+	}
+	return ops, bytes
+}
+
+// bindReadOnly makes dir read-only for everything but the fds opened before.
+func bindReadOnly(dir string) error {
+	if err := unix.Mount(dir, dir, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind %s: %w", dir, err)
+	}
+	if err := unix.Mount("", dir, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+		unix.Unmount(dir, unix.MNT_DETACH)
+		return fmt.Errorf("remount %s read-only: %w", dir, err)
+	}
+	return nil
+}
+
+// unmountReadOnly removes our read-only bind mount of dir, if any.
+func unmountReadOnly(dir string) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return
+	}
+	if st.Flags&unix.ST_RDONLY == 0 {
+		return
+	}
+	unix.Unmount(dir, unix.MNT_DETACH)
+}
