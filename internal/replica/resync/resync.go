@@ -194,49 +194,52 @@ func (w *walker) entry(dfd int, p, name string) error {
 			return nil
 		}
 	}
+	var sent bool
 	var err error
 	switch typ {
 	case unix.S_IFREG:
-		err = w.file(dfd, p, name, &st)
+		sent, err = w.file(dfd, p, name, &st)
 	case unix.S_IFLNK:
-		err = w.symlink(dfd, p, name, &st)
+		sent, err = w.symlink(dfd, p, name, &st)
 	default:
-		err = w.node(dfd, p, name, &st)
+		sent, err = true, w.node(dfd, p, name, &st)
 	}
-	if err == nil && st.Nlink > 1 {
+	if sent && st.Nlink > 1 {
 		w.first[key] = p
 	}
 	return err
 }
 
-func (w *walker) file(dfd int, p, name string, st *unix.Stat_t) error {
+// file sends a regular file; sent tells whether it was created (not
+// vanished).
+func (w *walker) file(dfd int, p, name string, st *unix.Stat_t) (sent bool, err error) {
 	// O_NONBLOCK: should a fifo have replaced the file, the open does not
 	// hang (and the fstat below refuses it).
 	fd, err := openNoatime(dfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC)
 	if err == unix.ENOENT {
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return fmt.Errorf("resync: open file %s: %w", show(p), err)
+		return false, fmt.Errorf("resync: open file %s: %w", show(p), err)
 	}
 	defer unix.Close(fd)
 	if err := unix.Fstat(fd, st); err != nil {
-		return fmt.Errorf("resync: stat file %s: %w", show(p), err)
+		return false, fmt.Errorf("resync: stat file %s: %w", show(p), err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return fmt.Errorf("resync: %s changed type during the walk (mode %#o): are mutations frozen? retry the resync", show(p), st.Mode)
+		return false, fmt.Errorf("resync: %s changed type during the walk (mode %#o): are mutations frozen? retry the resync", show(p), st.Mode)
 	}
 	if err := w.send(op.Op{Kind: op.Create, Path: p, Mode: unix.S_IFREG | 0o600, Uid: -1, Gid: -1}); err != nil {
-		return err
+		return false, err
 	}
 	w.st.Files++
 	if err := w.contents(fd, p, st.Size); err != nil {
-		return err
+		return true, err
 	}
 	if err := unix.Fstat(fd, st); err != nil { // the atime, when O_NOATIME was refused
-		return fmt.Errorf("resync: stat file %s: %w", show(p), err)
+		return true, fmt.Errorf("resync: stat file %s: %w", show(p), err)
 	}
-	return w.meta(p, fd, "", st)
+	return true, w.meta(p, fd, "", st)
 }
 
 // contents sends the data regions of the file open as fd, then a Truncate
@@ -301,29 +304,29 @@ func preadFull(fd int, b []byte, off int64) (int, error) {
 	return done, nil
 }
 
-func (w *walker) symlink(dfd int, p, name string, st *unix.Stat_t) error {
+func (w *walker) symlink(dfd int, p, name string, st *unix.Stat_t) (sent bool, err error) {
 	n, err := unix.Readlinkat(dfd, name, w.link)
 	if err == unix.ENOENT {
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return fmt.Errorf("resync: read symlink %s: %w", show(p), err)
+		return false, fmt.Errorf("resync: read symlink %s: %w", show(p), err)
 	}
 	if n >= len(w.link) {
-		return fmt.Errorf("resync: symlink %s: target longer than %d bytes", show(p), len(w.link)-1)
+		return false, fmt.Errorf("resync: symlink %s: target longer than %d bytes", show(p), len(w.link)-1)
 	}
 	if err := w.send(op.Op{Kind: op.Symlink, Path: p, Data: w.link[:n], Uid: -1, Gid: -1}); err != nil {
-		return err
+		return false, err
 	}
 	w.st.Symlinks++
 	// readlink updated the atime (no O_NOATIME for it): send the new one,
 	// so both sides agree.
 	if err := unix.Fstatat(dfd, name, st, unix.AT_SYMLINK_NOFOLLOW); err == unix.ENOENT {
-		return nil
+		return true, nil
 	} else if err != nil {
-		return fmt.Errorf("resync: stat symlink %s: %w", show(p), err)
+		return true, fmt.Errorf("resync: stat symlink %s: %w", show(p), err)
 	}
-	return w.meta(p, dfd, name, st)
+	return true, w.meta(p, dfd, name, st)
 }
 
 func (w *walker) node(dfd int, p, name string, st *unix.Stat_t) error {
