@@ -52,7 +52,6 @@ type Peer struct {
 // usable reports whether the peer can take part in decisions.
 func (p Peer) usable() bool { return p.Alive && p.Known && p.Incompatible == "" }
 
-
 // Persistent is the part of a machine written to disk after every step; it
 // survives agent restarts.
 type Persistent struct {

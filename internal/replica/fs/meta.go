@@ -82,7 +82,6 @@ type pathCache struct {
 
 func (m *meta) isDir() bool     { return m.mode == unix.S_IFDIR }
 func (m *meta) isSymlink() bool { return m.mode == unix.S_IFLNK }
-func (m *meta) isReg() bool     { return m.mode == unix.S_IFREG }
 
 // procPath names the inode through its O_PATH fd; following it reaches the
 // inode itself whatever its names are.

@@ -14,24 +14,24 @@ import (
 type Kind uint8
 
 const (
-	Invalid Kind = iota
-	Write        // Data at Off to Path
-	Truncate     // Path to size Off
-	Create       // regular file Path with Mode (Flags: O_EXCL etc. informative)
-	Mknod        // node Path with Mode and Rdev (fifo, socket, device)
-	Mkdir        // directory Path with Mode
-	Unlink       // file Path
-	Rmdir        // directory Path
-	Rename       // Path -> Path2 with Flags (RENAME_NOREPLACE, RENAME_EXCHANGE)
-	Link         // hard link Path2 to existing Path
-	Symlink      // symlink Path whose target is string(Data)
-	Chmod        // Path to Mode (permission and special bits)
-	Chown        // Path to Uid/Gid (-1 = unchanged), not following a symlink
-	Utimens      // Path times Atime/Mtime (see Time), not following a symlink
-	SetXattr     // Name = Data on Path with Flags (XATTR_CREATE/REPLACE)
-	RemoveXattr  // Name from Path
-	Fallocate    // Path, Flags = mode, Off, Len
-	Fsync        // Path's data (and metadata unless Flags&DataOnly) durable
+	Invalid     Kind = iota
+	Write            // Data at Off to Path
+	Truncate         // Path to size Off
+	Create           // regular file Path with Mode (Flags: O_EXCL etc. informative)
+	Mknod            // node Path with Mode and Rdev (fifo, socket, device)
+	Mkdir            // directory Path with Mode
+	Unlink           // file Path
+	Rmdir            // directory Path
+	Rename           // Path -> Path2 with Flags (RENAME_NOREPLACE, RENAME_EXCHANGE)
+	Link             // hard link Path2 to existing Path
+	Symlink          // symlink Path whose target is string(Data)
+	Chmod            // Path to Mode (permission and special bits)
+	Chown            // Path to Uid/Gid (-1 = unchanged), not following a symlink
+	Utimens          // Path times Atime/Mtime (see Time), not following a symlink
+	SetXattr         // Name = Data on Path with Flags (XATTR_CREATE/REPLACE)
+	RemoveXattr      // Name from Path
+	Fallocate        // Path, Flags = mode, Off, Len
+	Fsync            // Path's data (and metadata unless Flags&DataOnly) durable
 	// SyncAll makes everything before it durable (syncfs on the secondary).
 	SyncAll
 	kindEnd
