@@ -41,7 +41,9 @@ type ReceiverConfig struct {
 	OnError func(error)
 
 	// Apply, when set, replaces Applier.Apply (the agent wraps it to see
-	// the end-of-resync marker; tests use it to inject failures).
+	// the end-of-resync marker; tests use it to inject failures). The op
+	// and its Data (which aliases the receive buffer) are valid only
+	// during the call.
 	Apply func(*op.Op) error
 }
 

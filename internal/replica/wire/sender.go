@@ -73,6 +73,7 @@ type Sender struct {
 	mu       sync.Mutex
 	nextSeq  uint64 // seq of the next Submit
 	queued   uint64 // last seq encoded for sending
+	lastSync uint64 // last Fsync or SyncAll op queued
 	cur      *frame // batch being filled, nil if none
 	ready    []*frame
 	sending  bool // a goroutine holds the token to seal and write a frame
@@ -226,12 +227,15 @@ func (s *Sender) Submit(o *op.Op) uint64 {
 	f.buf = AppendOp(f.buf, o)
 	f.last, f.bytes = seq, f.bytes+size
 	s.queued = seq
+	if o.Kind == op.Fsync || o.Kind == op.SyncAll {
+		s.lastSync = seq
+	}
 	s.lagBytes += size
 	if len(f.buf) >= frameTarget {
 		s.closeCurLocked()
 	}
 	var direct *frame
-	if !s.sending && len(s.ready) == 0 && len(s.cur.buf) <= directMax {
+	if !s.sending && len(s.ready) == 0 && s.cur != nil && len(s.cur.buf) <= directMax {
 		// Nobody is sending a small batch: send it ourselves rather than
 		// pay for waking the writer (tens of µs on an idle machine). Big
 		// batches go to the writer, which seals them while we copy the
@@ -307,18 +311,25 @@ func (s *Sender) notifyLocked() {
 	}
 }
 
-// Wait blocks until the secondary applied op seq (durable: and executed an
-// Fsync or SyncAll op at or after seq, so pass the seq of the Fsync op the
-// caller submitted). It returns nil at once when the Sender has failed or
-// is closed: the module then runs alone and must not be blocked. It never
-// blocks longer than Timeout: then the peer is declared failed and Wait
-// returns nil. An error means seq was never submitted.
+// Wait blocks until the secondary applied op seq, and with durable until
+// it also completed an Fsync or SyncAll op at or after seq: to make a
+// file's data durable, submit its Fsync op and wait for that op's seq. If
+// no such op was submitted after seq, Wait submits a SyncAll (syncfs on the
+// secondary) and waits for it. Wait returns nil at once when the Sender has
+// failed or is closed: the module then runs alone and must not be blocked.
+// It never blocks longer than Timeout: then the peer is declared failed and
+// Wait returns nil. An error means seq was never submitted.
 func (s *Sender) Wait(seq uint64, durable bool) error {
 	if seq == 0 {
 		return nil
 	}
 	var timer *time.Timer
 	s.mu.Lock()
+	if durable && s.usable() && seq < s.nextSeq && s.lastSync < seq {
+		s.mu.Unlock()
+		seq = s.Submit(&op.Op{Kind: op.SyncAll})
+		s.mu.Lock()
+	}
 	for {
 		if !s.usable() {
 			s.mu.Unlock()
