@@ -5,8 +5,8 @@
 // every acknowledged record is still present, intact and in order.
 //
 //	writer run --dir DIR --ack-log FILE [--records N] [--duration D] [--rate R]
-//	           [--size BYTES] [--mode fdatasync|fsync|odsync|osync] [--files F]
-//	           [--checkpoint-every N] [--keep-checkpoints K] [--retry D]
+//	           [--size BYTES] [--mode fdatasync|fsync|odsync|osync|none] [--files F]
+//	           [--checkpoint-every N] [--keep-checkpoints K] [--retry D] [--slow D]
 //	writer verify --dir DIR --ack-log FILE [--json]
 //
 // Records go round-robin to DIR/data-0.log ... data-<F-1>.log (record id
@@ -14,7 +14,13 @@
 // length, crc32c} and a payload derived from the id. Every N records the
 // writer writes checkpoint-<n>.tmp, fsyncs it, renames it to checkpoint-<n>,
 // fsyncs the directory, and removes checkpoints older than the last K, so
-// create, rename and unlink are exercised and checked too.
+// create, rename and unlink are exercised and checked too. Mode none
+// acknowledges a record once write() returned (for sync: write modules).
+//
+// When run ends it prints how many records it acknowledged and the longest
+// time one record took from its first write to its acknowledgement
+// ("max record latency"); --slow D also reports, as it happens, every new
+// maximum of at least D.
 //
 // Running again with the same ack log resumes: a torn unacknowledged tail is
 // cut off and numbering continues after the highest intact id.
@@ -47,8 +53,8 @@ func main() {
 func usage(w io.Writer) {
 	fmt.Fprintln(w, `usage:
   writer run --dir DIR --ack-log FILE [--records N] [--duration D] [--rate R/s] [--size BYTES]
-             [--mode fdatasync|fsync|odsync|osync] [--files F] [--checkpoint-every N]
-             [--keep-checkpoints K] [--retry D] [--ack-sync=false]
+             [--mode fdatasync|fsync|odsync|osync|none] [--files F] [--checkpoint-every N]
+             [--keep-checkpoints K] [--retry D] [--ack-sync=false] [--slow D]
   writer verify --dir DIR --ack-log FILE [--json]
 run 'writer run -h' or 'writer verify -h' for the flags`)
 }
@@ -82,11 +88,12 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.duration, "duration", 0, "stop after this long (0: no limit)")
 	fs.Float64Var(&cfg.rate, "rate", 0, "records per second (0: as fast as possible)")
 	fs.IntVar(&cfg.size, "size", 4096, "payload bytes per record")
-	fs.StringVar(&cfg.mode, "mode", "fdatasync", "durability: fdatasync or fsync after each write, or files opened odsync (O_DSYNC) or osync (O_SYNC)")
+	fs.StringVar(&cfg.mode, "mode", "fdatasync", "durability: fdatasync or fsync after each write, files opened odsync (O_DSYNC) or osync (O_SYNC), or none (acknowledged once write() returned)")
 	fs.IntVar(&cfg.files, "files", 4, "data files written round-robin")
 	fs.IntVar(&cfg.ckEvery, "checkpoint-every", 100, "write a checkpoint file after every N records (0: never)")
 	fs.IntVar(&cfg.keep, "keep-checkpoints", 3, "checkpoints kept; older ones are removed")
 	fs.DurationVar(&cfg.retry, "retry", 0, "retry a failing write this long before giving up (0: give up at once)")
+	fs.DurationVar(&cfg.slow, "slow", 0, "report each new maximum record latency of at least this long as it happens (0: only the final maximum)")
 	fs.BoolVar(&cfg.ackSync, "ack-sync", true, "fdatasync the ack log after each line (a killed writer's written lines survive without it; only a machine crash needs it)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -104,6 +111,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	sum, err := run(ctx, cfg)
 	if sum.records > 0 {
 		fmt.Fprintf(stdout, "writer: acknowledged %d records (ids %d-%d), %d checkpoints\n", sum.records, sum.first, sum.last, sum.checkpoints)
+		fmt.Fprintf(stdout, "writer: max record latency %v (record %d)\n", sum.maxLatency, sum.maxID)
 	} else {
 		fmt.Fprintln(stdout, "writer: acknowledged no record")
 	}

@@ -48,10 +48,14 @@ type runConfig struct {
 	keep        int // checkpoints kept
 	retry       time.Duration
 	ackSync     bool
+	slow        time.Duration // report each new maximum latency at least this long
 	out         io.Writer
 }
 
-var modes = map[string]int{"fsync": 0, "fdatasync": 0, "odsync": unix.O_DSYNC, "osync": unix.O_SYNC}
+// modes maps --mode to extra open flags. "none" acknowledges a record once
+// write() returned, for a module whose every write is replicated before it
+// returns (sync: write): nothing is durable locally, yet the peer holds it.
+var modes = map[string]int{"fsync": 0, "fdatasync": 0, "odsync": unix.O_DSYNC, "osync": unix.O_SYNC, "none": 0}
 
 func (c *runConfig) check() error {
 	switch {
@@ -67,7 +71,7 @@ func (c *runConfig) check() error {
 		return fail(exitUsage, "--rate %v: want >= 0", c.rate)
 	}
 	if _, ok := modes[c.mode]; !ok {
-		return fail(exitUsage, "--mode %q: want fsync, fdatasync, odsync or osync", c.mode)
+		return fail(exitUsage, "--mode %q: want fsync, fdatasync, odsync, osync or none", c.mode)
 	}
 	return nil
 }
@@ -77,6 +81,10 @@ type runSummary struct {
 	first, last uint64 // ids written and acknowledged (0, 0: none)
 	records     uint64
 	checkpoints int
+	// maxLatency is the longest a record took from its first write to
+	// its acknowledgement (retries included), and maxID that record.
+	maxLatency time.Duration
+	maxID      uint64
 }
 
 type writer struct {
@@ -327,6 +335,7 @@ func (w *writer) record(ctx context.Context, id uint64) error {
 	k := fileOf(id, w.cfg.files)
 	f, off := w.data[k], w.offs[k]
 	w.buf = encodeRecord(w.buf, id, w.cfg.size)
+	begin := time.Now()
 	// A failed sync may have dropped the dirty pages: every attempt writes
 	// the whole record again before syncing.
 	err := w.retry(ctx, fmt.Sprintf("record %d", id), func() error {
@@ -339,7 +348,7 @@ func (w *writer) record(ctx context.Context, id uint64) error {
 		case "fdatasync":
 			return unix.Fdatasync(int(f.Fd()))
 		}
-		return nil // O_DSYNC / O_SYNC: the write itself was durable
+		return nil // O_DSYNC / O_SYNC: the write itself was durable; none: not asked
 	})
 	if err != nil {
 		return dataFail(err, "write record %d to %s at byte %d (mode %s; last acknowledged id %d)", id, f.Name(), off, w.cfg.mode, w.lastAck)
@@ -347,6 +356,12 @@ func (w *writer) record(ctx context.Context, id uint64) error {
 	w.offs[k] = off + int64(len(w.buf))
 	if err := w.ackLine("r " + strconv.FormatUint(id, 10)); err != nil {
 		return err
+	}
+	if d := time.Since(begin); d > w.sum.maxLatency {
+		w.sum.maxLatency, w.sum.maxID = d, id
+		if w.cfg.slow > 0 && d >= w.cfg.slow {
+			fmt.Fprintf(w.cfg.out, "writer: slow record %d: %v from write to acknowledgement\n", id, d.Round(time.Microsecond))
+		}
 	}
 	w.lastAck = id
 	if w.sum.first == 0 {

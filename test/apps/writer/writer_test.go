@@ -52,7 +52,7 @@ func reportText(r *report) string {
 }
 
 func TestRunVerify(t *testing.T) {
-	for _, mode := range []string{"fdatasync", "fsync", "odsync", "osync"} {
+	for _, mode := range []string{"fdatasync", "fsync", "odsync", "osync", "none"} {
 		t.Run(mode, func(t *testing.T) {
 			cfg := baseConfig(t)
 			cfg.mode = mode
@@ -347,5 +347,21 @@ func TestDetectZeroedRanges(t *testing.T) {
 	r = mustVerify(t, cfg)
 	if len(r.Corrupt) != 102 || r.Present != 298 {
 		t.Fatalf("corrupt %d present %d\n%s", len(r.Corrupt), r.Present, reportText(r))
+	}
+}
+
+// The end-to-end tests read the longest record latency from run's output.
+func TestMaxLatencyReported(t *testing.T) {
+	cfg := baseConfig(t)
+	var out, errb bytes.Buffer
+	code := mainArgs([]string{"run", "--dir", cfg.dir, "--ack-log", cfg.ackLog, "--records", "5", "--slow", "1ns"}, &out, &errb)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	if !strings.Contains(out.String(), "writer: max record latency ") || !strings.Contains(out.String(), "(record ") {
+		t.Errorf("no max latency line in %q", out.String())
+	}
+	if !strings.Contains(errb.String(), "writer: slow record 1: ") {
+		t.Errorf("--slow 1ns did not report record 1: %q", errb.String())
 	}
 }
