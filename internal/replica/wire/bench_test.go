@@ -45,6 +45,7 @@ func BenchmarkStream1MiB(b *testing.B) {
 			_, s := benchRig(b)
 			s.Submit(&op.Op{Kind: op.Create, Path: "f", Mode: 0o644, Uid: -1, Gid: -1})
 			b.SetBytes(int64(len(data)))
+			unix.Sync() // start clean: no writeback of an earlier run
 			b.ResetTimer()
 			var seq uint64
 			for i := range b.N {
@@ -65,6 +66,7 @@ func BenchmarkStream1MiB(b *testing.B) {
 			_, s := benchRig(b)
 			s.Submit(&op.Op{Kind: op.Create, Path: "f", Mode: 0o644, Uid: -1, Gid: -1})
 			b.SetBytes(int64(len(data)))
+			unix.Sync() // start clean: no writeback of an earlier run
 			b.ResetTimer()
 			var seq uint64
 			for i := range b.N {
@@ -86,6 +88,7 @@ func BenchmarkStream1MiB(b *testing.B) {
 			}
 			defer unix.Close(fd)
 			b.SetBytes(int64(len(data)))
+			unix.Sync() // start clean: no writeback of an earlier run
 			b.ResetTimer()
 			for i := range b.N {
 				if _, err := unix.Pwrite(fd, data, int64(i)<<20); err != nil {
