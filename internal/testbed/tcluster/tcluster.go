@@ -29,15 +29,21 @@ type Binaries struct {
 	Tandem     string // the tandem binary
 	Nameserver string // test/apps/nameserver
 	Writer     string // test/apps/writer (the no-loss workload)
+	// SQLiteWriter is test/apps/sqlitewriter (a real SQLite application).
+	SQLiteWriter string
 }
 
 // Build compiles tandem and the test service into dir (CGO off: static).
 func Build(dir string) (Binaries, error) {
-	b := Binaries{Tandem: filepath.Join(dir, "tandem"), Nameserver: filepath.Join(dir, "nameserver"), Writer: filepath.Join(dir, "writer")}
+	b := Binaries{Tandem: filepath.Join(dir, "tandem"), Nameserver: filepath.Join(dir, "nameserver"), Writer: filepath.Join(dir, "writer"),
+		SQLiteWriter: filepath.Join(dir, "sqlitewriter")}
 	if err := build(b.Tandem, "./cmd/tandem"); err != nil {
 		return b, err
 	}
 	if err := build(b.Writer, "./test/apps/writer"); err != nil {
+		return b, err
+	}
+	if err := build(b.SQLiteWriter, "./test/apps/sqlitewriter"); err != nil {
 		return b, err
 	}
 	return b, build(b.Nameserver, "./test/apps/nameserver")
