@@ -139,6 +139,7 @@ func newEnv(t testing.TB, opts Options) *env {
 	if err != nil {
 		t.Fatalf("Mount: %v", err)
 	}
+	unwatch := watchMount(mnt)
 	e := &env{t: t, m: m, mnt: mnt, copy: cp, rec: rec}
 	t.Cleanup(func() {
 		if err := m.Unmount(); err != nil {
@@ -147,6 +148,7 @@ func newEnv(t testing.TB, opts Options) *env {
 		}
 		select {
 		case <-m.Done():
+			unwatch()
 		case <-time.After(10 * time.Second):
 			t.Errorf("server did not stop")
 		}

@@ -4,10 +4,14 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,7 +22,14 @@ import (
 func TestMain(m *testing.M) {
 	switch os.Getenv("TANDEM_FS_HELPER") {
 	case "":
+		if os.Geteuid() == 0 {
+			startWatchdog()
+		}
 		os.Exit(m.Run())
+	case "watchdog":
+		pid, _ := strconv.Atoi(os.Getenv("TANDEM_FS_ARG"))
+		runWatchdog(pid)
+		os.Exit(0)
 	case "mmap":
 		if err := helperMmap(os.Getenv("TANDEM_FS_ARG")); err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -37,6 +48,105 @@ func TestMain(m *testing.M) {
 	default:
 		fmt.Fprintln(os.Stderr, "unknown helper")
 		os.Exit(1)
+	}
+}
+
+// A test process that dies (panic, test timeout) while one of its threads
+// waits on its own mount hangs forever: that thread keeps the /dev/fuse fd
+// open, so the kernel never aborts the connection. The watchdog, a separate
+// process, aborts the test's connections when the test process dies.
+var (
+	watchdogMu sync.Mutex
+	watchdogIn io.WriteCloser
+)
+
+func startWatchdog() {
+	cmd := helperCmd("watchdog", strconv.Itoa(os.Getpid()))
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return
+	}
+	// Not the test's stderr: go test may be gone by the time it reports.
+	if lf, err := os.OpenFile(os.Getenv("TANDEM_FS_WATCHDOG_LOG"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err == nil {
+		cmd.Stderr = lf
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return
+	}
+	watchdogIn = in
+}
+
+// watchMount tells the watchdog about a mount of this process; the returned
+// func says the connection is gone (its number may then be reused).
+func watchMount(dir string) func() {
+	watchdogMu.Lock()
+	defer watchdogMu.Unlock()
+	var st unix.Stat_t
+	if watchdogIn == nil || unix.Stat(dir, &st) != nil {
+		return func() {}
+	}
+	conn := unix.Minor(st.Dev) // fusectl names connections by device number
+	fmt.Fprintf(watchdogIn, "+%d\n", conn)
+	return func() {
+		watchdogMu.Lock()
+		defer watchdogMu.Unlock()
+		fmt.Fprintf(watchdogIn, "-%d\n", conn)
+	}
+}
+
+// dying reports whether process pid is gone or exiting (PF_EXITING): its
+// last thread may be stuck closing a file on its own mount.
+func dying(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return true
+	}
+	f := strings.Fields(string(b[i+1:])) // state ppid pgrp session tty tpgid flags
+	if len(f) < 7 || f[0] == "Z" || f[0] == "X" {
+		return true
+	}
+	flags, _ := strconv.ParseUint(f[6], 10, 64)
+	return flags&0x4 != 0
+}
+
+func runWatchdog(pid int) {
+	var mu sync.Mutex
+	live := map[uint32]bool{}
+	go func() {
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			line := sc.Text()
+			if len(line) < 2 {
+				continue
+			}
+			n, err := strconv.ParseUint(line[1:], 10, 32)
+			if err != nil {
+				continue
+			}
+			mu.Lock()
+			live[uint32(n)] = line[0] == '+'
+			mu.Unlock()
+		}
+	}()
+	for !dying(pid) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond) // let a clean exit finish
+	mu.Lock()
+	defer mu.Unlock()
+	for conn, ok := range live {
+		if !ok {
+			continue
+		}
+		err := os.WriteFile(fmt.Sprintf("/sys/fs/fuse/connections/%d/abort", conn), []byte("1"), 0)
+		if err == nil {
+			fmt.Fprintf(os.Stderr, "watchdog: test process %d died with a live mount; aborted FUSE connection %d\n", pid, conn)
+		}
 	}
 }
 
@@ -149,4 +259,18 @@ func TestCleanupStale(t *testing.T) {
 	if err := m.Unmount(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestWatchdog (opt-in, TANDEM_FS_PANIC_TEST=1) panics while a request is in
+// flight; the go test run must end within seconds instead of hanging.
+func TestWatchdog(t *testing.T) {
+	if os.Getenv("TANDEM_FS_PANIC_TEST") == "" {
+		t.Skip("opt-in: TANDEM_FS_PANIC_TEST=1 (the test binary panics on purpose)")
+	}
+	e := newEnv(t, Options{})
+	e.rec.delay = 3 * time.Second
+	f, _ := os.Create(e.p("f"))
+	go f.Sync()
+	time.Sleep(500 * time.Millisecond)
+	panic("on purpose, with an fsync in flight")
 }
