@@ -152,7 +152,38 @@ func (a *Applier) Apply(o *op.Op) error {
 	if err := a.apply(o); err != nil {
 		return fmt.Errorf("apply %s: %w", o, err)
 	}
+	if err := a.stamp(o); err != nil {
+		return fmt.Errorf("apply %s: set times: %w", o, err)
+	}
 	return nil
+}
+
+// stamp gives the entry the times the primary's inode had after the op, so
+// both copies end with the same mtimes (op.Op.Stamped).
+func (a *Applier) stamp(o *op.Op) error {
+	if !o.Stamped() {
+		return nil
+	}
+	ts := []unix.Timespec{{Sec: o.Atime.Sec, Nsec: o.Atime.Nsec}, {Sec: o.Mtime.Sec, Nsec: o.Mtime.Nsec}}
+	p := o.Path
+	if o.Kind == op.Link {
+		p = o.Path2
+	}
+	switch o.Kind {
+	case op.Write, op.Truncate, op.Fallocate:
+		if fd, err := a.fileFD(p); err == nil {
+			return unix.UtimesNanoAt(fd, "", ts, unix.AT_EMPTY_PATH)
+		}
+	}
+	if p == "" {
+		return unix.UtimesNanoAt(a.root, "", ts, unix.AT_EMPTY_PATH)
+	}
+	dir, base := split(p)
+	dfd, err := a.dirFD(dir)
+	if err != nil {
+		return err
+	}
+	return unix.UtimesNanoAt(dfd, base, ts, unix.AT_SYMLINK_NOFOLLOW)
 }
 
 func (a *Applier) apply(o *op.Op) error {

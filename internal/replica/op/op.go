@@ -81,8 +81,8 @@ type Op struct {
 	Rdev  uint64 // Mknod
 	Uid   int64  // Chown, -1 = unchanged; Create/Mknod/Mkdir/Symlink owner
 	Gid   int64  // idem
-	Atime Time   // Utimens
-	Mtime Time   // Utimens
+	Atime Time   // Utimens; see Stamped
+	Mtime Time   // Utimens; see Stamped
 	Flags uint32 // Rename flags, SetXattr flags, Fallocate mode, Fsync DataOnly
 	Name  string // xattr name
 }
@@ -141,4 +141,18 @@ func (o *Op) Validate() error {
 		return fmt.Errorf("%s %q: negative offset or length", o.Kind, o.Path)
 	}
 	return nil
+}
+
+// Stamped reports whether a non-Utimens op carries the times the primary's
+// entry had right after it (Atime may be UtimeOmit): the secondary then sets
+// them, so the copies' mtimes stay identical. A zero Mtime means none.
+func (o *Op) Stamped() bool {
+	if o.Kind == Utimens || o.Mtime == (Time{}) {
+		return false
+	}
+	switch o.Kind {
+	case Write, Truncate, Fallocate, Create, Mkdir, Mknod, Symlink, Link, Chmod, Chown, SetXattr, RemoveXattr:
+		return true
+	}
+	return false
 }
