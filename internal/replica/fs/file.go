@@ -56,7 +56,7 @@ func backingFlags(flags uint32) int {
 }
 
 func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	fd, err := unix.Open(procPath(n.m.fd), backingFlags(flags), 0)
+	fd, err := retryNofile(func() (int, error) { return unix.Open(procPath(n.m.fd), backingFlags(flags), 0) })
 	if err != nil {
 		return nil, 0, errno(err)
 	}

@@ -1,38 +1,3 @@
-// Package fs is the FUSE front of mirror replication on the primary: a
-// passthrough filesystem mounted over a replicated directory. Every mutation
-// is applied to the real directory (reached through a directory fd opened
-// before the mount) and described to a Replicator as an op.Op, in the order
-// it was applied.
-//
-// Design (see docs/design.md, "Mirror write path"):
-//
-//   - Nodes are resolved through an O_PATH fd held per inode (openat on the
-//     parent's fd, as libfuse's passthrough_hp does), never by joining full
-//     paths, so depth is not limited by PATH_MAX and a rename between lookup
-//     and use cannot redirect an operation. Each inode also keeps its names
-//     (parent + name, several for hard links) to build the op path on demand;
-//     op paths are relative to the root and may be longer than PATH_MAX.
-//   - Ordering: one namespace RWMutex (create, mkdir, mknod, symlink, link,
-//     unlink, rmdir, rename take it exclusively; data and attribute ops take
-//     it shared) plus a per-inode mutex for data and attribute ops. The local
-//     apply and Submit happen under these locks, so the op order equals the
-//     local order for any one file and for the namespace. Waits for the peer
-//     happen after the locks are released.
-//   - Writeback cache is off: every write(2) reaches the daemon before it
-//     returns, which is what sync=write needs, and O_SYNC/O_DSYNC writes are
-//     followed by an FSYNC from the kernel (generic_write_sync). Shared
-//     writable mmap works without it: dirty pages come as WRITE requests on
-//     msync, fsync, close or background writeback, and are replicated like
-//     any write.
-//   - No passthrough: passed-through writes would bypass the daemon, and once
-//     an inode has a backing file every other open of it must be passthrough
-//     too (the kernel answers EIO otherwise), so read and write opens of one
-//     file could not coexist. Reads are served by splice from the real file.
-//   - Durability (SPEC §4): FSYNC and FSYNCDIR sync locally, submit an Fsync
-//     op and wait until the peer applied and flushed it. A close (FLUSH) of a
-//     handle that may have written waits until the peer applied everything
-//     submitted for the inode. In SyncWrite mode every write waits (applied).
-//     Plain writes only submit; the Replicator bounds the lag.
 package fs
 
 import (
@@ -98,7 +63,7 @@ type Options struct {
 	Sync       SyncMode
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
-	// Debug logs every FUSE request (very verbose).
+	// Debug logs every FUSE request at level Info (very verbose).
 	Debug bool
 
 	// writeback enables the kernel writeback cache (benchmarks only: it
@@ -213,7 +178,7 @@ func Mount(dir string, opts Options) (*Mounted, error) {
 		DirectMountStrict: true,
 		DirectMountFlags:  mflags,
 		Debug:             opts.Debug,
-		Logger:            log.New(slogWriter{logger, slog.LevelDebug}, "", 0),
+		Logger:            log.New(slogWriter{logger, slog.LevelInfo}, "", 0), // only used with Debug
 	}
 	if opts.writeback {
 		gopts.MountOptions.ExtraCapabilities |= fuse.CAP_WRITEBACK_CACHE

@@ -612,3 +612,40 @@ func TestUnmountBusy(t *testing.T) {
 		t.Fatalf("real file %q", got)
 	}
 }
+
+// TestForgetReleasesFds: inodes the kernel forgets (here: deleted files)
+// give their O_PATH fd back, so deleted files free their space.
+func TestForgetReleasesFds(t *testing.T) {
+	e := newEnv(t, Options{})
+	countFds := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	os.Mkdir(e.p("d"), 0o755)
+	base := countFds()
+	const n = 300
+	for i := range n {
+		p := e.p(filepath.Join("d", "f"+strings.Repeat("x", i%7)+string(rune('a'+i%26))+time.Now().Format("150405.000000000")))
+		mustWrite(t, p, []byte("data"), os.O_CREATE|os.O_WRONLY)
+		if err := os.Remove(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		runtime.GC()
+		got := countFds()
+		if got <= base+5 {
+			t.Logf("fds: %d before, %d after %d create+delete", base, got, n)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("fds: %d before, still %d after %d create+delete", base, got, n)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.check()
+}

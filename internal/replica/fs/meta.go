@@ -28,9 +28,11 @@ type fsys struct {
 	// (shared), so that the path an op carries is the one its local apply
 	// used, and ops reach the Replicator in the local order.
 	ns sync.RWMutex
-	// gen changes (under ns held exclusively) whenever a name disappears or
-	// moves; it invalidates the cached paths.
-	gen atomic.Uint64
+	// gen changes when a directory loses or changes its name: every cached
+	// path below it is stale. ngen changes with every name change; it
+	// validates paths found by searchName. Changed under ns held
+	// exclusively (or, for changes made behind the mount's back, shared).
+	gen, ngen atomic.Uint64
 
 	// mu guards the registry, every meta's refs, links and kids.
 	mu      sync.Mutex
@@ -75,9 +77,10 @@ type link struct {
 }
 
 type pathCache struct {
-	gen  uint64
-	path string
-	ok   bool
+	gen, ngen uint64
+	path      string
+	ok        bool
+	searched  bool // found by searchName: valid until any name changes
 }
 
 func (m *meta) isDir() bool     { return m.mode == unix.S_IFDIR }
@@ -200,13 +203,11 @@ func (f *fsys) addLink(m, parent *meta, name string) {
 	parent.refs++ // hold it across the removals below
 	if old != nil {
 		f.removeLinkLocked(parent, name)
-		f.gen.Add(1)
 	}
 	if m.isDir() && len(m.links) > 0 {
 		// A directory has one name; the old one is stale.
 		l := m.links[0]
 		f.removeLinkLocked(l.parent, l.name)
-		f.gen.Add(1)
 	}
 	f.putLinkLocked(m, parent, name)
 	f.releaseLocked(parent)
@@ -219,6 +220,8 @@ func (f *fsys) putLinkLocked(m, parent *meta, name string) {
 	parent.kids[name] = m
 	m.links = append(m.links, link{parent, name})
 	parent.refs++
+	m.pcache.Store(nil)
+	f.ngen.Add(1)
 }
 
 // removeLink forgets the name name in parent (unlinked, or replaced by a
@@ -240,6 +243,11 @@ func (f *fsys) removeLinkLocked(parent *meta, name string) {
 			m.links = append(m.links[:i], m.links[i+1:]...)
 			break
 		}
+	}
+	m.pcache.Store(nil)
+	f.ngen.Add(1)
+	if m.isDir() {
+		f.gen.Add(1) // the paths of everything below changed too
 	}
 	f.releaseLocked(parent)
 }
@@ -289,18 +297,20 @@ func (f *fsys) exchangeLinks(p1 *meta, n1 string, p2 *meta, n2 string) {
 // any more (deleted while open). The caller holds f.ns (either way), which
 // keeps every name stable.
 func (f *fsys) pathOf(m *meta) (string, bool) {
-	g := f.gen.Load()
-	if c := m.pcache.Load(); c != nil && c.gen == g {
+	g, ng := f.gen.Load(), f.ngen.Load()
+	if c := m.pcache.Load(); c != nil && c.gen == g && (!c.searched || c.ngen == ng) {
 		return c.path, c.ok
 	}
 	f.mu.Lock()
 	p, ok := f.buildPathLocked(m)
 	f.mu.Unlock()
+	searched := false
 	if !ok && !m.isDir() {
 		// A hard link we never looked up may still name it.
 		p, ok = f.searchName(m)
+		searched = true
 	}
-	m.pcache.Store(&pathCache{gen: g, path: p, ok: ok})
+	m.pcache.Store(&pathCache{gen: g, ngen: ng, path: p, ok: ok, searched: searched})
 	return p, ok
 }
 

@@ -279,7 +279,6 @@ func (n *node) remove(name string, flags int, kind op.Kind) syscall.Errno {
 		return errno(err)
 	}
 	f.removeLink(n.m, name)
-	f.gen.Add(1)
 	if named {
 		f.submit(nil, &op.Op{Kind: kind, Path: path})
 	}
@@ -307,7 +306,6 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	} else {
 		f.moveLink(n.m, name, np.m, newName)
 	}
-	f.gen.Add(1)
 	if ok1 && ok2 {
 		f.submit(nil, &op.Op{Kind: op.Rename, Path: p1, Path2: p2, Flags: flags})
 	} else {

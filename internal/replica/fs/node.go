@@ -4,6 +4,7 @@ import (
 	"context"
 	"runtime"
 	"syscall"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -86,6 +87,18 @@ func fillAttr(a *fuse.Attr, st *unix.Stat_t) {
 	a.Blksize = uint32(st.Blksize)
 }
 
+// retryNofile runs open once more after a garbage collection when the fd
+// limit is reached: nodes go-fuse dropped release their fd when collected.
+func retryNofile(open func() (int, error)) (int, error) {
+	fd, err := open()
+	if err == unix.EMFILE || err == unix.ENFILE {
+		runtime.GC()
+		time.Sleep(20 * time.Millisecond) // cleanups run after the collection
+		fd, err = open()
+	}
+	return fd, err
+}
+
 // OnForget: the kernel dropped the node. A deleted file's space comes back
 // when its meta is released, which happens when the node is collected.
 func (n *node) OnForget() {
@@ -112,7 +125,9 @@ func (n *node) child(ctx context.Context, fd int, st *unix.Stat_t, name string, 
 
 // openChild opens name in n as O_PATH and stats it.
 func (n *node) openChild(name string, st *unix.Stat_t) (int, error) {
-	fd, err := unix.Openat(n.m.fd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	fd, err := retryNofile(func() (int, error) {
+		return unix.Openat(n.m.fd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	})
 	if err != nil {
 		return -1, err
 	}

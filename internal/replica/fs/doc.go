@@ -1,0 +1,98 @@
+// Package fs is the FUSE front of mirror replication on the primary: a
+// passthrough filesystem (go-fuse v2, fs API) mounted over the replicated
+// directory itself. Every mutation is applied to the real directory, reached
+// through a directory fd opened before the mount (RootFd), and then described
+// to a Replicator as an op.Op, in the order it was applied. Reads, getattr,
+// readdir, readlink, getxattr, listxattr, statfs and access go to the real
+// directory and never to the Replicator.
+//
+// # Resolving nodes
+//
+// Every inode the kernel knows holds an O_PATH fd opened with openat on its
+// parent's fd (as libfuse's passthrough_hp does); operations use that fd
+// (*at calls, /proc/self/fd/N for chmod, truncate, open and xattrs), never a
+// joined path: depth is not limited by PATH_MAX and a rename between lookup
+// and use cannot redirect an operation. For the ops, each inode also keeps the
+// names it is known by (parent + name; several for hard links, the first one
+// is used) and builds its root-relative path on demand, cached until a name
+// it depends on changes. Op paths may be longer than PATH_MAX: the applier
+// must resolve them component by component. A file whose known names were all
+// unlinked while another name (never looked up) remains is found by a scan of
+// the real tree (rare); a deleted file that is still open sends no ops.
+//
+// go-fuse may create several nodes for one inode and drop them without
+// telling us, and may revive a node it has reported forgotten, so fds are
+// released by a runtime cleanup once a node is unreachable, never earlier:
+// no request can see a closed or reused fd. Forgetting a deleted file
+// triggers a collection soon, so its space comes back within a fraction of a
+// second. Each inode cached by the kernel costs one fd: the agent needs a
+// high RLIMIT_NOFILE (Mount raises the soft limit to the hard one and warns
+// below 65536; an open that hits the limit is retried after a collection).
+//
+// # Ordering
+//
+// One namespace RWMutex: create, mkdir, mknod, symlink, link, unlink, rmdir
+// and rename take it exclusively; lookups, data and attribute ops take it
+// shared. Data and attribute ops also take a per-inode mutex. The local apply
+// and the Submit happen under these locks, so ops reach the Replicator in the
+// local order for any one file and for the namespace (the path an op carries
+// is the one its apply used). Waits for the peer happen after the locks are
+// released. The write path takes no exclusive global lock and allocates one
+// op per request (the data is not copied; the Replicator copies it).
+//
+// # Durability
+//
+// Sync=SyncFsync: FSYNC and FSYNCDIR sync locally, submit an Fsync op
+// (DataOnly for fdatasync) and Wait(seq, durable). O_SYNC/O_DSYNC writes,
+// and RWF_DSYNC ones, need nothing more: the kernel follows each of them with
+// an FSYNC request before write(2) returns (generic_write_sync; checked by
+// TestWaits), so the real file is opened without O_SYNC/O_DSYNC and synced
+// once. A FLUSH (close) of a handle opened for writing waits until the peer
+// applied everything submitted for the inode ("close after write returns once
+// the secondary applied it"). Plain writes only submit. Sync=SyncWrite: every
+// write also waits (applied). FSYNC is never answered with ENOSYS. A Wait
+// error (peer timeout) is logged, not returned: the data is applied locally
+// and the Replicator decides to go on alone (SPEC: the application is never
+// blocked by a dead peer). syncfs(2) is not replicated (go-fuse answers
+// SYNCFS with ENOSYS).
+//
+// Writes do not carry the mtime, so the file's mtime is sent (Utimens) when a
+// handle that changed data is closed, and after a truncate; creation mtimes
+// likewise. Explicit times and UTIME_NOW are sent as the values that
+// resulted on the primary. ctime and atime are not replicated.
+//
+// # Kernel caching choices
+//
+// Writeback cache off: every write(2) reaches the daemon before it returns
+// (needed for sync=write and for close/fsync semantics), and the kernel
+// applies O_APPEND: it sends the offset where the append lands (its i_size,
+// exact since every change goes through the mount), and the real file is
+// written at that offset (opened without O_APPEND), so the op carries the
+// real offset. Writeback cache would also hide O_DSYNC and let write(2)
+// return before the daemon saw the data; measured, it is not faster here.
+//
+// No passthrough: passed-through writes bypass the daemon, and once an inode
+// has a backing file the kernel fails every non-passthrough open of it with
+// EIO, so read and write opens of one file could not coexist safely. Reads
+// are spliced from the real file instead.
+//
+// Shared writable mmap works without writeback cache: dirty pages reach the
+// daemon as WRITE requests on msync, fsync, close or background writeback,
+// and are replicated like any write (msync(MS_SYNC) then waits durable).
+//
+// Entry, attribute and negative-entry timeouts are 5 s: nothing but the mount
+// changes the directory while it is mounted, and the kernel invalidates what
+// a request through the mount changes. max_write is 1 MiB (capped by
+// fs.fuse.max_pages_limit), MaxBackground 64. Mounted with allow_other,
+// default_permissions (the kernel checks permissions as the caller), and the
+// underlying mount's nosuid/nodev/noexec; files are created as the caller
+// (fchown after create, the directory's group when it is set-group-ID), and
+// Create/Mkdir/Mknod/Symlink ops carry the resulting Uid, Gid and Mode.
+//
+// Not replicated (refused or not offered): RENAME_WHITEOUT (EINVAL), ioctls
+// such as FS_IOC_SETFLAGS (ENOTTY), O_TMPFILE (EOPNOTSUPP);
+// copy_file_range falls back to read/write in the kernel.
+//
+// Mount the directory before the application starts: a process whose cwd or
+// open files are in the directory from before the mount bypasses it.
+package fs
