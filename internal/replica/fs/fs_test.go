@@ -649,3 +649,39 @@ func TestForgetReleasesFds(t *testing.T) {
 	}
 	e.check()
 }
+
+// TestOddCalls: copy_file_range is replicated (the kernel falls back to
+// read/write), calls that would change the tree without an op are refused.
+func TestOddCalls(t *testing.T) {
+	e := newEnv(t, Options{})
+	mustWrite(t, e.p("src"), bytes.Repeat([]byte("0123456789"), 100000), os.O_CREATE|os.O_WRONLY)
+	src, err := os.Open(e.p("src"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, err := os.Create(e.p("dst"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	offIn, offOut := int64(5), int64(0)
+	n, err := unix.CopyFileRange(int(src.Fd()), &offIn, int(dst.Fd()), &offOut, 500000, 0)
+	if err != nil || n != 500000 {
+		t.Fatalf("copy_file_range: %d %v", n, err)
+	}
+	src.Close()
+	dst.Close()
+	if _, err := unix.Open(e.mnt, unix.O_TMPFILE|unix.O_RDWR, 0o600); err == nil {
+		t.Fatal("O_TMPFILE accepted: its later linkat would not be replicated")
+	}
+	if err := unix.Renameat2(unix.AT_FDCWD, e.p("src"), unix.AT_FDCWD, e.p("w"), unix.RENAME_WHITEOUT); err == nil {
+		t.Fatal("RENAME_WHITEOUT accepted")
+	}
+	f, _ := os.Open(e.p("dst"))
+	if _, err := unix.IoctlGetInt(int(f.Fd()), unix.FS_IOC_GETFLAGS); err == nil {
+		if err := unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, 0x10 /* FS_IMMUTABLE_FL */); err == nil {
+			t.Error("FS_IOC_SETFLAGS accepted")
+		}
+	}
+	f.Close()
+	e.check()
+}
