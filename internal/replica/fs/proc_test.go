@@ -96,7 +96,7 @@ func watchMount(dir string) func() {
 		return func() {}
 	}
 	conn := unix.Minor(st.Dev) // fusectl names connections by device number
-	fmt.Fprintf(watchdogIn, "+%d\n", conn)
+	fmt.Fprintf(watchdogIn, "+%d %s\n", conn, dir)
 	return func() {
 		watchdogMu.Lock()
 		defer watchdogMu.Unlock()
@@ -125,7 +125,7 @@ func dying(pid int) bool {
 
 func runWatchdog(pid int) {
 	var mu sync.Mutex
-	live := map[uint32]bool{}
+	live := map[uint32]string{} // connection -> mount point
 	go func() {
 		sc := bufio.NewScanner(os.Stdin)
 		for sc.Scan() {
@@ -133,12 +133,17 @@ func runWatchdog(pid int) {
 			if len(line) < 2 {
 				continue
 			}
-			n, err := strconv.ParseUint(line[1:], 10, 32)
+			num, dir, _ := strings.Cut(line[1:], " ")
+			n, err := strconv.ParseUint(num, 10, 32)
 			if err != nil {
 				continue
 			}
 			mu.Lock()
-			live[uint32(n)] = line[0] == '+'
+			if line[0] == '+' {
+				live[uint32(n)] = dir
+			} else {
+				delete(live, uint32(n))
+			}
 			mu.Unlock()
 		}
 	}()
@@ -148,13 +153,13 @@ func runWatchdog(pid int) {
 	time.Sleep(200 * time.Millisecond) // let a clean exit finish
 	mu.Lock()
 	defer mu.Unlock()
-	for conn, ok := range live {
-		if !ok {
-			continue
-		}
+	for conn, dir := range live {
 		err := os.WriteFile(fmt.Sprintf("/sys/fs/fuse/connections/%d/abort", conn), []byte("1"), 0)
 		if err == nil {
 			fmt.Fprintf(os.Stderr, "watchdog: test process %d died with a live mount; aborted FUSE connection %d\n", pid, conn)
+		}
+		if tandem, _ := isTandemMount(dir); tandem {
+			unix.Unmount(dir, unix.MNT_DETACH)
 		}
 	}
 }
