@@ -237,3 +237,50 @@ func TestBenchReport(t *testing.T) {
 		t.Logf("%-38s %12.1f %12.1f %8.2f %14s %8s", rw.metric, dv, mv, ratio, wcol, wratio)
 	}
 }
+
+// BenchmarkWrite: pwrite through the mount (a Replicator that accepts at
+// once) against the plain directory, in process; use it with -cpuprofile
+// to look at the hot path. TestBenchReport is the end-to-end comparison.
+func BenchmarkWrite(b *testing.B) {
+	requireRoot(b)
+	base := b.TempDir()
+	direct := filepath.Join(base, "direct")
+	mnt := filepath.Join(base, "mnt")
+	os.Mkdir(direct, 0o755)
+	os.Mkdir(mnt, 0o755)
+	m, err := Mount(mnt, Options{Replicator: &countingReplicator{}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		b.Fatal(err)
+	}
+	unwatch := watchMount(mnt)
+	defer func() {
+		m.Unmount()
+		<-m.Done()
+		unwatch()
+	}()
+	for _, size := range []int{4 << 10, 1 << 20} {
+		for _, target := range []string{"direct", "tandem"} {
+			dir := direct
+			if target == "tandem" {
+				dir = mnt
+			}
+			b.Run(fmt.Sprintf("%s/%dKiB", target, size>>10), func(b *testing.B) {
+				f, err := os.Create(filepath.Join(dir, "w"))
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer f.Close()
+				buf := make([]byte, size)
+				b.SetBytes(int64(size))
+				span := int64(256<<20) / int64(size)
+				var i int64
+				for b.Loop() {
+					if _, err := f.WriteAt(buf, (i%span)*int64(size)); err != nil {
+						b.Fatal(err)
+					}
+					i++
+				}
+			})
+		}
+	}
+}

@@ -69,6 +69,7 @@ type meta struct {
 	lastSeq atomic.Uint64
 	// mtimeDirty: data changed since the mtime was last sent.
 	mtimeDirty atomic.Bool
+	warned     atomic.Bool // "no name" logged
 }
 
 type link struct {
@@ -81,6 +82,12 @@ type pathCache struct {
 	path      string
 	ok        bool
 	searched  bool // found by searchName: valid until any name changes
+}
+
+// hasLinks reports whether the inode still has a name somewhere.
+func (m *meta) hasLinks() bool {
+	var st unix.Stat_t
+	return unix.Fstat(m.fd, &st) == nil && st.Nlink > 0
 }
 
 func (m *meta) isDir() bool     { return m.mode == unix.S_IFDIR }
@@ -309,6 +316,9 @@ func (f *fsys) pathOf(m *meta) (string, bool) {
 		// A hard link we never looked up may still name it.
 		p, ok = f.searchName(m)
 		searched = true
+		if !ok && m.hasLinks() && !m.warned.Swap(true) {
+			f.log.Error("file has no name inside the replicated directory (hard link from outside?): its changes are not replicated", "ino", m.key.ino)
+		}
 	}
 	m.pcache.Store(&pathCache{gen: g, ngen: ng, path: p, ok: ok, searched: searched})
 	return p, ok
