@@ -10,10 +10,16 @@ export PATH="$PATH:/usr/local/go/bin"
 declare -A tools=(
   [ip]=iproute2 [nsenter]=util-linux [unshare]=util-linux [nft]=nftables
   [ping]=iputils-ping [keepalived]=keepalived
+  [runuser]=util-linux [ipcrm]=util-linux [mountpoint]=util-linux
 )
 missing=()
 for cmd in "${!tools[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${tools[$cmd]}")
+done
+# PostgreSQL for the application tests (server, initdb, pg_ctl, pgbench):
+# Debian keeps them in /usr/lib/postgresql/VERSION/bin, off the PATH.
+for tool in pg_ctl initdb postgres pgbench; do
+  compgen -G "/usr/lib/postgresql/*/bin/$tool" >/dev/null || { missing+=(postgresql); break; }
 done
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
