@@ -139,6 +139,6 @@ its control socket (--api) or check configuration files.`,
 	for _, v := range moduleVerbs {
 		root.AddCommand(moduleVerbCmd(g, v))
 	}
-	root.AddCommand(logsCmd(g), moduleCmd(g))
+	root.AddCommand(logsCmd(g), moduleCmd(g), demoCmd(g), demoAppCmd())
 	return root
 }

@@ -24,7 +24,9 @@ import (
 	"github.com/tandem-ha/tandem/internal/testbed"
 )
 
-// Binaries are the programs a cluster runs.
+// Binaries are the programs a cluster runs. Only Tandem is always needed:
+// Nameserver only for the default start_prim (not when Options.Scripts
+// replaces it), Writer only for the tests that run it.
 type Binaries struct {
 	Tandem     string // the tandem binary
 	Nameserver string // test/apps/nameserver
@@ -76,6 +78,7 @@ const (
 
 // Options shape the cluster and its module.
 type Options struct {
+	Name              string            // cluster name; default e2e
 	Interval, Timeout string            // heartbeat; default 100ms / 600ms
 	VIPs              []string          // default 192.0.2.100/24
 	Scripts           map[string]string // extra or replacing scripts in bin/
@@ -152,6 +155,15 @@ func ServiceScripts(b Binaries) map[string]string {
 // test module; agents are started with Start or StartPair.
 func New(t testbed.TB, bins Binaries, o Options) *Cluster {
 	t.Helper()
+	if bins.Tandem == "" {
+		t.Fatalf("tcluster: Binaries.Tandem is empty: give the path of a tandem binary (tcluster.Build makes one)")
+	}
+	if _, ok := o.Scripts["start_prim"]; !ok && bins.Nameserver == "" {
+		t.Fatalf("tcluster: Binaries.Nameserver is empty and Options.Scripts has no start_prim: build it (tcluster.Build) or give a start_prim")
+	}
+	if o.Name == "" {
+		o.Name = "e2e"
+	}
 	if o.Interval == "" {
 		o.Interval = "100ms"
 	}
@@ -190,7 +202,7 @@ func New(t testbed.TB, bins Binaries, o Options) *Cluster {
 	keyFile := filepath.Join(c.dir, "cluster.key")
 	must(t, os.WriteFile(keyFile, []byte(hex.EncodeToString(key)+"\n"), 0o600))
 	var b strings.Builder
-	fmt.Fprintf(&b, "name: e2e\nkey_file: %s\nmodules_dir: %s\nnetworks: [lan, backup]\n", keyFile, filepath.Join(c.dir, "modules"))
+	fmt.Fprintf(&b, "name: %s\nkey_file: %s\nmodules_dir: %s\nnetworks: [lan, backup]\n", o.Name, keyFile, filepath.Join(c.dir, "modules"))
 	fmt.Fprintf(&b, "heartbeat:\n  interval: %s\n  timeout: %s\n", o.Interval, o.Timeout)
 	if o.HealthListen != "" {
 		fmt.Fprintf(&b, "health_listen: %q\n", o.HealthListen)
@@ -226,7 +238,12 @@ func New(t testbed.TB, bins Binaries, o Options) *Cluster {
 	}
 	m.WriteString(o.ModuleExtra)
 	must(t, os.WriteFile(filepath.Join(mdir, "module.yaml"), []byte(m.String()), 0o644))
-	scripts := ServiceScripts(bins)
+	scripts := map[string]string{}
+	for k, v := range ServiceScripts(bins) {
+		if _, ok := o.Scripts[k]; !ok {
+			scripts[k] = v
+		}
+	}
 	for k, v := range o.Scripts {
 		scripts[k] = v
 	}
