@@ -39,9 +39,13 @@ interrupted.`,
 			if g.json {
 				out = cmd.ErrOrStderr() // stdout holds only the JSON object
 			}
-			fmt.Fprintln(out, "tandem demo: a two-node cluster, a client and a replicated application on this machine")
-			fmt.Fprintln(out)
-			res, err := demo.Run(cmd.Context(), demo.Options{Out: out, Keep: keep})
+			err := demo.Check()
+			var res *demo.Result
+			if err == nil {
+				fmt.Fprintln(out, "tandem demo: a two-node cluster, a client and a replicated application on this machine")
+				fmt.Fprintln(out)
+				res, err = demo.Run(cmd.Context(), demo.Options{Out: out, Keep: keep})
+			}
 			if err != nil {
 				if g.json {
 					printJSON(cmd.OutOrStdout(), map[string]any{"ok": false, "error": err.Error()})

@@ -34,7 +34,7 @@ func Check() error {
 		}
 	}
 	if len(missing) > 0 {
-		need = append(need, fmt.Sprintf("%s, not found in PATH (%s): apt-get install -y %s (Fedora, RHEL: dnf install -y %s)",
+		need = append(need, fmt.Sprintf("%s: not found in PATH (%s): apt-get install -y %s (Fedora, RHEL: dnf install -y %s)",
 			strings.Join(missing, ", "), os.Getenv("PATH"), strings.Join(debs, " "), strings.Join(rpms, " ")))
 	}
 	if err := checkFUSE(root); err != nil {
