@@ -81,9 +81,11 @@ func TestPostgresFailover(t *testing.T) {
 
 	// The client commits until the primary dies under it.
 	done := make(chan struct{})
+	wctx, stopWriting := context.WithCancel(context.Background())
+	defer stopWriting()
 	go func() {
 		defer close(done)
-		cl.write(conn)
+		cl.write(wctx, conn)
 	}()
 	writing := time.Now()
 	deadline := time.Now().Add(15 * time.Second)
@@ -98,17 +100,21 @@ func TestPostgresFailover(t *testing.T) {
 		t.Fatalf("the client failed before the kill: %v", err)
 	}
 	killed := crashPostgresNode(t, c, "alpha")
+	step = time.Now()
+	wrote := step.Sub(writing)
+	// When the VIP left alpha before the dying server's FIN went out, the
+	// client hears nothing more on its connection: give up on it.
 	select {
 	case <-done:
-	case <-time.After(15 * time.Second):
-		t.Fatal("the client did not notice the primary's death within 15s")
+	case <-time.After(time.Second):
+		stopWriting()
+		<-done
 	}
 	conn.Close(context.Background())
 	committed, uncertain := cl.result()
 	t.Logf("kill -9 of alpha (agent and %d PostgreSQL processes) after %d committed transactions in %s (%.0f tx/s); in flight: %v; client saw: %v",
-		killed, len(committed), time.Since(writing).Round(time.Millisecond), float64(len(committed))/time.Since(writing).Seconds(), uncertain, cl.lastErr())
+		killed, len(committed), wrote.Round(time.Millisecond), float64(len(committed))/wrote.Seconds(), uncertain, cl.lastErr())
 
-	step = time.Now()
 	c.WaitState("beta", "ALONE", 45*time.Second)
 	conn = cl.connect(t, vip4, 5432, 10*time.Second)
 	t.Logf("failover: beta serves PostgreSQL (crash recovery done) %s after the kill", time.Since(step).Round(time.Millisecond))
@@ -340,14 +346,12 @@ func (p *pgClient) connect(t *testing.T, addr netip.Addr, port int, within time.
 	}
 }
 
-func (p *pgClient) write(conn *pgx.Conn) {
+func (p *pgClient) write(ctx context.Context, conn *pgx.Conn) {
 	for id := int64(1); ; id++ {
 		p.mu.Lock()
 		p.inFlight = id
 		p.mu.Unlock()
-		// Bounded: when the VIP left before the dying server's FIN, the
-		// client hears nothing more on this connection.
-		c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := pgx.BeginFunc(c, conn, func(tx pgx.Tx) error {
 			if _, err := tx.Exec(c, "INSERT INTO acked VALUES ($1::bigint, md5($1::bigint::text))", id); err != nil {
 				return err
