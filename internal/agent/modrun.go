@@ -390,7 +390,7 @@ func (r *modRunner) replica(kind module.ActionKind) error {
 	}
 	switch kind {
 	case module.MountData:
-		return r.repl.mount()
+		return r.repl.mount(r.machine())
 	case module.UnmountData:
 		r.repl.unmount()
 	case module.StartReceiver:

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -279,8 +280,24 @@ func (x *replica) syncMode() rfs.SyncMode {
 	return rfs.SyncFsync
 }
 
-// mount intercepts every directory (entering PRIM/ALONE).
-func (x *replica) mount() error {
+// mount intercepts every directory (entering PRIM/ALONE). When the peer is
+// already a SECOND (a swap hands the module over), the streams are attached
+// before start_prim runs: no write may be acknowledged unreplicated.
+func (x *replica) mount(m module.Machine) error {
+	if err := x.mountAll(); err != nil {
+		return err
+	}
+	p := m.Peer
+	if p.Alive && p.Known && p.Incompatible == "" && p.State == module.Second && p.Target == "" && !m.ReplBroken {
+		x.mu.Lock()
+		x.connecting = true
+		x.mu.Unlock()
+		x.connect(m.Epoch, !p.UpToDate)
+	}
+	return nil
+}
+
+func (x *replica) mountAll() error {
 	x.stopReceiver()
 	for _, d := range x.dirs {
 		if d.mount != nil {
@@ -295,6 +312,7 @@ func (x *replica) mount() error {
 			return fmt.Errorf("intercept %s: %w", d.path, err)
 		}
 		d.mount = m
+		closeOnExecFuse()
 		x.r.log.Add("info", "replicated directory "+d.path+" intercepted", "dir", d.path)
 	}
 	return nil
@@ -588,4 +606,23 @@ func unmountReadOnly(dir string) {
 		return
 	}
 	unix.Unmount(dir, unix.MNT_DETACH)
+}
+
+// closeOnExecFuse marks this process's /dev/fuse descriptors close-on-exec:
+// go-fuse opens them without it, and an application started by start_prim
+// would inherit the connection and keep it alive after the agent dies.
+func closeOnExecFuse() {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && target == "/dev/fuse" {
+			unix.CloseOnExec(fd)
+		}
+	}
 }
