@@ -128,7 +128,9 @@ func (n *node) Write(ctx context.Context, fh gofs.FileHandle, data []byte, off i
 	m.dataMu.Unlock()
 	f.ns.RUnlock()
 	if seq != 0 && f.sync == SyncWrite {
-		f.wait(seq, false, "write")
+		if e := f.wait(seq, false, "write"); e != 0 {
+			return 0, e
+		}
 	}
 	if done == 0 {
 		return 0, errno(err)
@@ -145,7 +147,9 @@ func (n *node) Flush(ctx context.Context, fh gofs.FileHandle) syscall.Errno {
 		return 0
 	}
 	n.sendMtime(h)
-	n.f.wait(n.m.lastSeq.Load(), false, "close")
+	if h.wrote.Load() {
+		return n.f.wait(n.m.lastSeq.Load(), false, "close")
+	}
 	return 0
 }
 
@@ -221,8 +225,7 @@ func (n *node) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32) sysc
 		seq = f.submit(m, o)
 	}
 	f.ns.RUnlock()
-	f.wait(seq, true, "fsync")
-	return 0
+	return f.wait(seq, true, "fsync")
 }
 
 func (n *node) Allocate(ctx context.Context, fh gofs.FileHandle, off uint64, size uint64, mode uint32) syscall.Errno {
@@ -244,8 +247,8 @@ func (n *node) Allocate(ctx context.Context, fh gofs.FileHandle, off uint64, siz
 	}
 	m.dataMu.Unlock()
 	f.ns.RUnlock()
-	if seq != 0 && f.sync == SyncWrite {
-		f.wait(seq, false, "fallocate")
+	if seq != 0 && f.sync == SyncWrite && err == nil {
+		return f.wait(seq, false, "fallocate")
 	}
 	return errno(err)
 }
@@ -312,6 +315,5 @@ func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
 		seq = f.submit(m, o)
 	}
 	f.ns.RUnlock()
-	f.wait(seq, true, "fsyncdir")
-	return 0
+	return f.wait(seq, true, "fsyncdir")
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -487,16 +488,22 @@ func (f *fsys) submit(m *meta, o *op.Op) uint64 {
 	return seq
 }
 
-// wait waits for the peer; an error (peer timeout) is logged, not returned:
-// the data is applied locally and the Replicator decides to go on alone.
-func (f *fsys) wait(seq uint64, durable bool, what string) {
+// wait waits for the peer. The Replicator decides what a peer failure
+// means: nil while this node goes on alone (the data is safe here), an
+// error when this node is leaving the serving role and the peer that takes
+// over may lack the data: the application then gets EIO, never a false
+// acknowledgement.
+func (f *fsys) wait(seq uint64, durable bool, what string) syscall.Errno {
 	if seq == 0 {
-		return
+		return 0
 	}
-	if err := f.rep.Wait(seq, durable); err != nil {
-		now := time.Now().UnixNano()
-		if last := f.lastErr.Load(); now-last > int64(time.Second) && f.lastErr.CompareAndSwap(last, now) {
-			f.log.Warn("replica wait failed; the application goes on", "op", what, "seq", seq, "durable", durable, "err", err)
-		}
+	err := f.rep.Wait(seq, durable)
+	if err == nil {
+		return 0
 	}
+	now := time.Now().UnixNano()
+	if last := f.lastErr.Load(); now-last > int64(time.Second) && f.lastErr.CompareAndSwap(last, now) {
+		f.log.Warn("replica wait failed: the application gets EIO", "op", what, "seq", seq, "durable", durable, "err", err)
+	}
+	return syscall.EIO
 }

@@ -112,7 +112,8 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		if created {
 			cm.mtimeDirty.Store(true) // the close sends the creation mtime
 			f.submit(cm, &op.Op{Kind: op.Create, Path: path, Mode: st.Mode & 07777,
-				Uid: int64(st.Uid), Gid: int64(st.Gid), Flags: flags})
+				Uid: int64(st.Uid), Gid: int64(st.Gid), Flags: flags,
+				Atime: op.Time{Sec: st.Atim.Sec, Nsec: st.Atim.Nsec}, Mtime: op.Time{Sec: st.Mtim.Sec, Nsec: st.Mtim.Nsec}})
 		} else if flags&unix.O_TRUNC != 0 && st.Size != 0 {
 			cm.dataMu.Lock()
 			if err := unix.Ftruncate(fd, 0); err == nil {
@@ -164,7 +165,11 @@ func (n *node) finishEntry(ctx context.Context, name string, named bool, undo fu
 		return nil, e
 	}
 	if named {
-		n.f.submit(ch.Operations().(*node).m, mk(&st))
+		o := mk(&st)
+		// The entry's own times, so the copies' mtimes match.
+		o.Atime = op.Time{Sec: st.Atim.Sec, Nsec: st.Atim.Nsec}
+		o.Mtime = op.Time{Sec: st.Mtim.Sec, Nsec: st.Mtim.Nsec}
+		n.f.submit(ch.Operations().(*node).m, o)
 	}
 	return ch, 0
 }
