@@ -154,6 +154,7 @@ func TestPostgresFailover(t *testing.T) {
 	c.WaitState("alpha", "PRIM", 40*time.Second)
 	c.WaitState("beta", "SECOND", 40*time.Second)
 	after := pgSummary(t, cl)
+	removeShmAtEnd(t, c.BackingDir("alpha", dataDir)+"/pg")
 	t.Logf("swap: alpha serves PostgreSQL after %s; %s", time.Since(step).Round(time.Millisecond), after)
 	if before != after {
 		t.Errorf("data differs after the swap: beta had %s, alpha has %s", before, after)
