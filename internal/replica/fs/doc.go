@@ -31,14 +31,17 @@
 //
 // # Ordering
 //
-// One namespace RWMutex: create, mkdir, mknod, symlink, link, unlink, rmdir
-// and rename take it exclusively; lookups, data and attribute ops take it
-// shared. Data and attribute ops also take a per-inode mutex. The local apply
-// and the Submit happen under these locks, so ops reach the Replicator in the
-// local order for any one file and for the namespace (the path an op carries
-// is the one its apply used). Waits for the peer happen after the locks are
-// released. The write path takes no exclusive global lock and allocates one
-// op per request (the data is not copied; the Replicator copies it).
+// One namespace RWMutex: unlink, rmdir and rename take it exclusively (they
+// change a path that data ops may be using); lookups, data and attribute ops,
+// and the operations that only add a name (create, mkdir, mknod, symlink,
+// link) take it shared: they change no existing path, and the kernel already
+// serializes operations on one directory by holding its lock. Data and
+// attribute ops also take a per-inode mutex. The local apply and the Submit
+// happen under these locks, so ops reach the Replicator in the local order
+// for any one file and for the namespace (the path an op carries is the one
+// its apply used). Waits for the peer happen after the locks are released.
+// The write path takes no exclusive global lock and allocates one op per
+// request (the data is not copied; the Replicator copies it).
 //
 // # Durability
 //

@@ -685,3 +685,76 @@ func TestOddCalls(t *testing.T) {
 	f.Close()
 	e.check()
 }
+
+// TestConcurrentNamespace: creations (shared lock) race with renames and
+// unlinks (exclusive) and writes, in shared and private directories.
+func TestConcurrentNamespace(t *testing.T) {
+	e := newEnv(t, Options{})
+	os.Mkdir(e.p("common"), 0o755)
+	const workers = 6
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			own := e.p("own" + string(rune('a'+w)))
+			if err := os.Mkdir(own, 0o755); err != nil {
+				errs <- err
+				return
+			}
+			for i := range 150 {
+				name := "f" + string(rune('a'+w)) + strings.Repeat("x", i%5) + time.Now().Format(".000000000")
+				dir := own
+				if i%2 == 0 {
+					dir = e.p("common")
+				}
+				p := filepath.Join(dir, name)
+				if err := os.WriteFile(p, bytes.Repeat([]byte{byte(i)}, 100+i), 0o644); err != nil {
+					errs <- err
+					return
+				}
+				switch i % 5 {
+				case 1:
+					if err := os.Rename(p, filepath.Join(e.p("common"), name+".r")); err != nil {
+						errs <- err
+						return
+					}
+				case 2:
+					if err := os.Remove(p); err != nil {
+						errs <- err
+						return
+					}
+				case 3:
+					if err := os.Mkdir(p+".d", 0o700); err != nil {
+						errs <- err
+						return
+					}
+					if err := os.Symlink(name, p+".d/l"); err != nil {
+						errs <- err
+						return
+					}
+					if err := os.Link(p, p+".d/h"); err != nil {
+						errs <- err
+						return
+					}
+				case 4:
+					if err := os.Rename(own, own+".tmp"); err != nil {
+						errs <- err
+						return
+					}
+					if err := os.Rename(own+".tmp", own); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	e.check()
+}

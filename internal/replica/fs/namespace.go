@@ -11,8 +11,12 @@ import (
 	"github.com/tandem-ha/tandem/internal/replica/op"
 )
 
-// Namespace operations hold fsys.ns exclusively from the path computation to
-// the Submit.
+// Namespace operations hold fsys.ns from the path computation to the Submit:
+// exclusively for those that remove or move a name (unlink, rmdir, rename:
+// they change the path of an inode that data ops may be using), shared for
+// those that only add one (create, mkdir, mknod, symlink, link: no existing
+// path changes, and the kernel already serializes operations on one
+// directory entry by holding the directory's lock).
 
 // finishCreate gives a freshly created name the caller's ownership (the
 // directory's group when it is set-group-ID, as a local filesystem does) and
@@ -46,7 +50,7 @@ func (n *node) finishCreate(name string, uid, gid, want uint32, typ uint32, st *
 	return unix.Fstatat(n.m.fd, name, st, unix.AT_SYMLINK_NOFOLLOW)
 }
 
-// entryPath is the op path of name in n; the caller holds ns exclusively.
+// entryPath is the op path of name in n; the caller holds ns.
 func (n *node) entryPath(name string) (string, bool) {
 	p, ok := n.f.pathOf(n.m)
 	return childPath(p, name), ok
@@ -56,8 +60,8 @@ func (n *node) entryPath(name string) (string, bool) {
 func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
 	f := n.f
 	uid, gid := callerOf(ctx)
-	f.ns.Lock()
-	defer f.ns.Unlock()
+	f.ns.RLock()
+	defer f.ns.RUnlock()
 	path, named := n.entryPath(name)
 	bflags := backingFlags(flags)
 	created := true
@@ -177,8 +181,8 @@ func (n *node) finishEntry(ctx context.Context, name string, named bool, undo fu
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	f := n.f
 	uid, gid := callerOf(ctx)
-	f.ns.Lock()
-	defer f.ns.Unlock()
+	f.ns.RLock()
+	defer f.ns.RUnlock()
 	path, named := n.entryPath(name)
 	if err := unix.Mkdirat(n.m.fd, name, mode&07777); err != nil {
 		return nil, errno(err)
@@ -197,8 +201,8 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	f := n.f
 	uid, gid := callerOf(ctx)
-	f.ns.Lock()
-	defer f.ns.Unlock()
+	f.ns.RLock()
+	defer f.ns.RUnlock()
 	path, named := n.entryPath(name)
 	if err := unix.Mknodat(n.m.fd, name, mode, int(dev)); err != nil {
 		return nil, errno(err)
@@ -217,8 +221,8 @@ func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, 
 func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	f := n.f
 	uid, gid := callerOf(ctx)
-	f.ns.Lock()
-	defer f.ns.Unlock()
+	f.ns.RLock()
+	defer f.ns.RUnlock()
 	path, named := n.entryPath(name)
 	if err := unix.Symlinkat(target, n.m.fd, name); err != nil {
 		return nil, errno(err)
@@ -240,8 +244,8 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 		return nil, syscall.EXDEV
 	}
 	f := n.f
-	f.ns.Lock()
-	defer f.ns.Unlock()
+	f.ns.RLock()
+	defer f.ns.RUnlock()
 	tpath, tnamed := f.pathOf(t.m)
 	path, named := n.entryPath(name)
 	if err := unix.Linkat(t.m.fd, "", n.m.fd, name, unix.AT_EMPTY_PATH); err != nil {
