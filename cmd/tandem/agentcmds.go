@@ -76,6 +76,9 @@ func printStatus(w io.Writer, st api.Status) {
 		if m.Sync == "resyncing" {
 			sync = fmt.Sprintf("resyncing(%.1f%%)", m.ResyncPercent)
 		}
+		if m.LagBytes > 0 {
+			sync += fmt.Sprintf(",lag=%s", humanBytes(m.LagBytes))
+		}
 		up := "no"
 		if m.UpToDate {
 			up = "yes"
@@ -249,4 +252,18 @@ until interrupted.`,
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new events until interrupted")
 	cmd.Flags().IntVarP(&last, "lines", "n", 50, "number of past events to show (0: none, -1: all)")
 	return cmd
+}
+
+// humanBytes prints a byte count with a binary unit.
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%dB", n)
+	}
+	div, exp := int64(unit), 0
+	for v := n / unit; v >= unit; v /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

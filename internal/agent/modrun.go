@@ -362,6 +362,18 @@ func (r *modRunner) status() api.ModuleStatus {
 	if m.Sync == module.SyncSynced {
 		st.ResyncPercent = 100
 	}
+	if len(r.cfg.Directories) > 0 {
+		st.Directories, st.SyncMode, st.MaxLagBytes = r.cfg.Directories, r.cfg.Sync, r.cfg.Replication.MaxLag
+		ops, bytes := r.repl.lag()
+		st.LagOps, st.LagBytes = int64(ops), int64(bytes)
+	}
+	// On the primary, sync describes its SECOND's copy.
+	if m.State == module.Prim && known && pv.Alive && peerMod.Sync != "" {
+		st.Sync = string(peerMod.Sync)
+		if peerMod.Sync == module.SyncSynced {
+			st.ResyncPercent = 100
+		}
+	}
 	switch {
 	case !pv.Alive:
 		st.PeerState = "DOWN"

@@ -45,6 +45,14 @@ type ModuleStatus struct {
 	Networks map[string]bool `json:"networks"`
 	// Since is when State was entered.
 	Since time.Time `json:"since"`
+	// Directories are the replicated directories; LagBytes/LagOps what the
+	// primary has sent and the secondary not yet acknowledged (bounded by
+	// replication.max_lag), MaxLagBytes that bound.
+	Directories []string `json:"directories,omitempty"`
+	SyncMode    string   `json:"sync_mode,omitempty"`
+	LagBytes    int64    `json:"lag_bytes"`
+	LagOps      int64    `json:"lag_ops"`
+	MaxLagBytes int64    `json:"max_lag_bytes,omitempty"`
 }
 
 // Status is what `tandem status` shows.
