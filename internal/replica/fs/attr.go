@@ -144,7 +144,15 @@ func (n *node) xattrTarget() (path string, symlink bool, ok bool) {
 	return procPath(l.parent.fd) + "/" + l.name, true, true
 }
 
+// capsXattr is read by the kernel before every write (to drop file
+// capabilities); its absence is cached per inode, since only this mount
+// changes xattrs while mounted.
+const capsXattr = "security.capability"
+
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if attr == capsXattr && n.m.noCaps.Load() {
+		return 0, syscall.ENODATA
+	}
 	n.f.ns.RLock()
 	defer n.f.ns.RUnlock()
 	p, sym, ok := n.xattrTarget()
@@ -157,6 +165,9 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 		sz, err = unix.Lgetxattr(p, attr, dest)
 	} else {
 		sz, err = unix.Getxattr(p, attr, dest)
+	}
+	if attr == capsXattr && err == unix.ENODATA {
+		n.m.noCaps.Store(true)
 	}
 	return uint32(max(sz, 0)), errno(err)
 }
@@ -188,6 +199,7 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	if !ok {
 		return syscall.EOPNOTSUPP
 	}
+	m.noCaps.Store(false)
 	var err error
 	if sym {
 		err = unix.Lsetxattr(p, attr, data, int(flags))
@@ -213,6 +225,7 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	if !ok {
 		return syscall.EOPNOTSUPP
 	}
+	m.noCaps.Store(false)
 	var err error
 	if sym {
 		err = unix.Lremovexattr(p, attr)

@@ -124,6 +124,20 @@ func TestOps(t *testing.T) {
 	must(unix.Setxattr(e.p("d1"), "user.dir", []byte("dir value"), 0))
 	must(unix.Setxattr(e.mnt, "user.root", []byte("root"), 0))
 	buf := make([]byte, 64)
+	// File capabilities (the kernel reads them before each write): the
+	// cached absence must follow setxattr and removexattr.
+	capv := []byte{0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} // v2, cap_net_bind_service
+	if _, err := unix.Getxattr(e.p("trunc"), "security.capability", buf); !errors.Is(err, unix.ENODATA) {
+		t.Fatalf("caps before setcap: %v", err)
+	}
+	must(unix.Setxattr(e.p("trunc"), "security.capability", capv, 0))
+	if n, err := unix.Getxattr(e.p("trunc"), "security.capability", buf); err != nil || !bytes.Equal(buf[:n], capv) {
+		t.Fatalf("caps after setcap: %x %v", buf[:max(n, 0)], err)
+	}
+	must(unix.Removexattr(e.p("trunc"), "security.capability"))
+	if _, err := unix.Getxattr(e.p("trunc"), "security.capability", buf); !errors.Is(err, unix.ENODATA) {
+		t.Fatalf("caps after removal: %v", err)
+	}
 	if n, err := unix.Getxattr(e.p("d1/hard"), "user.two", buf); err != nil || string(buf[:n]) != "2" {
 		t.Fatalf("getxattr through a hard link: %q %v", buf[:max(n, 0)], err)
 	}

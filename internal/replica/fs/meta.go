@@ -71,6 +71,7 @@ type meta struct {
 	// mtimeDirty: data changed since the mtime was last sent.
 	mtimeDirty atomic.Bool
 	warned     atomic.Bool // "no name" logged
+	noCaps     atomic.Bool // security.capability known absent
 }
 
 type link struct {
