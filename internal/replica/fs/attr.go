@@ -129,8 +129,8 @@ func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttr
 
 // xattrTarget names the inode for the *xattr calls: through its fd for
 // everything but symlinks (following /proc/self/fd/N reaches the inode);
-// a symlink through its parent and name with the l* calls. The caller holds
-// fsys.ns.
+// a symlink through its parent and name with the l* calls (the caller then
+// holds fsys.ns).
 func (n *node) xattrTarget() (path string, symlink bool, ok bool) {
 	if !n.m.isSymlink() {
 		return procPath(n.m.fd), false, true
@@ -153,8 +153,11 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 	if attr == capsXattr && n.m.noCaps.Load() {
 		return 0, syscall.ENODATA
 	}
-	n.f.ns.RLock()
-	defer n.f.ns.RUnlock()
+	if n.m.isSymlink() {
+		// Named through its parent: keep the name stable.
+		n.f.ns.RLock()
+		defer n.f.ns.RUnlock()
+	}
 	p, sym, ok := n.xattrTarget()
 	if !ok {
 		return 0, syscall.EOPNOTSUPP
@@ -173,8 +176,11 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 }
 
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
-	n.f.ns.RLock()
-	defer n.f.ns.RUnlock()
+	if n.m.isSymlink() {
+		// Named through its parent: keep the name stable.
+		n.f.ns.RLock()
+		defer n.f.ns.RUnlock()
+	}
 	p, sym, ok := n.xattrTarget()
 	if !ok {
 		return 0, syscall.EOPNOTSUPP

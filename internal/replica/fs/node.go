@@ -138,9 +138,11 @@ func (n *node) openChild(name string, st *unix.Stat_t) (int, error) {
 	return fd, nil
 }
 
+// Lookup takes no namespace lock (lookups go on during a Freeze): the name
+// it records refers to the parent's meta, not to a path, so a concurrent
+// rename of an ancestor cannot make it stale; the kernel keeps renames in
+// this directory out while it looks up.
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	n.f.ns.RLock()
-	defer n.f.ns.RUnlock()
 	var st unix.Stat_t
 	fd, err := n.openChild(name, &st)
 	if err != nil {
