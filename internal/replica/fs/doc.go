@@ -32,8 +32,8 @@
 // # Ordering
 //
 // One namespace RWMutex: unlink, rmdir and rename take it exclusively (they
-// change a path that data ops may be using); lookups, data and attribute ops,
-// and the operations that only add a name (create, mkdir, mknod, symlink,
+// change a path that data ops may be using); data and attribute ops, and the
+// operations that only add a name (create, mkdir, mknod, symlink,
 // link) take it shared: they change no existing path, and the kernel already
 // serializes operations on one directory by holding its lock. Data and
 // attribute ops also take a per-inode mutex. The local apply and the Submit
@@ -50,18 +50,23 @@
 // and RWF_DSYNC ones, need nothing more: the kernel follows each of them with
 // an FSYNC request before write(2) returns (generic_write_sync; checked by
 // TestWaits), so the real file is opened without O_SYNC/O_DSYNC and synced
-// once. A FLUSH (close) of a handle opened for writing waits until the peer
-// applied everything submitted for the inode ("close after write returns once
-// the secondary applied it"). Plain writes only submit. Sync=SyncWrite: every
-// write also waits (applied). FSYNC is never answered with ENOSYS. A Wait
-// error (peer timeout) is logged, not returned: the data is applied locally
-// and the Replicator decides to go on alone (SPEC: the application is never
-// blocked by a dead peer). syncfs(2) is not replicated (go-fuse answers
-// SYNCFS with ENOSYS).
+// once. A FLUSH (close) of a handle that wrote waits until the peer applied
+// everything submitted for the inode ("close after write returns once the
+// secondary applied it"). Plain writes only submit. Sync=SyncWrite: every
+// write also waits (applied). FSYNC is never answered with ENOSYS. The
+// Replicator decides what a peer failure means: Wait returns nil while this
+// node goes on alone (the data is safe here; SPEC: the application is never
+// blocked by a dead peer), an error when the acknowledgement cannot be given
+// (this node is leaving the serving role and the peer may lack the data):
+// the call then fails with EIO, never a false acknowledgement. syncfs(2) is
+// not replicated (go-fuse answers SYNCFS with ENOSYS).
+//
+// Freeze blocks every mutation (it takes the namespace lock exclusively)
+// while lookups, reads, getattr, readdir and xattr reads go on.
 //
 // Writes do not carry the mtime, so the file's mtime is sent (Utimens) when a
-// handle that changed data is closed, and after a truncate; creation mtimes
-// likewise. Explicit times and UTIME_NOW are sent as the values that
+// handle that changed data is closed, and after a truncate; creation ops
+// carry the new entry's times. Explicit times and UTIME_NOW are sent as the values that
 // resulted on the primary. ctime and atime are not replicated.
 //
 // # Kernel caching choices
