@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -185,7 +186,16 @@ func Mount(dir string, opts Options) (*Mounted, error) {
 	}
 	root := &node{f: f, m: f.root}
 	rawFS := gofs.NewNodeFS(root, gopts)
+	// go-fuse opens /dev/fuse without O_CLOEXEC when it mounts directly. A
+	// child process that inherits it (a module script) would keep the
+	// connection alive after an agent crash: the mount would hang instead of
+	// failing with ENOTCONN. Hold off fork/exec until it is close-on-exec.
+	syscall.ForkLock.RLock()
 	server, err := fuse.NewServer(rawFS, dir, &gopts.MountOptions)
+	if err == nil {
+		closeOnExecFuse()
+	}
+	syscall.ForkLock.RUnlock()
 	if err != nil {
 		f.close()
 		return nil, fmt.Errorf("mount replicated directory %s: %w", dir, err)
@@ -336,6 +346,23 @@ func checkNofile(logger *slog.Logger) {
 	}
 	if rl.Cur < 65536 {
 		logger.Warn("low open file limit: each inode cached by the kernel holds one fd; raise LimitNOFILE", "nofile", rl.Cur)
+	}
+}
+
+// closeOnExecFuse marks every /dev/fuse fd of the process close-on-exec.
+func closeOnExecFuse() {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && target == "/dev/fuse" {
+			unix.CloseOnExec(fd)
+		}
 	}
 }
 

@@ -288,3 +288,17 @@ func TestWatchdog(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	panic("on purpose, with an fsync in flight")
 }
+
+// TestFuseFdNotInherited: a child process must not keep the FUSE
+// connection alive (an agent crash would then hang the mount).
+func TestFuseFdNotInherited(t *testing.T) {
+	e := newEnv(t, Options{})
+	out, err := exec.Command("sh", "-c", "ls -l /proc/$$/fd").CombinedOutput()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "/dev/fuse") {
+		t.Fatalf("a child inherited /dev/fuse:\n%s", out)
+	}
+	_ = e
+}
