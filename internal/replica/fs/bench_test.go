@@ -154,7 +154,7 @@ func median(rs []benchResult, key func(benchResult) float64) float64 {
 // plain directory and through the mount (a Replicator that accepts at once)
 // and prints medians and ratios. TANDEM_FS_PROFILE=file writes a CPU
 // profile of the filesystem process during the mount runs of the seq and
-// small workloads.
+// small workloads. TANDEM_FS_BENCH_TMPFS=1 runs on a tmpfs.
 func TestBenchReport(t *testing.T) {
 	if os.Getenv("TANDEM_FS_BENCH") == "" {
 		t.Skip("opt-in: TANDEM_FS_BENCH=1")
@@ -165,6 +165,14 @@ func TestBenchReport(t *testing.T) {
 		runs, _ = strconv.Atoi(s)
 	}
 	base := t.TempDir()
+	if os.Getenv("TANDEM_FS_BENCH_TMPFS") != "" {
+		// The FUSE overhead alone, without the disk (and its neighbours).
+		if err := unix.Mount("tmpfs", base, "tmpfs", 0, "size=2g"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Unmount(base, unix.MNT_DETACH) })
+		t.Log("on tmpfs")
+	}
 	direct := filepath.Join(base, "direct")
 	os.Mkdir(direct, 0o755)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))

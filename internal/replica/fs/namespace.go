@@ -114,6 +114,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	cm := ch.Operations().(*node).m
 	if named {
 		if created {
+			cm.noCaps.Store(true)     // a new file has no file capabilities
 			cm.mtimeDirty.Store(true) // the close sends the creation mtime
 			f.submit(cm, &op.Op{Kind: op.Create, Path: path, Mode: st.Mode & 07777,
 				Uid: int64(st.Uid), Gid: int64(st.Gid), Flags: flags,
