@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -312,7 +311,6 @@ func (x *replica) mountAll() error {
 			return fmt.Errorf("intercept %s: %w", d.path, err)
 		}
 		d.mount = m
-		closeOnExecFuse()
 		x.r.log.Add("info", "replicated directory "+d.path+" intercepted", "dir", d.path)
 	}
 	return nil
@@ -371,6 +369,7 @@ func (x *replica) startReceiver(m module.Machine) error {
 			return fmt.Errorf("replicated directory %s: %w", d.path, err)
 		}
 		d.applier = ap
+		unix.Close(fd) // the Applier reopened it
 		if err := bindReadOnly(d.path); err != nil {
 			x.r.log.Add("warn", "could not make "+d.path+" read-only on the secondary: "+err.Error())
 		} else {
@@ -476,7 +475,7 @@ func (x *replica) reconcile(m module.Machine) {
 	}
 	x.connecting = true
 	x.mu.Unlock()
-	go x.connect(m.Epoch, !p.UpToDate)
+	go x.connect(m.Epoch, !p.UpToDate || p.Epoch != m.Epoch) // an older epoch missed a generation
 }
 
 func peerWord(p module.Peer) string {
@@ -606,23 +605,4 @@ func unmountReadOnly(dir string) {
 		return
 	}
 	unix.Unmount(dir, unix.MNT_DETACH)
-}
-
-// closeOnExecFuse marks this process's /dev/fuse descriptors close-on-exec:
-// go-fuse opens them without it, and an application started by start_prim
-// would inherit the connection and keep it alive after the agent dies.
-func closeOnExecFuse() {
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		return
-	}
-	for _, e := range ents {
-		fd, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && target == "/dev/fuse" {
-			unix.CloseOnExec(fd)
-		}
-	}
 }
