@@ -20,7 +20,7 @@ func waitSame(t *testing.T, c *tcluster.Cluster, within time.Duration) {
 	var diffs []treecmp.Diff
 	var err error
 	for time.Now().Before(deadline) {
-		diffs, err = treecmp.Compare(a, b, treecmp.Options{IgnoreDirMtime: true, MaxDiffs: 10})
+		diffs, err = treecmp.Compare(a, b, treecmp.Options{MaxDiffs: 10})
 		if err == nil && len(diffs) == 0 {
 			return
 		}

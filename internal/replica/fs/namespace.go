@@ -51,6 +51,23 @@ func (n *node) finishCreate(name string, uid, gid, want uint32, typ uint32, st *
 }
 
 // entryPath is the op path of name in n; the caller holds ns.
+// stampDir sends the directory's mtime after a change of its entries, so
+// the copies' directory mtimes match. Read and submit under the inode's
+// lock: the last stamp sent always carries the latest time.
+func (n *node) stampDir() {
+	f, m := n.f, n.m
+	m.dataMu.Lock()
+	defer m.dataMu.Unlock()
+	var st unix.Stat_t
+	if unix.Fstat(m.fd, &st) != nil {
+		return
+	}
+	if p, named := f.pathOf(m); named {
+		f.submit(m, &op.Op{Kind: op.Utimens, Path: p, Atime: op.Time{Nsec: op.UtimeOmit},
+			Mtime: op.Time{Sec: st.Mtim.Sec, Nsec: st.Mtim.Nsec}})
+	}
+}
+
 func (n *node) entryPath(name string) (string, bool) {
 	p, ok := n.f.pathOf(n.m)
 	return childPath(p, name), ok
@@ -119,6 +136,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 			f.submit(cm, &op.Op{Kind: op.Create, Path: path, Mode: st.Mode & 07777,
 				Uid: int64(st.Uid), Gid: int64(st.Gid), Flags: flags,
 				Atime: op.Time{Sec: st.Atim.Sec, Nsec: st.Atim.Nsec}, Mtime: op.Time{Sec: st.Mtim.Sec, Nsec: st.Mtim.Nsec}})
+			n.stampDir()
 		} else if flags&unix.O_TRUNC != 0 && st.Size != 0 {
 			cm.dataMu.Lock()
 			if err := unix.Ftruncate(fd, 0); err == nil {
@@ -175,6 +193,7 @@ func (n *node) finishEntry(ctx context.Context, name string, named bool, undo fu
 		o.Atime = op.Time{Sec: st.Atim.Sec, Nsec: st.Atim.Nsec}
 		o.Mtime = op.Time{Sec: st.Mtim.Sec, Nsec: st.Mtim.Nsec}
 		n.f.submit(ch.Operations().(*node).m, o)
+		n.stampDir()
 	}
 	return ch, 0
 }
@@ -266,6 +285,7 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 	ch := n.NewInode(ctx, f.newNode(t.m), gofs.StableAttr{Mode: t.m.mode, Ino: t.m.ino, Gen: t.m.gen})
 	if named && tnamed {
 		f.submit(t.m, &op.Op{Kind: op.Link, Path: tpath, Path2: path})
+		n.stampDir()
 	} else if named {
 		f.log.Error("hard link to a file with no known name not replicated", "path", path)
 	}
@@ -291,6 +311,7 @@ func (n *node) remove(name string, flags int, kind op.Kind) syscall.Errno {
 	f.removeLink(n.m, name)
 	if named {
 		f.submit(nil, &op.Op{Kind: kind, Path: path})
+		n.stampDir()
 	}
 	return 0
 }
@@ -318,6 +339,10 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	}
 	if ok1 && ok2 {
 		f.submit(nil, &op.Op{Kind: op.Rename, Path: p1, Path2: p2, Flags: flags})
+		n.stampDir()
+		if np != n {
+			np.stampDir()
+		}
 	} else {
 		f.log.Error("rename involving a deleted directory not replicated", "from", p1, "to", p2)
 	}
