@@ -127,7 +127,7 @@ func (n *node) Write(ctx context.Context, fh gofs.FileHandle, data []byte, off i
 	}
 	m.dataMu.Unlock()
 	f.ns.RUnlock()
-	if seq != 0 && f.sync == SyncWrite {
+	if f.sync == SyncWrite && done > 0 {
 		if e := f.wait(seq, false, "write"); e != 0 {
 			return 0, e
 		}
@@ -247,7 +247,7 @@ func (n *node) Allocate(ctx context.Context, fh gofs.FileHandle, off uint64, siz
 	}
 	m.dataMu.Unlock()
 	f.ns.RUnlock()
-	if seq != 0 && f.sync == SyncWrite && err == nil {
+	if f.sync == SyncWrite && err == nil {
 		return f.wait(seq, false, "fallocate")
 	}
 	return errno(err)

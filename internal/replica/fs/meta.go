@@ -495,9 +495,8 @@ func (f *fsys) submit(m *meta, o *op.Op) uint64 {
 // over may lack the data: the application then gets EIO, never a false
 // acknowledgement.
 func (f *fsys) wait(seq uint64, durable bool, what string) syscall.Errno {
-	if seq == 0 {
-		return 0
-	}
+	// Even seq 0 (nothing sent: no peer attached) goes to the Replicator:
+	// only it knows whether this node still serves or is leaving.
 	err := f.rep.Wait(seq, durable)
 	if err == nil {
 		return 0
