@@ -392,6 +392,8 @@ func (a *Agent) watchVIPs(ctx context.Context) {
 		}
 		changed := false
 		for _, r := range a.mods {
+			// Retry a replication stream that failed (after its backoff).
+			r.repl.reconcile(r.machine())
 			if r.refreshHeld() {
 				changed = true
 			}

@@ -253,6 +253,7 @@ type replDir struct {
 	recvDone   chan struct{}
 	readOnly   bool
 	resynced   atomic.Bool
+	rootFd     int // the real directory, opened before the read-only bind
 }
 
 // replica is the replication state of one module.
@@ -262,6 +263,8 @@ type replica struct {
 
 	mu         sync.Mutex
 	connecting bool
+	delay      time.Duration
+	retryAt    time.Time
 }
 
 func newReplica(r *modRunner) *replica {
@@ -369,7 +372,7 @@ func (x *replica) startReceiver(m module.Machine) error {
 			return fmt.Errorf("replicated directory %s: %w", d.path, err)
 		}
 		d.applier = ap
-		unix.Close(fd) // the Applier reopened it
+		d.rootFd = fd // kept (the path turns read-only) for a later wipe
 		if err := bindReadOnly(d.path); err != nil {
 			x.r.log.Add("warn", "could not make "+d.path+" read-only on the secondary: "+err.Error())
 		} else {
@@ -395,6 +398,9 @@ func (x *replica) receive(ctx context.Context, d *replDir) {
 			x.r.log.Add("error", "replication of "+d.path+" stopped: "+err.Error())
 		},
 		Apply: func(o *op.Op) error {
+			if o.Kind == op.SyncAll && o.Flags&op.ResyncStart != 0 {
+				return x.restartCopy(d)
+			}
 			if err := d.applier.Apply(o); err != nil {
 				return err
 			}
@@ -411,6 +417,22 @@ func (x *replica) receive(ctx context.Context, d *replDir) {
 	if err := wire.Serve(ctx, d.listener, cfg); err != nil && ctx.Err() == nil {
 		x.r.log.Add("error", "replication receiver for "+d.path+": "+err.Error())
 	}
+}
+
+// restartCopy empties a SECOND's copy before a full resynchronisation
+// (called from the session goroutine, which alone uses the applier).
+func (x *replica) restartCopy(d *replDir) error {
+	d.resynced.Store(false)
+	d.applier.Close()
+	if err := resync.Wipe(d.rootFd); err != nil {
+		return fmt.Errorf("empty %s before a full resynchronisation: %w", d.path, err)
+	}
+	ap, err := apply.NewFromFd(d.rootFd)
+	if err != nil {
+		return err
+	}
+	d.applier = ap
+	return nil
 }
 
 func (x *replica) allResynced() bool {
@@ -438,6 +460,7 @@ func (x *replica) stopReceiver() {
 		if d.applier != nil {
 			d.applier.Close()
 			d.applier = nil
+			unix.Close(d.rootFd)
 		}
 		if d.readOnly {
 			unmountReadOnly(d.path)
@@ -468,14 +491,32 @@ func (x *replica) reconcile(m module.Machine) {
 		}
 		return
 	}
+	if s := x.dirs[0].rep.current(); s != nil && s.Failed() != nil {
+		for _, d := range x.dirs {
+			d.rep.detach() // a failed stream is replaced, not kept
+		}
+	}
 	x.mu.Lock()
-	if x.connecting || x.dirs[0].rep.current() != nil {
+	if x.connecting || x.dirs[0].rep.current() != nil || time.Now().Before(x.retryAt) {
 		x.mu.Unlock()
 		return
 	}
 	x.connecting = true
 	x.mu.Unlock()
 	go x.connect(m.Epoch, !p.UpToDate || p.Epoch != m.Epoch) // an older epoch missed a generation
+}
+
+// backoff delays the next attempt after a failed one (1s doubling to 30s)
+// so a peer with a full disk is not resynchronised in a tight loop.
+func (x *replica) backoff(failed bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if !failed {
+		x.delay, x.retryAt = 0, time.Time{}
+		return
+	}
+	x.delay = min(max(2*x.delay, time.Second), 30*time.Second)
+	x.retryAt = time.Now().Add(x.delay)
 }
 
 func peerWord(p module.Peer) string {
@@ -504,6 +545,7 @@ func (x *replica) connect(epoch uint64, full bool) {
 		for _, d := range x.dirs {
 			d.rep.detach()
 		}
+		x.backoff(true)
 		x.r.log.Add("error", "replication to "+x.r.peer+" failed: "+err.Error())
 		x.r.post(module.Event{Kind: module.ReplicationFailed, Reason: err.Error()})
 	}
@@ -547,6 +589,8 @@ func (x *replica) connect(epoch uint64, full bool) {
 		d.rep.attach(s)
 		if full {
 			start := time.Now()
+			// The SECOND empties its copy first: it may hold an older tree.
+			s.Submit(&op.Op{Kind: op.SyncAll, Flags: op.ResyncStart})
 			st, err := resync.Emit(d.mount.RootFd(), func(o *op.Op) error {
 				s.Submit(o)
 				return s.Failed()
@@ -569,6 +613,7 @@ func (x *replica) connect(epoch uint64, full bool) {
 		}
 		thaw()
 	}
+	x.backoff(false)
 	x.r.log.Add("info", "replicating to "+x.r.peer+" ("+addr+")")
 }
 

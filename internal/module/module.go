@@ -85,6 +85,8 @@ type Machine struct {
 	// ReplBroken: the replication stream to the SECOND failed; we serve
 	// ALONE until the peer has resynchronised.
 	ReplBroken bool
+	// ReplReason says why replication failed, for status.
+	ReplReason string
 	// ShuttingDown: the agent is exiting; nothing starts again.
 	ShuttingDown bool
 	// Claim and Ack make a promotion while the peer is alive a two-step

@@ -117,7 +117,7 @@ func Step(m Machine, ev Event) (Machine, []Action, error) {
 		}
 	case ReplicationFailed:
 		if m.State.Serving() && !m.ReplBroken {
-			m.ReplBroken = true
+			m.ReplBroken, m.ReplReason = true, ev.Reason
 			acts = append(acts, logf("error", "replication to %s failed: %s; serving ALONE", m.PeerName, ev.Reason))
 		}
 	case Shutdown:
@@ -396,7 +396,7 @@ func desired(m Machine) (State, string) {
 			return Prim, ""
 		}
 		if m.ReplBroken {
-			return Alone, fmt.Sprintf("replication to %s failed; it resynchronises when it returns", m.PeerName)
+			return Alone, fmt.Sprintf("replication to %s failed (%s); it resynchronises when it can", m.PeerName, m.ReplReason)
 		}
 		return Alone, aloneReason(m)
 	case m.State == Second:
