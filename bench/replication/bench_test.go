@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/tandem-ha/tandem/internal/testbed"
 	"github.com/tandem-ha/tandem/internal/testbed/tcluster"
 )
@@ -52,6 +54,13 @@ func TestMain(m *testing.M) {
 	if os.Getenv(envRun) != "1" || os.Geteuid() != 0 {
 		os.Exit(m.Run())
 	}
+	// The agents inherit this: the shipped unit's LimitNOFILE (each inode
+	// the kernel caches in a replicated directory holds one fd in the
+	// agent, and the runs keep their small files until the bed goes).
+	if err := raiseNofile(nofile); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	dir, err := os.MkdirTemp("", "tandem-bench-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -70,6 +79,26 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// nofile is dist/tandem.service's LimitNOFILE.
+const nofile = 65536
+
+// raiseNofile sets RLIMIT_NOFILE to at least n (soft and hard; root may
+// raise the hard limit).
+func raiseNofile(n uint64) error {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		return fmt.Errorf("read the open file limit: %w", err)
+	}
+	if rl.Cur >= n && rl.Max >= n {
+		return nil
+	}
+	rl.Cur, rl.Max = max(rl.Cur, n), max(rl.Max, n)
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		return fmt.Errorf("raise the open file limit to %d (as the unit's LimitNOFILE) for the agents: %w", n, err)
+	}
+	return nil
 }
 
 // sizes of one run of each workload.
