@@ -541,11 +541,22 @@ func (m *Membership) Run(ctx context.Context) error {
 	deadline := time.NewTimer(time.Hour)
 	deadline.Stop()
 	defer deadline.Stop()
+	var due time.Time // when the deadline timer was meant to fire
 	expire := func() {
 		now := time.Now()
+		if !due.IsZero() && now.Sub(due) > m.cfg.Interval {
+			// We were stalled (SIGSTOP, a VM pause): datagrams that arrived
+			// meanwhile still sit in the socket buffers. Let the readers
+			// drain them before declaring anyone down.
+			due = now.Add(2 * m.cfg.Interval)
+			deadline.Reset(2 * m.cfg.Interval)
+			return
+		}
 		if next := m.expire(now); !next.IsZero() {
+			due = next
 			deadline.Reset(next.Sub(now))
 		} else {
+			due = time.Time{}
 			deadline.Stop()
 		}
 	}
