@@ -13,7 +13,7 @@
 //	replwork -w buf   -dir D [-dir D2] -mb 256      4 KiB writes, then close (no fsync)
 //	replwork -w files -dir D [-dir D2] -n 10000 -kb 4   create+write+close
 //	replwork -w storm -dir D [-dir D2] -n 2000      mkdir/create/rename/rename/unlink/rmdir rounds
-//	replwork -w clean -dir D [-dir D2]              empty D (subdirectories to D/../trash), fsync it, sync(2)
+//	replwork -w clean -dir D [-dir D2] [-purge]     empty D (subdirectories to D/../trash), fsync it, sync(2)
 package main
 
 import (
@@ -56,6 +56,7 @@ func main() {
 	mb := flag.Int64("mb", 1024, "seq, buf: MiB written per copy")
 	n := flag.Int("n", 0, "dsync: writes; files: files; storm: rounds (default 2000, 10000, 2000)")
 	kb := flag.Int("kb", 4, "files: KiB per file")
+	purge := flag.Bool("purge", false, "clean: also delete what earlier cleans put in the trash")
 	flag.Parse()
 	if len(dirs) < 1 || len(dirs) > 2 {
 		fail(fmt.Errorf("give -dir once or twice (got %d)", len(dirs)))
@@ -82,7 +83,7 @@ func main() {
 	case "storm":
 		err = storm(dirs, def(*n, 2000), &res)
 	case "clean":
-		err = clean(dirs)
+		err = clean(dirs, *purge)
 	default:
 		err = fmt.Errorf("-w %q: want seq, dsync, buf, files, storm or clean", *w)
 	}
@@ -342,8 +343,11 @@ func storm(dirs []string, n int, r *Result) error {
 // filesystem) the inode allocator skips, by reading each one, every inode
 // freed in the last 30 seconds (recently_deleted), so creating 10,000 files
 // right after deleting 10,000 is several times slower than on a fresh
-// directory. The trash goes with the test bed.
-func clean(dirs []string) error {
+// directory. The benchmark purges the trash at the start of a round, long
+// before the round's small files. (Kept for good, the files would also
+// pile up in the kernel's inode cache, and each cached inode holds an fd
+// in Tandem's agent.)
+func clean(dirs []string, purge bool) error {
 	stamp := time.Now().UnixNano()
 	for _, d := range dirs {
 		ents, err := os.ReadDir(d)
@@ -351,6 +355,11 @@ func clean(dirs []string) error {
 			return err
 		}
 		trash := filepath.Join(filepath.Dir(d), "trash")
+		if purge {
+			if err := os.RemoveAll(trash); err != nil {
+				return err
+			}
+		}
 		for _, e := range ents {
 			p := filepath.Join(d, e.Name())
 			if !e.IsDir() {
