@@ -396,6 +396,10 @@ func (x *replica) receive(ctx context.Context, d *replDir) {
 		Logger:  a.log.With("module", x.r.cfg.Name, "dir", d.path),
 		OnError: func(err error) {
 			x.r.log.Add("error", "replication of "+d.path+" stopped: "+err.Error())
+			// Synchronous: persisted before the receiver acks the failure.
+			if cerr := x.r.command(module.Event{Kind: module.ReplicationFailed, Reason: err.Error()}); cerr != nil {
+				x.r.log.Add("error", "could not mark the copy outdated: "+cerr.Error())
+			}
 		},
 		Apply: func(o *op.Op) error {
 			if o.Kind == op.SyncAll && o.Flags&op.ResyncStart != 0 {

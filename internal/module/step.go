@@ -116,6 +116,11 @@ func Step(m Machine, ev Event) (Machine, []Action, error) {
 			m.PeerOutdated = false
 		}
 	case ReplicationFailed:
+		if m.State == Second && m.UpToDate {
+			// Our receiver failed to apply the stream: this copy lacks data.
+			m.Sync, m.UpToDate = SyncResyncing, false
+			acts = append(acts, logf("error", "this copy is no longer up to date: %s", ev.Reason))
+		}
 		if m.State.Serving() && !m.ReplBroken {
 			m.ReplBroken, m.ReplReason = true, ev.Reason
 			acts = append(acts, logf("error", "replication to %s failed: %s; serving ALONE", m.PeerName, ev.Reason))
@@ -151,7 +156,12 @@ func normalize(m Machine) Machine {
 	if m.State.Running() || !p.usable() {
 		m.Claim = false
 	}
-	if m.ReplBroken && (!p.usable() || !p.UpToDate || !m.State.Serving()) {
+	if m.ReplReason != "" && !m.ReplBroken && (!m.State.Serving() || (p.usable() && p.UpToDate)) {
+		m.ReplReason = ""
+	}
+	// Cleared once we have gone ALONE (a new epoch the peer lacks) and the
+	// peer knows its copy is outdated: a full resync may then start.
+	if m.ReplBroken && (!m.State.Serving() || (m.State == Alone && m.Target == "" && (!p.usable() || !p.UpToDate))) {
 		m.ReplBroken = false // the peer resynchronises from scratch
 	}
 
@@ -393,6 +403,9 @@ func desired(m Machine) (State, string) {
 			return Second, fmt.Sprintf("split brain: %s also serves and wins (epoch %d vs %d); this node's changes since are discarded", m.PeerName, p.Epoch, m.Epoch)
 		}
 		if p.usable() && p.State == Second && p.Target == "" && !m.ReplBroken {
+			if m.ReplReason != "" && !p.UpToDate {
+				return Prim, fmt.Sprintf("replication to %s failed (%s); %s resynchronises", m.PeerName, m.ReplReason, m.PeerName)
+			}
 			return Prim, ""
 		}
 		if m.ReplBroken {

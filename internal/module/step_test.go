@@ -303,6 +303,13 @@ func TestRules(t *testing.T) {
 					t.Errorf("uptodate %v sync %s", m.UpToDate, m.Sync)
 				}
 			}},
+		{name: "SECOND whose receiver failed marks its copy outdated", m: settled(Second, peerPrim, nil),
+			ev: Event{Kind: ReplicationFailed, Reason: "no space left on device"}, wantState: Second,
+			check: func(t *testing.T, m Machine) {
+				if m.UpToDate || m.Sync != SyncResyncing {
+					t.Errorf("uptodate %v sync %s", m.UpToDate, m.Sync)
+				}
+			}},
 		{name: "SECOND not up to date never takes over", m: settled(Second, peerAlone, func(m *Machine) { m.UpToDate = false; m.Sync = SyncResyncing }),
 			ev: Event{Kind: PeerChanged, Peer: peerDown}, wantState: Second, target: Wait},
 		{name: "entering serving mounts the data before the VIP and start_prim", m: settled(Second, peerPrim, nil),

@@ -365,6 +365,12 @@ func (s *session) run(br *bufio.Reader, c2s, s2c cipher.AEAD, startSeq uint64) {
 	}
 	close(ackStop)
 	<-ackDone
+	if serr != nil && s.srv.cfg.OnError != nil {
+		// Before the primary hears of the failure (and may go on alone,
+		// acknowledging writes this copy lacks), this node must have
+		// recorded that its copy is no longer up to date.
+		s.srv.cfg.OnError(serr.err)
+	}
 	s.conn.SetWriteDeadline(time.Now().Add(finalAckTimeout))
 	_ = s.sendAck(serr)
 	s.stop()
@@ -372,9 +378,6 @@ func (s *session) run(br *bufio.Reader, c2s, s2c cipher.AEAD, startSeq uint64) {
 	switch {
 	case serr != nil:
 		log.Error("replication stream failed", "err", serr.err, "applied", s.applied.Load())
-		if s.srv.cfg.OnError != nil {
-			s.srv.cfg.OnError(serr.err)
-		}
 	case wasStopped:
 		log.Info("replication stream stopped", "applied", s.applied.Load())
 	default:
