@@ -206,15 +206,8 @@ func (n *node) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32) sysc
 		defer unix.Close(fd)
 	}
 	dataOnly := flags&1 != 0 // FUSE_FSYNC_FDATASYNC
-	var err error
-	if dataOnly {
-		err = unix.Fdatasync(fd)
-	} else {
-		err = unix.Fsync(fd)
-	}
-	if err != nil {
-		return errno(err)
-	}
+	// Ask the peer first, then flush here: both disks flush at once instead
+	// of one after the other. The call returns only when both are done.
 	f.ns.RLock()
 	var seq uint64
 	if p, named := f.pathOf(m); named {
@@ -225,6 +218,15 @@ func (n *node) Fsync(ctx context.Context, fh gofs.FileHandle, flags uint32) sysc
 		seq = f.submit(m, o)
 	}
 	f.ns.RUnlock()
+	var err error
+	if dataOnly {
+		err = unix.Fdatasync(fd)
+	} else {
+		err = unix.Fsync(fd)
+	}
+	if err != nil {
+		return errno(err)
+	}
 	return f.wait(seq, true, "fsync")
 }
 
