@@ -18,6 +18,7 @@ import (
 
 	"github.com/tandem-ha/tandem/internal/config"
 	"github.com/tandem-ha/tandem/internal/module"
+	"github.com/tandem-ha/tandem/internal/mountinfo"
 	"github.com/tandem-ha/tandem/internal/replica/apply"
 	rfs "github.com/tandem-ha/tandem/internal/replica/fs"
 	"github.com/tandem-ha/tandem/internal/replica/op"
@@ -644,14 +645,14 @@ func bindReadOnly(dir string) error {
 	return nil
 }
 
-// unmountReadOnly removes our read-only bind mount of dir, if any.
+// unmountReadOnly removes our read-only bind mount of dir, if the top mount
+// there is one (a stale one after a crash, or ours when leaving SECOND).
 func unmountReadOnly(dir string) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
+	mounts, err := mountinfo.Read()
+	if err != nil {
 		return
 	}
-	if st.Flags&unix.ST_RDONLY == 0 {
-		return
+	if top, ok := mountinfo.Top(mounts, dir); ok && top.ReadOnly() && !strings.HasPrefix(top.FSType, "fuse") {
+		unix.Unmount(dir, unix.MNT_DETACH)
 	}
-	unix.Unmount(dir, unix.MNT_DETACH)
 }

@@ -2,6 +2,7 @@ package testbed
 
 import (
 	"fmt"
+	"github.com/tandem-ha/tandem/internal/mountinfo"
 	"path/filepath"
 	"strings"
 )
@@ -122,31 +123,12 @@ func (h *Host) Mounts() ([]Mount, error) {
 	if err != nil {
 		return nil, err
 	}
-	return parseMountinfo(out), nil
-}
-
-// parseMountinfo reads /proc/PID/mountinfo lines:
-// "id parent major:minor root point opts [optional...] - fstype source superopts".
-func parseMountinfo(s string) []Mount {
-	var out []Mount
-	for _, line := range strings.Split(s, "\n") {
-		f := strings.Fields(line)
-		if len(f) < 7 {
-			continue
-		}
-		sep := -1
-		for i := 6; i < len(f); i++ {
-			if f[i] == "-" {
-				sep = i
-				break
-			}
-		}
-		if sep < 0 || sep+2 >= len(f) {
-			continue
-		}
-		out = append(out, Mount{Point: unescapeMount(f[4]), FSType: f[sep+1], Source: unescapeMount(f[sep+2]), Dev: f[2]})
+	ms := mountinfo.Parse(out)
+	mounts := make([]Mount, len(ms))
+	for i, m := range ms {
+		mounts[i] = Mount{Point: m.Point, FSType: m.FSType, Source: m.Source, Dev: m.Dev}
 	}
-	return out
+	return mounts, nil
 }
 
 // unmountScript detaches the given mounts lazily, then removes the given

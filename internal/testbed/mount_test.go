@@ -2,6 +2,7 @@ package testbed
 
 import (
 	"context"
+	"github.com/tandem-ha/tandem/internal/mountinfo"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -49,7 +50,7 @@ func fuseDaemon(dir string) int {
 func TestParseMountinfo(t *testing.T) {
 	in := "36 35 98:0 /mnt1 /mnt/a\\040b rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n" +
 		"40 36 0:52 / /srv/x rw,nosuid - fuse.testbedhello testbed-hello rw,user_id=0\nbad line\n"
-	got := parseMountinfo(in)
+	got := mountinfo.Parse(in)
 	if len(got) != 2 || got[0].Point != "/mnt/a b" || got[0].FSType != "ext3" || got[1].FSType != "fuse.testbedhello" || got[1].Dev != "0:52" {
 		t.Fatalf("%+v", got)
 	}

@@ -3,6 +3,7 @@ package testbed
 import (
 	"bufio"
 	"context"
+	"github.com/tandem-ha/tandem/internal/mountinfo"
 	"io"
 	"net/netip"
 	"os"
@@ -65,7 +66,7 @@ func TestCheckNetworks(t *testing.T) {
 }
 
 func TestUnescapeMount(t *testing.T) {
-	if got := unescapeMount(`/a\040b\134c`); got != `/a b\c` {
+	if got := mountinfo.Unescape(`/a\040b\134c`); got != `/a b\c` {
 		t.Fatalf("got %q", got)
 	}
 }

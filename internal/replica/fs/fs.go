@@ -1,11 +1,10 @@
 package fs
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tandem-ha/tandem/internal/mountinfo"
 	"log"
 	"log/slog"
 	"os"
@@ -285,52 +284,12 @@ func CleanupStale(dir string) error {
 
 // isTandemMount reports whether the top mount at dir is a tandem FUSE mount.
 func isTandemMount(dir string) (bool, error) {
-	data, err := os.ReadFile("/proc/self/mountinfo")
+	mounts, err := mountinfo.Read()
 	if err != nil {
 		return false, err
 	}
-	found := false
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		// id parent maj:min root mountpoint opts... - fstype source superopts
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 || unescapeMount(fields[4]) != dir {
-			continue
-		}
-		sep := -1
-		for i, fl := range fields {
-			if fl == "-" {
-				sep = i
-				break
-			}
-		}
-		if sep < 0 || sep+1 >= len(fields) {
-			continue
-		}
-		// The last matching line is the top of the stack.
-		found = fields[sep+1] == "fuse."+fsName
-	}
-	return found, sc.Err()
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space...).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	top, ok := mountinfo.Top(mounts, dir)
+	return ok && top.FSType == "fuse."+fsName, nil
 }
 
 // checkNofile warns when the fd limit is low: every inode the kernel holds
