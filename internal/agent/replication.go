@@ -221,17 +221,15 @@ func (x *replicator) attach(s *wire.Sender) {
 	x.mu.Unlock()
 }
 
-// detach closes the current sender; pending waits are released.
+// detach closes every sender; pending waits are released.
 func (x *replicator) detach() {
 	x.mu.Lock()
-	s := x.sender
-	x.sender = nil
-	for g, old := range x.senders {
-		delete(x.senders, g)
-		defer old.Close()
-	}
+	old := x.senders
+	x.sender, x.senders = nil, map[uint64]*wire.Sender{}
 	x.mu.Unlock()
-	_ = s
+	for _, s := range old {
+		s.Close()
+	}
 }
 
 func (x *replicator) current() *wire.Sender {
