@@ -74,6 +74,9 @@ func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttr
 			return errno(err)
 		}
 		sub(&op.Op{Kind: op.Truncate, Off: int64(size)})
+		if in.Valid&fuse.FATTR_KILL_SUIDGID != 0 {
+			f.killSuid(m)
+		}
 		if in.Valid&fuse.FATTR_MTIME == 0 {
 			// truncate(2) set the mtime; no close may follow to send it.
 			var st unix.Stat_t

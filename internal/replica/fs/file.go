@@ -72,6 +72,9 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 			if p, ok := f.pathOf(m); ok {
 				f.submit(m, &op.Op{Kind: op.Truncate, Path: p})
 			}
+			if uid, _ := callerOf(ctx); uid != 0 {
+				f.killSuid(m)
+			}
 		}
 		m.dataMu.Unlock()
 		f.ns.RUnlock()
@@ -124,6 +127,11 @@ func (n *node) Write(ctx context.Context, fh gofs.FileHandle, data []byte, off i
 		if p, named := f.pathOf(m); named {
 			seq = f.submit(m, &op.Op{Kind: op.Write, Path: p, Data: data[:done], Off: off})
 		}
+		if uid, _ := callerOf(ctx); uid != 0 {
+			if s := f.killSuid(m); s != 0 {
+				seq = s
+			}
+		}
 	}
 	m.dataMu.Unlock()
 	f.ns.RUnlock()
@@ -136,6 +144,31 @@ func (n *node) Write(ctx context.Context, fh gofs.FileHandle, data []byte, off i
 		return 0, errno(err)
 	}
 	return uint32(done), 0
+}
+
+// killSuid clears set-user-ID, and set-group-ID on a group-executable
+// file, after a write or truncate by a caller other than root, as the
+// kernel does for a writer without CAP_FSETID (with
+// FUSE_HANDLE_KILLPRIV_V2 this is the daemon's job, and the agent writes
+// as root, which keeps the bits). It returns the seq of the Chmod op sent,
+// or 0. Called with m.dataMu held.
+func (f *fsys) killSuid(m *meta) uint64 {
+	var st unix.Stat_t
+	if unix.Fstat(m.fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return 0
+	}
+	mode := st.Mode & 07777
+	kill := mode & unix.S_ISUID
+	if mode&(unix.S_ISGID|unix.S_IXGRP) == unix.S_ISGID|unix.S_IXGRP {
+		kill |= unix.S_ISGID
+	}
+	if kill == 0 || unix.Chmod(procPath(m.fd), mode&^kill) != nil {
+		return 0
+	}
+	if p, named := f.pathOf(m); named {
+		return f.submit(m, &op.Op{Kind: op.Chmod, Path: p, Mode: mode &^ kill})
+	}
+	return 0
 }
 
 // Flush is close(2) (once per close of a descriptor). A handle that may have

@@ -180,6 +180,7 @@ func Mount(dir string, opts Options) (*Mounted, error) {
 		Debug:             opts.Debug,
 		Logger:            log.New(slogWriter{logger, slog.LevelInfo}, "", 0), // only used with Debug
 	}
+	gopts.MountOptions.ExtraCapabilities |= capHandleKillprivV2
 	if opts.writeback {
 		gopts.MountOptions.ExtraCapabilities |= fuse.CAP_WRITEBACK_CACHE
 	}
@@ -214,6 +215,14 @@ func Mount(dir string, opts Options) (*Mounted, error) {
 	logger.Info("replicated directory mounted", "sync", opts.Sync.String(), "max_write", maxWrite)
 	return m, nil
 }
+
+// capHandleKillprivV2 is FUSE_HANDLE_KILLPRIV_V2 (protocol 7.33; go-fuse
+// has no name for it). Without it the kernel asks for security.capability
+// (GETXATTR) before every write: one more round trip per write(2). With it
+// the daemon clears set-user-ID and set-group-ID itself (killSuid): the
+// backing filesystem removes file capabilities on any write, here and on
+// the secondary, but keeps the set-ID bits for a root writer (the agent).
+const capHandleKillprivV2 = 1 << 28
 
 // Dir is the mount point.
 func (m *Mounted) Dir() string { return m.dir }

@@ -772,3 +772,67 @@ func TestConcurrentNamespace(t *testing.T) {
 	}
 	e.check()
 }
+
+// TestKillSuid: a write or truncate by a user other than root clears
+// set-user-ID and set-group-ID (on a group-executable file), on the mount
+// and on the copy; a root writer keeps them; writes drop file capabilities.
+func TestKillSuid(t *testing.T) {
+	e := newEnv(t, Options{})
+	mode := func(name string) uint32 {
+		t.Helper()
+		var st unix.Stat_t
+		if err := unix.Stat(e.p(name), &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Mode & 07777
+	}
+	for _, name := range []string{"w", "t", "o", "root", "sgid"} {
+		mustWrite(t, e.p(name), []byte("x"), os.O_CREATE|os.O_WRONLY)
+		if err := os.Chown(e.p(name), 1000, 1000); err != nil {
+			t.Fatal(err)
+		}
+		m := uint32(0o6777)
+		if name == "sgid" {
+			m = 0o2767 // set-group-ID without group execute: mandatory locking mark, kept
+		}
+		if err := unix.Chmod(e.p(name), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	asUser(t, 1000, 1000, func() {
+		if err := os.WriteFile(e.p("w"), []byte("y"), 0); err != nil {
+			t.Error(err)
+		}
+		if err := unix.Truncate(e.p("t"), 0); err != nil {
+			t.Error(err)
+		}
+		f, err := os.OpenFile(e.p("o"), os.O_WRONLY|os.O_TRUNC, 0)
+		if err != nil {
+			t.Error(err)
+		} else {
+			f.Close()
+		}
+		if f, err := os.OpenFile(e.p("sgid"), os.O_WRONLY, 0); err != nil {
+			t.Error(err)
+		} else {
+			f.Write([]byte("z"))
+			f.Close()
+		}
+	})
+	mustWrite(t, e.p("root"), []byte("r"), os.O_WRONLY)
+	for name, want := range map[string]uint32{"w": 0o777, "t": 0o777, "o": 0o777, "root": 0o6777, "sgid": 0o2767} {
+		if got := mode(name); got != want {
+			t.Errorf("%s: mode %o after the write, want %o", name, got, want)
+		}
+	}
+	capv := []byte{0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+	mustWrite(t, e.p("caps"), []byte("x"), os.O_CREATE|os.O_WRONLY)
+	if err := unix.Setxattr(e.p("caps"), "security.capability", capv, 0); err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, e.p("caps"), []byte("y"), os.O_WRONLY)
+	if _, err := unix.Getxattr(e.p("caps"), "security.capability", make([]byte, 64)); !errors.Is(err, unix.ENODATA) {
+		t.Errorf("file capabilities after a write: %v, want ENODATA", err)
+	}
+	e.check()
+}
