@@ -19,6 +19,7 @@ import (
 const (
 	DefaultTimeout = 3 * time.Second
 	DefaultMaxLag  = 64 << 20
+	DefaultLinger  = time.Millisecond
 )
 
 const (
@@ -52,6 +53,11 @@ type SenderConfig struct {
 	// blocking. Default DefaultMaxLag. Timeout must cover sending MaxLag
 	// over the link, or a slow link reads as a dead peer.
 	MaxLag int
+	// Linger is how long an op nobody waits for yet (a plain write, a
+	// namespace op) may wait for more ops to share its frame. Fsync and
+	// SyncAll ops, and every op a Wait needs, leave at once. Default
+	// DefaultLinger; negative sends every op at once.
+	Linger time.Duration
 	Logger *slog.Logger // nil: slog.Default()
 	// OnFailure is called once, in its own goroutine, when the peer is
 	// declared failed: no progress within Timeout, a connection error, or
@@ -75,6 +81,7 @@ type Sender struct {
 	queued   uint64 // last seq encoded for sending
 	lastSync uint64 // last Fsync or SyncAll op queued
 	cur      *frame // batch being filled, nil if none
+	linger   *time.Timer
 	ready    []*frame
 	sending  bool // a goroutine holds the token to seal and write a frame
 	free     []*frame
@@ -93,9 +100,9 @@ type Sender struct {
 }
 
 type frame struct {
-	buf   []byte
-	last  uint64
-	bytes int
+	buf         []byte
+	first, last uint64
+	bytes       int
 }
 
 type frameRec struct {
@@ -118,6 +125,9 @@ func Dial(ctx context.Context, cfg SenderConfig) (*Sender, error) {
 	}
 	if cfg.MaxLag <= 0 {
 		cfg.MaxLag = DefaultMaxLag
+	}
+	if cfg.Linger == 0 {
+		cfg.Linger = DefaultLinger
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -230,27 +240,72 @@ func (s *Sender) Submit(o *op.Op) uint64 {
 	if o.Kind == op.Fsync || o.Kind == op.SyncAll {
 		s.lastSync = seq
 	}
+	urgent := o.Kind == op.Fsync || o.Kind == op.SyncAll || s.cfg.Linger < 0
 	s.lagBytes += size
 	if len(f.buf) >= frameTarget {
 		s.closeCurLocked()
 	}
+	if !urgent {
+		// Nobody waits for this op yet: let the next ones join its frame
+		// (one seal, one TCP write and one ack for many small writes). A
+		// Wait that needs it, or the linger timer, sends it.
+		if s.cur != nil && s.cur.first == seq {
+			s.armLingerLocked()
+		}
+		wake := len(s.ready) > 0 && !s.sending
+		s.mu.Unlock()
+		if wake {
+			s.wakeWriter()
+		}
+		return seq
+	}
+	s.flushLocked() // unlocks
+	return seq
+}
+
+// flushLocked, s.mu held, sends everything queued: itself when nobody is
+// sending and the batch is small (waking the writer costs tens of µs on
+// an idle machine), else through the writer, which seals big batches while
+// the next is being filled. It unlocks s.mu.
+func (s *Sender) flushLocked() {
 	var direct *frame
 	if !s.sending && len(s.ready) == 0 && s.cur != nil && len(s.cur.buf) <= directMax {
-		// Nobody is sending a small batch: send it ourselves rather than
-		// pay for waking the writer (tens of µs on an idle machine). Big
-		// batches go to the writer, which seals them while we copy the
-		// next.
 		direct = s.takeFrameLocked()
+	} else if s.cur != nil {
+		s.closeCurLocked()
 	}
 	s.mu.Unlock()
 	if direct != nil {
 		s.sendFrame(direct)
 	}
+	s.wakeWriter()
+}
+
+func (s *Sender) wakeWriter() {
 	select {
 	case s.wake <- struct{}{}:
 	default:
 	}
-	return seq
+}
+
+// armLingerLocked starts the linger of a new partial batch.
+func (s *Sender) armLingerLocked() {
+	if s.linger == nil {
+		s.linger = time.AfterFunc(s.cfg.Linger, s.lingerDone)
+		return
+	}
+	s.linger.Reset(s.cfg.Linger)
+}
+
+// lingerDone sends the partial batch. A timer left over from an earlier
+// batch only sends the current one a little early.
+func (s *Sender) lingerDone() {
+	s.mu.Lock()
+	if s.cur == nil || !s.usable() {
+		s.mu.Unlock()
+		return
+	}
+	s.flushLocked()
 }
 
 // waitLagLocked blocks, s.mu held, until the lag leaves room for size more
@@ -282,7 +337,7 @@ func (s *Sender) newFrameLocked(first uint64) *frame {
 	}
 	f.buf = append(f.buf, 0, 0, 0, 0, frameBatch)
 	f.buf = binary.BigEndian.AppendUint64(f.buf, first)
-	f.bytes = 0
+	f.first, f.bytes = first, 0
 	s.cur = f
 	return f
 }
@@ -348,6 +403,11 @@ func (s *Sender) Wait(seq uint64, durable bool) error {
 			s.mu.Unlock()
 			return nil
 		}
+		if (s.cur != nil && s.cur.first <= seq) || (len(s.ready) > 0 && !s.sending) {
+			s.flushLocked() // the op is still lingering: send it now
+			s.mu.Lock()
+			continue
+		}
 		ch := s.waitChLocked()
 		s.mu.Unlock()
 		if timer == nil {
@@ -410,6 +470,9 @@ func (s *Sender) Close() error {
 		return nil
 	}
 	s.closed = true
+	if s.linger != nil {
+		s.linger.Stop()
+	}
 	if s.failed == nil {
 		close(s.done)
 	}
@@ -448,7 +511,7 @@ func (s *Sender) writer() {
 	defer s.wg.Done()
 	for {
 		s.mu.Lock()
-		for (s.sending || (len(s.ready) == 0 && s.cur == nil)) && s.usable() {
+		for (s.sending || len(s.ready) == 0) && s.usable() {
 			s.mu.Unlock()
 			select {
 			case <-s.wake:

@@ -819,3 +819,102 @@ func TestConcurrentSubmitters(t *testing.T) {
 		}
 	}
 }
+
+// countingConn counts the writes of the sender's connection (one per
+// frame after the handshake).
+type countingConn struct {
+	net.Conn
+	writes atomic.Int64
+}
+
+func (c *countingConn) Write(b []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(b)
+}
+
+func countingDialer(addr string) (func(context.Context) (net.Conn, error), *atomic.Pointer[countingConn]) {
+	var last atomic.Pointer[countingConn]
+	return func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, err
+		}
+		cc := &countingConn{Conn: c}
+		last.Store(cc)
+		return cc, nil
+	}, &last
+}
+
+// TestLingerBatchesPlainOps: ops nobody waits for share frames; a Wait
+// sends them at once (long before the linger ends).
+func TestLingerBatchesPlainOps(t *testing.T) {
+	r := newRig(t, "", nil)
+	cfg := r.senderConfig()
+	cfg.Linger = time.Hour // only a Wait can send them
+	var conn *atomic.Pointer[countingConn]
+	cfg.Dialer, conn = countingDialer(r.addr)
+	s := dial(t, cfg)
+	before := conn.Load().writes.Load()
+	s.Submit(&op.Op{Kind: op.Create, Path: "f", Mode: 0o644, Uid: -1, Gid: -1})
+	var last uint64
+	for i := range 200 {
+		last = s.Submit(&op.Op{Kind: op.Write, Path: "f", Data: bytes.Repeat([]byte{byte(i)}, 4096), Off: int64(i) * 4096})
+	}
+	if n := conn.Load().writes.Load() - before; n != 0 {
+		t.Fatalf("%d frames sent before anyone waited, want 0 (linger of an hour)", n)
+	}
+	start := time.Now()
+	if err := s.Wait(last, false); err != nil || s.Failed() != nil {
+		t.Fatal(err, s.Failed())
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("Wait took %s: the lingering ops were not sent at once", d)
+	}
+	if n := conn.Load().writes.Load() - before; n != 1 {
+		t.Fatalf("201 small ops took %d frames, want 1", n)
+	}
+	b, err := os.ReadFile(filepath.Join(r.dir, "f"))
+	if err != nil || len(b) != 200*4096 || b[199*4096] != 199 {
+		t.Fatalf("file after Wait: %d bytes, %v", len(b), err)
+	}
+}
+
+// TestLingerSendsWithoutWait: an op nobody waits for still leaves once
+// the linger ends; Fsync ops leave at once.
+func TestLingerSendsWithoutWait(t *testing.T) {
+	applied := make(chan op.Kind, 16)
+	r := newRig(t, "", func(c *ReceiverConfig) {
+		c.Apply = func(o *op.Op) error {
+			applied <- o.Kind
+			return c.Applier.Apply(o)
+		}
+	})
+	cfg := r.senderConfig()
+	cfg.Linger = 50 * time.Millisecond
+	s := dial(t, cfg)
+	start := time.Now()
+	s.Submit(&op.Op{Kind: op.Mkdir, Path: "d", Mode: 0o755, Uid: -1, Gid: -1})
+	select {
+	case k := <-applied:
+		if d := time.Since(start); k != op.Mkdir || d < 40*time.Millisecond {
+			t.Fatalf("%v applied after %s, want the Mkdir after its linger (50ms)", k, d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a lingering op was never sent")
+	}
+	cfg2 := r.senderConfig()
+	cfg2.Linger = time.Hour
+	cfg2.Epoch = 6
+	s.Close()
+	s2 := dial(t, cfg2)
+	s2.Submit(&op.Op{Kind: op.SyncAll})
+	select {
+	case k := <-applied:
+		if k != op.SyncAll {
+			t.Fatalf("applied %v, want SyncAll", k)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a SyncAll lingered: it must leave at once")
+	}
+}
