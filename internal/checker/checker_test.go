@@ -12,7 +12,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -77,11 +76,23 @@ func TestPIDFile(t *testing.T) {
 }
 
 func TestPattern(t *testing.T) {
-	marker := fmt.Sprintf("%d.%d", os.Getpid(), time.Now().UnixNano()%1000)
+	// A copy of sleep with a unique name: its command line is ours alone.
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep binary")
+	}
+	b, err := os.ReadFile(sleep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	marker := fmt.Sprintf("tdm%d_%d", os.Getpid(), time.Now().UnixNano()%100000)
+	prog := filepath.Join(t.TempDir(), marker)
+	if err := os.WriteFile(prog, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	var cmds []*exec.Cmd
 	for range 2 {
-		cmd := exec.Command("sh", "-c", "sleep 3600; : "+marker)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		cmd := exec.Command(prog, "3600")
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -89,15 +100,15 @@ func TestPattern(t *testing.T) {
 	}
 	t.Cleanup(func() {
 		for _, c := range cmds {
-			syscall.Kill(-c.Process.Pid, syscall.SIGKILL)
+			c.Process.Kill()
 			c.Wait()
 		}
 	})
-	pat := `^sh -c sleep 3600; : ` + strings.ReplaceAll(marker, ".", `\.`) + `$`
+	pat := `/` + marker + ` 3600$`
 	want(t, check(t, Spec{Name: "p", Type: Process, Pattern: pat}, Env{}), true, "2 process(es) match")
 	want(t, check(t, Spec{Name: "p", Type: Process, Pattern: pat, AtLeast: 2}, Env{}), true, "at least 2")
 	want(t, check(t, Spec{Name: "p", Type: Process, Pattern: pat, AtLeast: 3}, Env{}), false, "at least 3 needed")
-	syscall.Kill(-cmds[0].Process.Pid, syscall.SIGKILL)
+	cmds[0].Process.Kill()
 	cmds[0].Wait()
 	want(t, check(t, Spec{Name: "p", Type: Process, Pattern: pat, AtLeast: 2}, Env{}), false, "1 process(es) match")
 	if _, err := New(Spec{Name: "p", Type: Process, Pattern: "("}, Env{}); err == nil || !strings.Contains(err.Error(), "checker p") {
