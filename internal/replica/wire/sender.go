@@ -25,7 +25,8 @@ const (
 const (
 	frameTarget = 1 << 20 // a batch is closed once it holds this much
 	frameCap    = frameTarget + 64<<10
-	keepFree    = 4        // spare frame buffers kept for reuse
+	maxReady    = 4            // closed batches waiting for the writer before Submit blocks
+	keepFree    = maxReady + 2 // spare frame buffers kept for reuse
 	directMax   = 64 << 10 // largest batch Submit sends itself
 )
 
@@ -211,6 +212,16 @@ func (s *Sender) Submit(o *op.Op) uint64 {
 	s.mu.Lock()
 	if s.lagBytes > 0 && s.lagBytes+size > s.cfg.MaxLag && s.usable() {
 		s.waitLagLocked(size)
+	}
+	for len(s.ready) >= maxReady && s.usable() {
+		// The writer is behind: wait for it rather than allocate more
+		// frames (a frame is reused as soon as TCP has taken it, so the
+		// sender holds a few MiB however large max_lag is). A writer
+		// stuck in a TCP write is ended by the watchdog.
+		ch := s.waitChLocked()
+		s.mu.Unlock()
+		<-ch
+		s.mu.Lock()
 	}
 	seq := s.nextSeq
 	s.nextSeq++
@@ -560,6 +571,7 @@ func (s *Sender) sendFrame(f *frame) bool {
 		f.buf = out[:0]
 		s.free = append(s.free, f)
 	}
+	s.notifyLocked() // a Submit may wait for room in the ready queue
 	s.mu.Unlock()
 	if err != nil {
 		s.fail(fmt.Errorf("send: %w", err))
