@@ -27,7 +27,7 @@ const (
 	frameCap    = frameTarget + 64<<10
 	maxReady    = 4            // closed batches waiting for the writer before Submit blocks
 	keepFree    = maxReady + 2 // spare frame buffers kept for reuse
-	directMax   = 64 << 10 // largest batch Submit sends itself
+	directMax   = 64 << 10     // largest batch Submit sends itself
 )
 
 // ErrClosed is what Failed returns after Close.
