@@ -49,6 +49,8 @@ type Module struct {
 	Directories    []string // replicated directories, absolute and clean
 	Sync           string   // SyncFsync or SyncWrite
 	Replication    Replication
+	Checkers       []Checker // see checkers.go
+	LoopLimit      LoopLimit
 }
 
 // VIP is a virtual IP of a module. Interface empty means "the interface
@@ -86,6 +88,8 @@ type rawModule struct {
 	Directories    []string       `yaml:"directories"`
 	Sync           string         `yaml:"sync"`
 	Replication    rawReplication `yaml:"replication"`
+	Checkers       []rawChecker   `yaml:"checkers"`
+	LoopLimit      rawLoopLimit   `yaml:"loop_limit"`
 }
 
 type rawReplication struct {
@@ -156,6 +160,7 @@ func (m *Module) Fields() []Field {
 			f = append(f, Field{p + "interface", v.Interface})
 		}
 	}
+	f = append(f, m.checkerFields()...)
 	return sortFields(f)
 }
 
@@ -201,6 +206,7 @@ func loadModule(dir string, c *Cluster) (*Module, []*Error) {
 	}
 	m.Name, m.Dir = name, abs
 	errs = append(errs, checkScripts(m)...)
+	errs = append(errs, checkCommands(m)...)
 	return m, errs
 }
 
@@ -324,6 +330,7 @@ func (d *decoder) validateModule(raw *rawModule, c *Cluster) *Module {
 		m.Scripts.StopTimeout = raw.Scripts.StopTimeout
 	}
 	d.validateReplication(raw, m)
+	d.validateCheckers(raw, m)
 	return m
 }
 
