@@ -34,6 +34,14 @@ const (
 	Fsync            // Path's data (and metadata unless Flags&DataOnly) durable
 	// SyncAll makes everything before it durable (syncfs on the secondary).
 	SyncAll
+	// Query changes nothing: the secondary answers it out of band (a
+	// question of the resynchronisation; Flags names the question).
+	Query
+	// RemoveTree removes Path and everything below it, if present.
+	RemoveTree
+	// XattrSet replaces every extended attribute of Path with the list
+	// encoded in Data.
+	XattrSet
 	kindEnd
 )
 
@@ -49,7 +57,8 @@ const ResyncDone = 1
 const ResyncStart = 2
 
 var kindNames = [...]string{"invalid", "write", "truncate", "create", "mknod", "mkdir", "unlink", "rmdir",
-	"rename", "link", "symlink", "chmod", "chown", "utimens", "setxattr", "removexattr", "fallocate", "fsync", "syncall"}
+	"rename", "link", "symlink", "chmod", "chown", "utimens", "setxattr", "removexattr", "fallocate", "fsync", "syncall",
+	"query", "removetree", "xattrset"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
@@ -136,7 +145,7 @@ func (o *Op) Validate() error {
 	}
 	if o.Path == "" {
 		switch o.Kind {
-		case Chmod, Chown, Utimens, SetXattr, RemoveXattr, Fsync, SyncAll:
+		case Chmod, Chown, Utimens, SetXattr, RemoveXattr, Fsync, SyncAll, Query, XattrSet:
 		default:
 			return fmt.Errorf("%s on the root", o.Kind)
 		}
