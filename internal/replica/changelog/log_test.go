@@ -1,0 +1,519 @@
+package changelog
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func testOpts() Options {
+	return Options{ZoneSize: 4096, MaxActive: 64, FullWait: 200 * time.Millisecond, Logger: quiet}
+}
+
+func mustOpen(t testing.TB, dir string, o Options) *Log {
+	t.Helper()
+	l, err := Open(dir, o)
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+// crash abandons l as a kill -9 would: records not yet written are lost,
+// nothing is checkpointed, the lock is released.
+func (l *Log) crash() {
+	l.mu.Lock()
+	for l.flushing {
+		l.cond.Wait()
+	}
+	l.closed = true
+	l.cond.Broadcast()
+	if l.f != nil {
+		l.f.Close()
+		l.f = nil
+	}
+	l.mu.Unlock()
+	l.lock.Close()
+}
+
+func touch(t testing.TB, l *Log, k Key, zone uint64, seq uint64) {
+	t.Helper()
+	zs := l.ZoneSize()
+	p, err := l.Touch(k, int64(zone)*zs, 1)
+	if err != nil {
+		t.Fatalf("touch %v zone %d: %v", k, zone, err)
+	}
+	l.Done(p, seq)
+}
+
+// has says whether zone z of k is in s.
+func has(s *Snapshot, k Key, z uint64) bool {
+	for _, f := range s.Files {
+		if f.Key != k {
+			continue
+		}
+		for _, r := range f.Zones {
+			if z >= r.First && z < r.End {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func hasDir(s *Snapshot, k Key) bool {
+	for _, d := range s.Dirs {
+		if d.Key == k {
+			return true
+		}
+	}
+	return false
+}
+
+func TestFastPathNoIO(t *testing.T) {
+	l := mustOpen(t, t.TempDir(), testOpts())
+	k := Key{1, 2}
+	touch(t, l, k, 3, 1)
+	s0 := l.Stats().Syncs
+	for i := 0; i < 100; i++ {
+		p, err := l.Touch(k, 3*4096+int64(i), 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.Done(p, uint64(i+2))
+	}
+	if s := l.Stats(); s.Syncs != s0 || s.Active != 1 {
+		t.Fatalf("touching an active zone: syncs %d -> %d, active %d", s0, s.Syncs, s.Active)
+	}
+	// A range over two zones, one new: one sync.
+	p, err := l.Touch(k, 4*4096-1, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Done(p, 200)
+	if s := l.Stats(); s.Syncs != s0+1 || s.Active != 2 {
+		t.Fatalf("new zone: syncs %d -> %d, active %d", s0, s.Syncs, s.Active)
+	}
+}
+
+// TestAckEviction: acknowledged zones leave the active set when room is
+// needed, unacknowledged ones never do (Touch waits), and an ack lets the
+// waiter in.
+func TestAckEviction(t *testing.T) {
+	o := testOpts()
+	o.FullWait = time.Hour
+	dir := t.TempDir()
+	l := mustOpen(t, dir, o)
+	k := Key{1, 1}
+	for z := uint64(0); z < 64; z++ {
+		touch(t, l, k, z, z+1)
+	}
+	l.Acked(10)
+	for z := uint64(100); z < 110; z++ {
+		touch(t, l, k, z, 200)
+	}
+	if s := l.Stats(); s.Active != 64 {
+		t.Fatalf("active %d, want 64", s.Active)
+	}
+	// Zones 0..9 (acked) left, 10..63 stay.
+	done := make(chan error, 1)
+	go func() {
+		p, err := l.Touch(k, 500*4096, 1)
+		l.Done(p, 300)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("touch with a full set of unacknowledged zones returned: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	l.Acked(11)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("ack did not let the waiting touch in")
+	}
+	l.crash()
+	l2 := mustOpen(t, dir, o)
+	in := l2.InFlight()
+	for z := uint64(0); z < 64; z++ {
+		if want := z >= 11; has(in, k, z) != want {
+			t.Errorf("zone %d in flight = %v, want %v", z, !want, want)
+		}
+	}
+	for _, z := range []uint64{100, 109, 500} {
+		if !has(in, k, z) {
+			t.Errorf("zone %d not in flight", z)
+		}
+	}
+	if n := in.Zones(); n > 64 {
+		t.Errorf("%d zones in flight, more than MaxActive", n)
+	}
+	if d := l2.Dirty(); len(d.Files) != 0 {
+		t.Errorf("not alone, yet DIRTY has %v", d.Files)
+	}
+}
+
+// TestSeqZeroNotAcked: an op sent to no peer while one is expected is never
+// acknowledged by a later ack.
+func TestSeqZeroNotAcked(t *testing.T) {
+	o := testOpts()
+	o.FullWait = time.Hour
+	l := mustOpen(t, t.TempDir(), o)
+	k := Key{1, 1}
+	touch(t, l, k, 0, 0)
+	for z := uint64(1); z < 64; z++ {
+		touch(t, l, k, z, z)
+	}
+	l.Acked(1000)
+	l.Checkpoint()
+	if s := l.Stats(); s.Active != 1 {
+		t.Fatalf("active %d after ack of all, want 1 (the zone sent nowhere)", s.Active)
+	}
+	if err := l.SetAlone(true); err != nil {
+		t.Fatal(err)
+	}
+	l.Checkpoint()
+	if !has(l.Dirty(), k, 0) || has(l.Dirty(), k, 1) {
+		t.Fatalf("DIRTY = %+v, want zone 0 only", l.Dirty().Files)
+	}
+}
+
+// TestAloneToDirty: SetAlone(true) sends every unacknowledged zone and every
+// zone changed alone to DIRTY, not the acknowledged ones; SetAlone(false)
+// flushes them; DIRTY survives Close/Open.
+func TestAloneToDirty(t *testing.T) {
+	dir := t.TempDir()
+	o := testOpts()
+	l := mustOpen(t, dir, o)
+	a, b, d := Key{1, 1}, Key{1, 2}, Key{1, 3}
+	touch(t, l, a, 1, 5)
+	touch(t, l, a, 2, 6)
+	l.Acked(5)
+	if err := l.SetAlone(true); err != nil {
+		t.Fatal(err)
+	}
+	l.Acked(100) // ignored while alone
+	touch(t, l, b, 7, 0)
+	p, err := l.TouchDir(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Done(p, 0)
+	pm, err := l.TouchMeta(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Done(pm, 0)
+	if st := l.Stats(); st.PendingZones != 4 || st.DirtyFiles != 0 {
+		t.Fatalf("stats while alone: %+v", st)
+	}
+	if err := l.SetAlone(false); err != nil {
+		t.Fatal(err)
+	}
+	check := func(s *Snapshot) {
+		t.Helper()
+		if has(s, a, 1) || !has(s, a, 2) || !has(s, b, 7) || !hasDir(s, d) {
+			t.Fatalf("DIRTY %+v dirs %+v", s.Files, s.Dirs)
+		}
+		for _, f := range s.Files {
+			if f.Key == b && !f.Meta {
+				t.Fatalf("meta of %v not dirty", b)
+			}
+		}
+	}
+	check(l.Dirty())
+	if st := l.Stats(); st.DirtyZones != 2 || st.DirtyBytes != 2*4096 || st.DirtyFiles != 2 || st.DirtyDirs != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	l.Close()
+	l2 := mustOpen(t, dir, o)
+	check(l2.Dirty())
+	if len(l2.InFlight().Files) != 0 {
+		t.Fatalf("clean close, yet in flight: %+v", l2.InFlight().Files)
+	}
+}
+
+// TestRecoverAlone: a crash while alone puts the active set into DIRTY and
+// InFlight; a crash while connected only into InFlight.
+func TestRecoverAlone(t *testing.T) {
+	for _, alone := range []bool{false, true} {
+		dir := t.TempDir()
+		o := testOpts()
+		l := mustOpen(t, dir, o)
+		k := Key{3, 4}
+		if alone {
+			if err := l.SetAlone(true); err != nil {
+				t.Fatal(err)
+			}
+		}
+		touch(t, l, k, 9, 1)
+		l.crash()
+		l2 := mustOpen(t, dir, o)
+		if !has(l2.InFlight(), k, 9) {
+			t.Fatalf("alone=%v: zone not in flight", alone)
+		}
+		if has(l2.Dirty(), k, 9) != alone || l2.Alone() != alone {
+			t.Fatalf("alone=%v: in DIRTY = %v, Alone() = %v", alone, !alone, l2.Alone())
+		}
+		// Released in flight stays released after a restart.
+		if err := l2.ReleaseInFlight(!alone); err != nil {
+			t.Fatal(err)
+		}
+		l2.crash()
+		l3 := mustOpen(t, dir, o)
+		if len(l3.InFlight().Files) != 0 || !has(l3.Dirty(), k, 9) {
+			t.Fatalf("alone=%v: after release: in flight %+v dirty %+v", alone, l3.InFlight().Files, l3.Dirty().Files)
+		}
+	}
+}
+
+// TestClearDirtyGeneration: ClearDirty drops what a snapshot covered, but
+// keeps an entry changed after the snapshot.
+func TestClearDirtyGeneration(t *testing.T) {
+	dir := t.TempDir()
+	o := testOpts()
+	l := mustOpen(t, dir, o)
+	a, b, d := Key{1, 1}, Key{1, 2}, Key{1, 3}
+	l.SetAlone(true)
+	touch(t, l, a, 1, 0)
+	touch(t, l, b, 1, 0)
+	p, _ := l.TouchDir(d)
+	l.Done(p, 0)
+	l.Checkpoint()
+	snap := l.Dirty()
+	touch(t, l, b, 5, 0) // b changes during the resync
+	l.Checkpoint()
+	if err := l.ClearDirty(snap.Files, snap.Dirs); err != nil {
+		t.Fatal(err)
+	}
+	after := l.Dirty()
+	if has(after, a, 1) || !has(after, b, 1) || !has(after, b, 5) || hasDir(after, d) {
+		t.Fatalf("after clear: %+v %+v", after.Files, after.Dirs)
+	}
+	l.crash()
+	l2 := mustOpen(t, dir, o)
+	after = l2.Dirty()
+	if has(after, a, 1) || !has(after, b, 1) || hasDir(after, d) {
+		t.Fatalf("after reopen: %+v %+v", after.Files, after.Dirs)
+	}
+}
+
+func TestResetAndNeedFull(t *testing.T) {
+	dir := t.TempDir()
+	o := testOpts()
+	l := mustOpen(t, dir, o)
+	if !l.NeedFull() {
+		t.Fatal("a new record must ask for a full resync")
+	}
+	l.SetAlone(true)
+	touch(t, l, Key{1, 1}, 1, 0)
+	l.Checkpoint()
+	g := l.Gen()
+	touch(t, l, Key{1, 2}, 1, 0) // during the full resync
+	l.Checkpoint()
+	if err := l.Reset(g); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	l2 := mustOpen(t, dir, o)
+	d := l2.Dirty()
+	if l2.NeedFull() || has(d, Key{1, 1}, 1) || !has(d, Key{1, 2}, 1) {
+		t.Fatalf("after reset: needFull %v dirty %+v", l2.NeedFull(), d.Files)
+	}
+}
+
+// TestSpill: when acks stop coming (and nobody says alone), Touch does not
+// block for ever: after FullWait the oldest zones go to DIRTY.
+func TestSpill(t *testing.T) {
+	o := testOpts()
+	o.FullWait = 50 * time.Millisecond
+	l := mustOpen(t, t.TempDir(), o)
+	k := Key{1, 1}
+	for z := uint64(0); z < 70; z++ {
+		touch(t, l, k, z, z+1)
+	}
+	st := l.Stats()
+	if st.Spills == 0 || st.Active != 64 {
+		t.Fatalf("stats %+v", st)
+	}
+	for z := uint64(0); z < st.Spills; z++ {
+		if !has(l.Dirty(), k, z) {
+			t.Fatalf("spilled zone %d not in DIRTY", z)
+		}
+	}
+}
+
+// TestExtentTouch: a huge range is one active slot, recovered whole.
+func TestExtentTouch(t *testing.T) {
+	dir := t.TempDir()
+	o := testOpts()
+	l := mustOpen(t, dir, o)
+	k := Key{1, 9}
+	p, err := l.Touch(k, 4096*10, 1<<40)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Done(p, 1)
+	p, err = l.Touch(k, 0, 4096*20) // widens the hull
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Done(p, 2)
+	if st := l.Stats(); st.Active != 1 {
+		t.Fatalf("active %d", st.Active)
+	}
+	l.crash()
+	l2 := mustOpen(t, dir, o)
+	in := l2.InFlight()
+	if len(in.Files) != 1 || len(in.Files[0].Zones) != 1 || in.Files[0].Zones[0] != (Range{0, 10 + 1<<28}) {
+		t.Fatalf("in flight %+v", in.Files)
+	}
+	off, n := in.Bytes(in.Files[0].Zones[0])
+	if off != 0 || n != 4096*10+1<<40 {
+		t.Fatalf("bytes %d+%d", off, n)
+	}
+}
+
+// TestZoneSizeChange: records written with one zone size are converted,
+// rounded outwards, when opened with another.
+func TestZoneSizeChange(t *testing.T) {
+	dir := t.TempDir()
+	o := testOpts()
+	l := mustOpen(t, dir, o)
+	l.SetAlone(true)
+	touch(t, l, Key{1, 1}, 17, 0) // bytes [68K, 72K)
+	l.Close()
+	o.ZoneSize = 64 << 10
+	l2 := mustOpen(t, dir, o)
+	if d := l2.Dirty(); !has(d, Key{1, 1}, 1) || d.Zones() != 1 {
+		t.Fatalf("64K zones: %+v", d.Files)
+	}
+	l2.Close()
+	o.ZoneSize = 16 << 10
+	l3 := mustOpen(t, dir, o)
+	if d := l3.Dirty(); d.Zones() != 4 || !has(d, Key{1, 1}, 4) || !has(d, Key{1, 1}, 7) {
+		t.Fatalf("16K zones: %+v", d.Files)
+	}
+}
+
+func TestCompactionBounded(t *testing.T) {
+	dir := t.TempDir()
+	o := testOpts()
+	o.JournalBytes = 64 << 10
+	l := mustOpen(t, dir, o)
+	k := Key{5, 5}
+	var seq uint64
+	for i := 0; i < 6000; i++ {
+		seq++
+		touch(t, l, k, uint64(i%2000), seq)
+		l.Acked(seq)
+		if i == 3000 {
+			l.SetAlone(true)
+		}
+	}
+	st := l.Stats()
+	if st.JournalBytes > 2*o.JournalBytes {
+		t.Fatalf("journal %d bytes, bound %d", st.JournalBytes, o.JournalBytes)
+	}
+	l.Close()
+	l2 := mustOpen(t, dir, o)
+	d := l2.Dirty()
+	for z := uint64(0); z < 2000; z++ {
+		if !has(d, k, z) { // every zone was touched alone (i > 3000)
+			t.Fatalf("zone %d lost across compactions", z)
+		}
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	dir := t.TempDir()
+	o := testOpts()
+	l := mustOpen(t, dir, o)
+	if _, err := Open(dir, o); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second open: %v", err)
+	}
+	l.Close()
+	for _, bad := range []Options{{ZoneSize: 3000}, {ZoneSize: 1024}, {MaxActive: 3}} {
+		if _, err := Open(dir, bad); err == nil {
+			t.Fatalf("options %+v accepted", bad)
+		}
+	}
+}
+
+// TestDamageIsLost: damage anywhere but a torn tail makes Open fail with
+// ErrLost; Recreate starts empty, marked NeedFull, and keeps the damaged
+// file aside.
+func TestDamageIsLost(t *testing.T) {
+	old := maxBatch
+	maxBatch = 4096
+	t.Cleanup(func() { maxBatch = old })
+	base := t.TempDir()
+	build := func(name string) (string, []byte) {
+		dir := filepath.Join(base, name)
+		o := testOpts()
+		o.MaxActive = 1024
+		l := mustOpen(t, dir, o)
+		l.SetAlone(true)
+		for z := uint64(0); z < 400; z++ { // checkpointed into DIRTY below
+			touch(t, l, Key{1, z}, z, 0)
+		}
+		l.Close()
+		l = mustOpen(t, dir, o)
+		for z := uint64(0); z < 900; z++ { // appended records, > maxBatch
+			touch(t, l, Key{2, z}, z, 0)
+		}
+		l.crash()
+		data, err := os.ReadFile(filepath.Join(dir, "journal"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dir, data
+	}
+	_, data := build("probe")
+	// Find the checkpoint's end: offset of the first record after it.
+	r, err := decode(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = r
+	cases := map[string]int{
+		"header":     12,
+		"checkpoint": headerSize + 100,
+		"middle":     len(strings.TrimRight(string(data), "\x00")) - 3*maxBatch,
+	}
+	for name, off := range cases {
+		dir, data := build(name)
+		data[off] ^= 0x40
+		if err := os.WriteFile(filepath.Join(dir, "journal"), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Open(dir, testOpts())
+		if !errors.Is(err, ErrLost) {
+			t.Fatalf("%s: damaged journal opened: %v", name, err)
+		}
+		t.Logf("%s: %v", name, err)
+		l, err := Recreate(dir, testOpts())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !l.NeedFull() || len(l.Dirty().Files) != 0 {
+			t.Fatalf("%s: recreated record not empty / NeedFull", name)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "journal.lost")); err != nil {
+			t.Fatalf("%s: damaged journal not kept: %v", name, err)
+		}
+		l.Close()
+	}
+}

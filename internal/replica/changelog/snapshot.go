@@ -1,0 +1,235 @@
+package changelog
+
+import (
+	"math"
+)
+
+// Range is a half-open range of zone indices [First, End).
+type Range struct{ First, End uint64 }
+
+// File is what changed in one file.
+type File struct {
+	Key Key
+	// Gen is the generation of the entry's last change; ClearDirty drops
+	// the entry only if it is unchanged since.
+	Gen uint64
+	// Meta: attributes (size, mode, owner, times, xattrs) may differ.
+	Meta bool
+	// Zones may differ; sorted, disjoint, not adjacent.
+	Zones []Range
+}
+
+// Dir is a directory whose entries may differ.
+type Dir struct {
+	Key Key
+	Gen uint64
+}
+
+// Snapshot is a copy of a set of changes, sorted by Key.
+type Snapshot struct {
+	ZoneSize int64
+	Files    []File
+	Dirs     []Dir
+}
+
+// Bytes converts a zone range to a byte range, clamped to the largest file
+// offset.
+func (s *Snapshot) Bytes(r Range) (off, n int64) {
+	z := uint64(s.ZoneSize)
+	lo, hi := r.First*z, r.End*z
+	if r.First > math.MaxInt64/z {
+		lo = math.MaxInt64
+	}
+	if r.End > math.MaxInt64/z {
+		hi = math.MaxInt64
+	}
+	return int64(lo), int64(hi - lo)
+}
+
+// Zones counts the zones of the snapshot.
+func (s *Snapshot) Zones() uint64 {
+	var n uint64
+	for _, f := range s.Files {
+		for _, r := range f.Zones {
+			n += r.End - r.First
+		}
+	}
+	return n
+}
+
+func (l *Log) snapshot(s *set) *Snapshot {
+	out := &Snapshot{ZoneSize: l.opt.ZoneSize, Files: make([]File, 0, len(s.files)), Dirs: make([]Dir, 0, len(s.dirs))}
+	for _, k := range sortedKeys(s.files) {
+		f := s.files[k]
+		rs := f.zones.ranges()
+		zs := make([]Range, len(rs))
+		for i, r := range rs {
+			zs[i] = Range{r.lo, r.hi}
+		}
+		out.Files = append(out.Files, File{Key: k, Gen: f.gen, Meta: f.meta, Zones: zs})
+	}
+	for _, k := range sortedKeys(s.dirs) {
+		out.Dirs = append(out.Dirs, Dir{Key: k, Gen: s.dirs[k]})
+	}
+	return out
+}
+
+// Dirty returns a copy of the DIRTY set: what the peer may lack because it
+// changed while this node ran without it. Take it after SetAlone(false) for
+// a resync (while alone, changes still in the active set are not in it
+// yet). Memory: about 80 bytes per file plus 16 per range.
+func (l *Log) Dirty() *Snapshot {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.snapshot(&l.dirty)
+}
+
+// ClearDirty drops from DIRTY the entries a completed resync covered: each
+// file or directory whose generation is still the one in the snapshot.
+// Entries changed since (a later Gen) stay whole. Durable on return.
+func (l *Log) ClearDirty(files []File, dirs []Dir) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.usable(); err != nil {
+		return err
+	}
+	for _, f := range files {
+		if cur := l.dirty.files[f.Key]; cur != nil && cur.gen == f.Gen {
+			l.dirty.dropFile(f.Key)
+			l.appendKeyRec(recClearFile, f.Key)
+		}
+	}
+	for _, d := range dirs {
+		if g, ok := l.dirty.dirs[d.Key]; ok && g == d.Gen {
+			delete(l.dirty.dirs, d.Key)
+			l.appendKeyRec(recClearDir, d.Key)
+		}
+	}
+	return l.waitDurable(l.lsn)
+}
+
+// Gen returns the current generation: every later change to DIRTY has a
+// higher one. Take it before a full resync and give it to Reset after.
+func (l *Log) Gen() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.gen
+}
+
+// Reset ends a full resync that started at generation gen (from Gen): it
+// drops every DIRTY entry not changed since, and clears NeedFull. Durable
+// on return.
+func (l *Log) Reset(gen uint64) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.usable(); err != nil {
+		return err
+	}
+	for k, f := range l.dirty.files {
+		if f.gen <= gen {
+			l.dirty.dropFile(k)
+			l.appendKeyRec(recClearFile, k)
+		}
+	}
+	for k, g := range l.dirty.dirs {
+		if g <= gen {
+			delete(l.dirty.dirs, k)
+			l.appendKeyRec(recClearDir, k)
+		}
+	}
+	if l.needFull {
+		l.needFull = false
+		l.appendFlag(recNeedFull, false)
+	}
+	return l.waitDurable(l.lsn)
+}
+
+// InFlight returns what was in the active set when the node last stopped
+// without a checkpoint (crash, power cut), accumulated until
+// ReleaseInFlight: zones and entries this node may have changed without
+// its peer acknowledging them. A node that comes back as the peer of a new
+// primary must take them back from it before it serves again.
+func (l *Log) InFlight() *Snapshot {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.snapshot(&l.inflight)
+}
+
+// ReleaseInFlight empties the in-flight set once it was dealt with:
+// toDirty=false after the zones were taken back from the peer (or a full
+// resync replaced this copy), toDirty=true when this node serves on and the
+// peer must receive them (they join DIRTY). Durable on return.
+func (l *Log) ReleaseInFlight(toDirty bool) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.usable(); err != nil {
+		return err
+	}
+	if l.inflight.len() == 0 {
+		return nil
+	}
+	if toDirty {
+		l.gen++
+		for k, f := range l.inflight.files {
+			rs := f.zones.ranges()
+			if f.meta {
+				l.dirty.addMeta(k, l.gen)
+			}
+			for _, r := range rs {
+				l.dirty.addZones(k, r.lo, r.hi, l.gen)
+			}
+			l.appendRuns(recDirtyFile, k, f.meta, rs)
+		}
+		for k := range l.inflight.dirs {
+			l.dirty.addDir(k, l.gen)
+			l.appendKeyRec(recDirtyDir, k)
+		}
+	}
+	l.inflight = newSet()
+	b, start := l.begin(recInflightDrop)
+	l.finish(b, start)
+	return l.waitDurable(l.lsn)
+}
+
+// Stats describe the record for status.
+type Stats struct {
+	ZoneSize   int64
+	DirtyFiles int
+	DirtyDirs  int
+	DirtyZones uint64
+	// DirtyBytes is DirtyZones times the zone size (an upper bound).
+	DirtyBytes uint64
+	// PendingZones: active slots changed alone, not yet moved to DIRTY.
+	PendingZones  int
+	Active        int
+	InFlightFiles int
+	InFlightDirs  int
+	InFlightZones uint64
+	Alone         bool
+	NeedFull      bool
+	JournalBytes  int64
+	// Syncs counts journal writes made durable; Spills counts slots moved
+	// to DIRTY because the active set stayed full of unacknowledged ones.
+	Syncs, Spills uint64
+}
+
+// Stats returns counters (cheap: no walk of DIRTY).
+func (l *Log) Stats() Stats {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := Stats{
+		ZoneSize: l.opt.ZoneSize, DirtyFiles: len(l.dirty.files), DirtyDirs: len(l.dirty.dirs),
+		DirtyZones: l.dirty.zones, DirtyBytes: l.dirty.zones * uint64(l.opt.ZoneSize),
+		Active: len(l.active), InFlightFiles: len(l.inflight.files), InFlightDirs: len(l.inflight.dirs),
+		InFlightZones: l.inflight.zones, Alone: l.alone, NeedFull: l.needFull,
+		JournalBytes: l.size, Syncs: l.syncs, Spills: l.spills,
+	}
+	if l.alone {
+		for e := l.lru.next; e != &l.lru; e = e.next {
+			if e.alone {
+				st.PendingZones++
+			}
+		}
+	}
+	return st
+}
