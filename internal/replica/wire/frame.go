@@ -20,9 +20,10 @@ const (
 	tagLen          = 16
 	frameBatch byte = 'B' // c2s: u64 first seq, then ops with consecutive seqs
 	frameAck   byte = 'K' // s2c: ack
+	frameReply byte = 'R' // s2c: u64 seq of a query op, u8 status (0 ok, 1 error), payload
 	batchHdr        = hdrLen + 1 + 8
 	maxC2S          = 32 << 20 // a batch (~1 MiB) plus one op of up to MaxOpData, with room
-	maxS2C          = 64 << 10
+	maxS2C          = MaxReply + 64<<10
 	maxAckMsg       = 4096
 )
 
@@ -116,6 +117,47 @@ func parseAck(b []byte) (a ack, err error) {
 	a.Msg = string(b[fixed:])
 	return a, nil
 }
+
+// MaxReply is the largest answer to a query op.
+const MaxReply = 4 << 20
+
+// Reply is the secondary's answer to a query op (see Sender.Query).
+type Reply struct {
+	Data []byte
+	Err  error
+}
+
+func appendReply(b []byte, seq uint64, data []byte, err error) []byte {
+	b = append(b, frameReply)
+	b = binary.BigEndian.AppendUint64(b, seq)
+	if err != nil {
+		msg := err.Error()
+		if len(msg) > maxAckMsg {
+			msg = msg[:maxAckMsg]
+		}
+		return append(append(b, 1), msg...)
+	}
+	return append(append(b, 0), data...)
+}
+
+func parseReply(b []byte) (seq uint64, r Reply, err error) {
+	if len(b) < 10 || b[0] != frameReply || b[9] > 1 {
+		return 0, r, errors.New("malformed query reply")
+	}
+	seq = binary.BigEndian.Uint64(b[1:])
+	payload := b[10:]
+	if b[9] == 1 {
+		r.Err = &QueryError{Msg: string(payload)}
+	} else {
+		r.Data = append([]byte(nil), payload...)
+	}
+	return seq, r, nil
+}
+
+// QueryError is a query the secondary could not answer.
+type QueryError struct{ Msg string }
+
+func (e *QueryError) Error() string { return "the secondary could not answer: " + e.Msg }
 
 // ApplyError is the failure the secondary reported for one op. It unwraps
 // to the system error, so errors.Is(err, syscall.ENOSPC) holds on the

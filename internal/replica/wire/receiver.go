@@ -24,6 +24,9 @@ const (
 	ackEvery         = 2 * time.Millisecond // ack at least this often while applying
 	finalAckTimeout  = 2 * time.Second
 	rxQueue          = 4 // decrypted batches waiting to be applied
+	// MaxConcurrentAnswers bounds the queries a receiver answers at once;
+	// more wait (and hold the apply loop back).
+	MaxConcurrentAnswers = 8
 )
 
 // ReceiverConfig configures the secondary's end of a module's stream.
@@ -39,6 +42,14 @@ type ReceiverConfig struct {
 	// a protocol violation. Not for refused handshakes (logged) nor for a
 	// primary that disconnects.
 	OnError func(error)
+
+	// Answer answers a query op (op.Query) of the resynchronisation from
+	// this node's copy. It runs in its own goroutine, up to
+	// MaxConcurrentAnswers at once, while later ops go on being applied
+	// (the primary's compare is correct with an answer from any moment
+	// after the query). The op is a copy the function may keep. Nil: every
+	// query is answered with an error.
+	Answer func(q *op.Op) ([]byte, error)
 
 	// Apply, when set, replaces Applier.Apply (the agent wraps it to see
 	// the end-of-resync marker; tests use it to inject failures). The op
@@ -162,6 +173,9 @@ type session struct {
 	tx      sealer
 	ackBuf  []byte
 	lastAck ack
+
+	answering chan struct{} // semaphore of the Answer goroutines
+	answers   sync.WaitGroup
 }
 
 func (s *session) stop() {
@@ -190,6 +204,47 @@ func (s *session) sendAck(final *sessionError) error {
 	s.ackBuf = out[:0]
 	s.lastAck = a
 	return err
+}
+
+// sendReply sends the answer to query seq.
+func (s *session) sendReply(seq uint64, data []byte, err error) error {
+	if err == nil && len(data) > MaxReply {
+		err = fmt.Errorf("answer of %d bytes, more than %d", len(data), MaxReply)
+	}
+	s.ackMu.Lock()
+	defer s.ackMu.Unlock()
+	buf := appendReply([]byte{0, 0, 0, 0}, seq, data, err)
+	_, werr := s.conn.Write(s.tx.seal(buf))
+	return werr
+}
+
+// answer runs the Answer hook for query q (seq) in a goroutine, waiting
+// for a free slot first. False when the session stopped meanwhile.
+func (s *session) answer(seq uint64, o *op.Op) bool {
+	select {
+	case s.answering <- struct{}{}:
+	case <-s.stopCh:
+		return false
+	}
+	q := *o
+	q.Data = append([]byte(nil), o.Data...)
+	s.answers.Add(1)
+	go func() {
+		defer s.answers.Done()
+		defer func() { <-s.answering }()
+		var data []byte
+		err := errors.New("this node does not answer resynchronisation queries")
+		if h := s.srv.cfg.Answer; h != nil {
+			data, err = h(&q)
+		}
+		if s.stopped.Load() {
+			return
+		}
+		if werr := s.sendReply(seq, data, err); werr != nil {
+			s.stop()
+		}
+	}()
+	return true
 }
 
 func (s *session) pokeAck() {
@@ -278,7 +333,8 @@ func (srv *server) install(conn net.Conn, h *hello) (*session, *refusal) {
 		return nil, &refusal{RefusedStaleEpoch, fmt.Sprintf("the sender's epoch %d is older than the current stream's %d (from %s)", h.Epoch, old.epoch, old.node)}
 	}
 	s := &session{srv: srv, conn: conn, node: h.Node, epoch: h.Epoch,
-		stopCh: make(chan struct{}), done: make(chan struct{}), poke: make(chan struct{}, 1)}
+		stopCh: make(chan struct{}), done: make(chan struct{}), poke: make(chan struct{}, 1),
+		answering: make(chan struct{}, MaxConcurrentAnswers)}
 	srv.cur = s
 	srv.mu.Unlock()
 	if old != nil {
@@ -375,6 +431,7 @@ func (s *session) run(br *bufio.Reader, c2s, s2c cipher.AEAD, startSeq uint64) {
 	_ = s.sendAck(serr)
 	s.stop()
 	<-readDone
+	s.answers.Wait() // none may use the copy once the session is done
 	switch {
 	case serr != nil:
 		log.Error("replication stream failed", "err", serr.err, "applied", s.applied.Load())
@@ -417,7 +474,11 @@ func (s *session) applyLoop(frames <-chan rxFrame, pool chan<- []byte, next uint
 				return &sessionError{seq: next, err: fmt.Errorf("replica %s: stream from %s: op %d: %w", mod, s.node, next, err)}
 			}
 			p = p[n:]
-			if err := s.srv.apply(&o); err != nil {
+			if o.Kind == op.Query {
+				if !s.answer(next, &o) {
+					return nil
+				}
+			} else if err := s.srv.apply(&o); err != nil {
 				var errno syscall.Errno
 				errors.As(err, &errno)
 				return &sessionError{seq: next, errno: errno, err: fmt.Errorf("replica %s: op %d: %w", mod, next, err)}

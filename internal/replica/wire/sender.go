@@ -94,7 +94,8 @@ type Sender struct {
 	progress time.Time // last progress, or when ops became outstanding
 	failed   error
 	closed   bool
-	ackCh    chan struct{} // closed on the next state change; nil when nobody waits
+	pending  map[uint64]chan Reply // queries waiting for their answer
+	ackCh    chan struct{}         // closed on the next state change; nil when nobody waits
 	wake     chan struct{} // writer wake-up, capacity 1
 	done     chan struct{} // closed on failure or Close
 	wg       sync.WaitGroup
@@ -196,14 +197,18 @@ func newSender(cfg SenderConfig, log *slog.Logger, conn net.Conn, br *bufio.Read
 // Submit blocks while more than MaxLag bytes are unacknowledged, at most
 // Timeout: then the peer is failed. Once the peer failed or the Sender is
 // closed, Submit drops the op and returns at once.
-func (s *Sender) Submit(o *op.Op) uint64 {
+func (s *Sender) Submit(o *op.Op) uint64 { return s.submit(o, false, nil) }
+
+// submit queues o; urgent sends it at once; reply, if not nil, receives
+// the answer to a query op.
+func (s *Sender) submit(o *op.Op, urgent bool, reply chan Reply) uint64 {
 	if o.Kind == op.Write && len(o.Data) > MaxOpData {
 		part := *o
 		var seq uint64
 		for data := o.Data; len(data) > 0; {
 			n := min(len(data), MaxOpData)
 			part.Data = data[:n]
-			seq = s.Submit(&part)
+			seq = s.submit(&part, urgent, nil)
 			data, part.Off = data[n:], part.Off+int64(n)
 		}
 		return seq
@@ -226,13 +231,26 @@ func (s *Sender) Submit(o *op.Op) uint64 {
 	seq := s.nextSeq
 	s.nextSeq++
 	if !s.usable() {
+		err := s.failedLocked()
 		s.mu.Unlock()
+		if reply != nil {
+			reply <- Reply{Err: err}
+		}
 		return seq
 	}
 	if len(o.Data) > MaxOpData {
 		s.mu.Unlock()
 		s.fail(fmt.Errorf("%s: %d bytes of data, more than one op may carry (%d)", o, len(o.Data), MaxOpData))
+		if reply != nil {
+			reply <- Reply{Err: s.Failed()}
+		}
 		return seq
+	}
+	if reply != nil {
+		if s.pending == nil {
+			s.pending = make(map[uint64]chan Reply)
+		}
+		s.pending[seq] = reply
 	}
 	if s.applied == s.queued {
 		s.progress = time.Now() // ops outstanding from now on: start the clock
@@ -251,7 +269,7 @@ func (s *Sender) Submit(o *op.Op) uint64 {
 	if o.Kind == op.Fsync || o.Kind == op.SyncAll {
 		s.lastSync = seq
 	}
-	urgent := o.Kind == op.Fsync || o.Kind == op.SyncAll || s.cfg.Linger < 0
+	urgent = urgent || o.Kind == op.Fsync || o.Kind == op.SyncAll || s.cfg.Linger < 0
 	s.lagBytes += size
 	if len(f.buf) >= frameTarget {
 		s.closeCurLocked()
@@ -438,6 +456,22 @@ func (s *Sender) Wait(seq uint64, durable bool) error {
 	}
 }
 
+// Query submits q, an op the secondary answers instead of applying (a
+// query of the resynchronisation), and returns its seq and a channel that
+// receives the answer once. The op is sent at once, not lingering. When
+// the Sender fails or is closed the channel receives an error.
+func (s *Sender) Query(q *op.Op) (uint64, <-chan Reply) {
+	ch := make(chan Reply, 1)
+	return s.submit(q, true, ch), ch
+}
+
+func (s *Sender) failedLocked() error {
+	if s.failed != nil {
+		return s.failed
+	}
+	return ErrClosed
+}
+
 // Peer returns the secondary's node name and its epoch at the handshake.
 func (s *Sender) Peer() (node string, epoch uint64) { return s.peerNode, s.peerEpoch }
 
@@ -488,6 +522,7 @@ func (s *Sender) Close() error {
 		close(s.done)
 	}
 	s.notifyLocked()
+	s.releaseQueriesLocked(ErrClosed)
 	s.mu.Unlock()
 	err := s.conn.Close()
 	s.wg.Wait()
@@ -508,12 +543,21 @@ func (s *Sender) fail(err error) {
 	s.failed = err
 	close(s.done)
 	s.notifyLocked()
+	s.releaseQueriesLocked(err)
 	ops, bytes := int(s.queued-s.applied), s.lagBytes
 	s.mu.Unlock()
 	s.conn.Close()
 	s.log.Warn("replication peer failed", "err", err, "unacked_ops", ops, "unacked_bytes", bytes)
 	if s.cfg.OnFailure != nil {
 		go s.cfg.OnFailure(err)
+	}
+}
+
+// releaseQueriesLocked answers every pending query with err.
+func (s *Sender) releaseQueriesLocked(err error) {
+	for seq, ch := range s.pending {
+		ch <- Reply{Err: err}
+		delete(s.pending, seq)
 	}
 }
 
@@ -589,6 +633,23 @@ func (s *Sender) reader() {
 		if err != nil {
 			s.fail(fmt.Errorf("receive acks: %w", err))
 			return
+		}
+		if len(plain) > 0 && plain[0] == frameReply {
+			seq, r, err := parseReply(plain)
+			if err != nil {
+				s.fail(err)
+				return
+			}
+			s.mu.Lock()
+			ch, ok := s.pending[seq]
+			delete(s.pending, seq)
+			s.mu.Unlock()
+			if !ok {
+				s.fail(fmt.Errorf("answer to op %d, which is not a pending query", seq))
+				return
+			}
+			ch <- r
+			continue
 		}
 		a, err := parseAck(plain)
 		if err != nil {

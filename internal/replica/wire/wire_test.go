@@ -918,3 +918,78 @@ func TestLingerSendsWithoutWait(t *testing.T) {
 		t.Fatal("a SyncAll lingered: it must leave at once")
 	}
 }
+
+// TestQueriesAnsweredOutOfOrder: query ops are answered by the Answer hook
+// in goroutines, each reply reaches its own caller whatever the order, and
+// ops after a slow query are applied without waiting for its answer.
+func TestQueriesAnsweredOutOfOrder(t *testing.T) {
+	slow := make(chan struct{})
+	r := newRig(t, "", func(c *ReceiverConfig) {
+		c.Answer = func(q *op.Op) ([]byte, error) {
+			if q.Path == "slow" {
+				<-slow
+			}
+			if q.Path == "bad" {
+				return nil, errors.New("no such question")
+			}
+			return []byte("answer to " + q.Path + " " + string(q.Data)), nil
+		}
+	})
+	s := dial(t, r.senderConfig())
+	_, slowCh := s.Query(&op.Op{Kind: op.Query, Path: "slow"})
+	s.Submit(&op.Op{Kind: op.Create, Path: "f", Mode: 0o644, Uid: -1, Gid: -1})
+	_, fastCh := s.Query(&op.Op{Kind: op.Query, Path: "fast", Data: []byte("x")})
+	_, badCh := s.Query(&op.Op{Kind: op.Query, Path: "bad"})
+	w := s.Submit(&op.Op{Kind: op.Write, Path: "f", Data: []byte("after")})
+	if err := s.Wait(w, false); err != nil || s.Failed() != nil {
+		t.Fatal(err, s.Failed())
+	}
+	for _, c := range []struct {
+		ch   <-chan Reply
+		want string
+		err  bool
+	}{{fastCh, "answer to fast x", false}, {badCh, "", true}} {
+		select {
+		case rep := <-c.ch:
+			if string(rep.Data) != c.want || (rep.Err != nil) != c.err {
+				t.Fatalf("reply %q, %v; want %q (error %v)", rep.Data, rep.Err, c.want, c.err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("no reply")
+		}
+	}
+	select {
+	case rep := <-slowCh:
+		t.Fatalf("the slow query answered before its hook returned: %+v", rep)
+	default:
+	}
+	close(slow)
+	select {
+	case rep := <-slowCh:
+		if string(rep.Data) != "answer to slow " || rep.Err != nil {
+			t.Fatalf("slow reply %q %v", rep.Data, rep.Err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no reply to the slow query")
+	}
+	// A closed sender answers pending and new queries with an error.
+	slow2 := make(chan struct{})
+	defer close(slow2)
+	r2 := newRig(t, "", func(c *ReceiverConfig) {
+		c.Answer = func(q *op.Op) ([]byte, error) { <-slow2; return nil, nil }
+	})
+	s2 := dial(t, r2.senderConfig())
+	_, ch := s2.Query(&op.Op{Kind: op.Query, Path: "x"})
+	s2.Close()
+	select {
+	case rep := <-ch:
+		if rep.Err == nil {
+			t.Fatal("pending query of a closed sender: no error")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("pending query not released by Close")
+	}
+	if _, ch := s2.Query(&op.Op{Kind: op.Query}); (<-ch).Err == nil {
+		t.Fatal("query on a closed sender: no error")
+	}
+}
