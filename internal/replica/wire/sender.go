@@ -96,8 +96,8 @@ type Sender struct {
 	closed   bool
 	pending  map[uint64]chan Reply // queries waiting for their answer
 	ackCh    chan struct{}         // closed on the next state change; nil when nobody waits
-	wake     chan struct{} // writer wake-up, capacity 1
-	done     chan struct{} // closed on failure or Close
+	wake     chan struct{}         // writer wake-up, capacity 1
+	done     chan struct{}         // closed on failure or Close
 	wg       sync.WaitGroup
 }
 
