@@ -60,6 +60,10 @@ type SenderConfig struct {
 	// DefaultLinger; negative sends every op at once.
 	Linger time.Duration
 	Logger *slog.Logger // nil: slog.Default()
+	// OnAck, when set, is called by the goroutine reading the peer's
+	// acknowledgements each time they advance, with the last applied and
+	// the last durable seq (keep it short: acks wait for it).
+	OnAck func(applied, durable uint64)
 	// OnFailure is called once, in its own goroutine, when the peer is
 	// declared failed: no progress within Timeout, a connection error, or
 	// an op the secondary failed to apply. Not called after Close.
@@ -682,8 +686,12 @@ func (s *Sender) reader() {
 		if a.Durable > s.durable {
 			s.durable = a.Durable
 		}
+		applied, durable := s.applied, s.durable
 		s.notifyLocked()
 		s.mu.Unlock()
+		if s.cfg.OnAck != nil {
+			s.cfg.OnAck(applied, durable)
+		}
 		if a.ErrSeq != 0 {
 			s.fail(&ApplyError{Seq: a.ErrSeq, Errno: errnoOf(a.Errno), Msg: a.Msg})
 			return

@@ -993,3 +993,23 @@ func TestQueriesAnsweredOutOfOrder(t *testing.T) {
 		t.Fatal("query on a closed sender: no error")
 	}
 }
+
+// TestOnAckReportsProgress: OnAck sees the applied and durable seqs advance.
+func TestOnAckReportsProgress(t *testing.T) {
+	r := newRig(t, "", nil)
+	cfg := r.senderConfig()
+	var applied, durable atomic.Uint64
+	cfg.OnAck = func(a, d uint64) {
+		applied.Store(a)
+		durable.Store(d)
+	}
+	s := dial(t, cfg)
+	s.Submit(&op.Op{Kind: op.Create, Path: "f", Mode: 0o644, Uid: -1, Gid: -1})
+	w := s.Submit(&op.Op{Kind: op.Write, Path: "f", Data: []byte("x")})
+	if err := s.Wait(w, true); err != nil || s.Failed() != nil {
+		t.Fatal(err, s.Failed())
+	}
+	if a, d := applied.Load(), durable.Load(); a < w+1 || d < w+1 {
+		t.Fatalf("OnAck saw applied %d durable %d, want both >= %d (the SyncAll after the write)", a, d, w+1)
+	}
+}
