@@ -1009,6 +1009,10 @@ func TestOnAckReportsProgress(t *testing.T) {
 	if err := s.Wait(w, true); err != nil || s.Failed() != nil {
 		t.Fatal(err, s.Failed())
 	}
+	// OnAck runs after Wait's waiters are woken: give it a moment.
+	for deadline := time.Now().Add(5 * time.Second); durable.Load() < w+1 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	if a, d := applied.Load(), durable.Load(); a < w+1 || d < w+1 {
 		t.Fatalf("OnAck saw applied %d durable %d, want both >= %d (the SyncAll after the write)", a, d, w+1)
 	}
