@@ -4,7 +4,10 @@
 // every state x event pair is tested without a network (GUIDE §1).
 package module
 
-import "fmt"
+import (
+	"fmt"
+	"time"
+)
 
 // State is a module state; the names are fixed by SPEC §2.
 type State string
@@ -47,6 +50,9 @@ type Peer struct {
 	Claim bool
 	// Ack: the peer yields to our claim.
 	Ack bool
+	// FailoverOff: the peer's failover maintenance switch is set; no
+	// checker hands the module over to it.
+	FailoverOff bool
 }
 
 // usable reports whether the peer can take part in decisions.
@@ -65,6 +71,64 @@ type Persistent struct {
 	SwapSeen uint64 `json:"swap_seen"`
 	// SwapRequest counts swap requests made on this node.
 	SwapRequest uint64 `json:"swap_request"`
+	// Maint holds the administrator's maintenance switches.
+	Maint Maintenance `json:"maintenance,omitzero"`
+	// LoopRestarts and LoopFailovers count the checkers' actions in the
+	// loop window that began at LoopSince (Unix milliseconds, 0: none).
+	LoopRestarts  int   `json:"loop_restarts,omitempty"`
+	LoopFailovers int   `json:"loop_failovers,omitempty"`
+	LoopSince     int64 `json:"loop_since,omitempty"`
+}
+
+// Maintenance is the set of maintenance switches of a module on one node;
+// the zero value is normal operation.
+type Maintenance struct {
+	// ChecksOff: checker verdicts are ignored (the agent stops running them).
+	ChecksOff bool `json:"checkers_off,omitempty"`
+	// FailoverOff: this node takes the module over from its peer only when
+	// handed over (swap) or told to (prim), and no checker hands the module
+	// over from it.
+	FailoverOff bool `json:"failover_off,omitempty"`
+	// BootStartOff: the module stays stopped when the agent starts.
+	BootStartOff bool `json:"boot_start_off,omitempty"`
+}
+
+// LoopPolicy bounds the checkers' actions on one node within Window: at
+// most Restarts local restarts, then at most Failovers failovers, then the
+// module stops on this node.
+type LoopPolicy struct {
+	Restarts  int
+	Failovers int
+	Window    time.Duration
+}
+
+// DefaultLoop is the loop policy of a machine whose Loop is zero.
+var DefaultLoop = LoopPolicy{Restarts: 2, Failovers: 1, Window: time.Hour}
+
+// CheckAction is what a failed checker asks for.
+type CheckAction string
+
+const (
+	ActRestart   CheckAction = "restart"   // stop and start the role's scripts here
+	ActStopStart CheckAction = "stopstart" // hand the module over to the peer
+	ActWait      CheckAction = "wait"      // leave the service until the checker recovers
+	ActStop      CheckAction = "stop"      // stop the module on this node
+)
+
+// Toggle changes one maintenance switch, or leaves it (Keep).
+type Toggle int8
+
+const (
+	Keep Toggle = iota
+	On
+	Off
+)
+
+// MaintChange is the change a MaintenanceCmd makes. A switch "on" means
+// the feature works (checkers run, failover happens, the module starts
+// at boot); Off is the maintenance position.
+type MaintChange struct {
+	Checkers, Failover, BootStart Toggle
 }
 
 // Machine is the complete state of one module on one node.
@@ -96,8 +160,15 @@ type Machine struct {
 	Ack   bool
 	Sync  Sync
 	Peer  Peer
+	// Loop is the checkers' loop limit (zero: DefaultLoop).
+	Loop LoopPolicy
+	// CheckWait is non-empty while a checker with action "wait" fails (it
+	// says which and why): the node then serves in no role.
+	CheckWait string
 	// failure is the reason of the last failed start, kept in STOP.
 	failure string
+	// now is the latest Event.Now seen: the clock of the loop window.
+	now time.Time
 }
 
 // Want is an administrator's preference for the next role.
@@ -161,13 +232,24 @@ const (
 	// ReplicationFailed: the stream to the SECOND broke (Event.Reason); the
 	// primary goes on ALONE and the SECOND is no longer up to date.
 	ReplicationFailed
+	// CheckerFailed: checker Event.Checker failed (Event.Reason) and asks
+	// for Event.Action; Event.Now dates it for the loop limit.
+	CheckerFailed
+	// CheckerWait: Event.Reason is non-empty while a checker with action
+	// "wait" fails, empty once none does.
+	CheckerWait
+	// MaintenanceCmd: the administrator sets switches (Event.Maint).
+	MaintenanceCmd
+	// ResetLoopCmd: the administrator resets the loop counts.
+	ResetLoopCmd
 )
 
 var eventNames = map[EventKind]string{
 	Boot: "boot", Start: "start", StopCmd: "stop", Restart: "restart", PrimCmd: "prim",
 	SecondCmd: "second", SwapCmd: "swap", PeerChanged: "peer", DiscoveryDone: "discovery-done",
 	TransitionDone: "transition-done", IsolationChanged: "isolation", SyncDone: "sync-done", Shutdown: "shutdown",
-	ReplicationFailed: "replication-failed",
+	ReplicationFailed: "replication-failed", CheckerFailed: "checker-failed", CheckerWait: "checker-wait",
+	MaintenanceCmd: "maintenance", ResetLoopCmd: "reset-loop",
 }
 
 func (k EventKind) String() string {
@@ -179,7 +261,8 @@ func (k EventKind) String() string {
 
 // EventKinds lists every event kind, for exhaustive tests.
 var EventKinds = []EventKind{Boot, Start, StopCmd, Restart, PrimCmd, SecondCmd, SwapCmd, PeerChanged,
-	DiscoveryDone, TransitionDone, IsolationChanged, SyncDone, Shutdown, ReplicationFailed}
+	DiscoveryDone, TransitionDone, IsolationChanged, SyncDone, Shutdown, ReplicationFailed,
+	CheckerFailed, CheckerWait, MaintenanceCmd, ResetLoopCmd}
 
 // Event is one input.
 type Event struct {
@@ -187,8 +270,12 @@ type Event struct {
 	Peer     Peer   // PeerChanged
 	Force    bool   // PrimCmd
 	OK       bool   // TransitionDone
-	Reason   string // TransitionDone failure reason
+	Reason   string // TransitionDone failure reason; CheckerFailed, CheckerWait
 	Isolated bool   // IsolationChanged
+	Checker  string // CheckerFailed: the checker's name
+	Action   CheckAction
+	Now      time.Time   // CheckerFailed, CheckerWait: when (for the loop window)
+	Maint    MaintChange // MaintenanceCmd
 }
 
 // ActionKind names a side effect for the caller.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"testing"
+	"time"
 )
 
 // A two-node simulation: transitions run one action at a time, interleaved
@@ -22,6 +23,9 @@ type simNode struct {
 	vips    bool
 	app     bool // start_prim ran and stop_prim did not
 	fail    bool // next start script fails
+	// departures counts the times a checker made this node leave the
+	// service (hand-over or wait) since its loop counts were last reset.
+	departures int
 }
 
 type sim struct {
@@ -31,10 +35,11 @@ type sim struct {
 	partitioned bool
 	partitions  int // generation, bumped on every partition change
 	trace       []string
+	now         time.Time // the checkers' clock: one loop window per run
 }
 
 func newSim(t *testing.T, seed uint64) *sim {
-	s := &sim{t: t, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))}
+	s := &sim{t: t, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), now: t0}
 	s.n[0] = &simNode{name: "a", m: New("a", "b", true, Persistent{}), up: true}
 	s.n[1] = &simNode{name: "b", m: New("b", "a", false, Persistent{}), up: true}
 	return s
@@ -47,7 +52,7 @@ func (s *sim) view(i int) Peer {
 	}
 	m := o.m
 	return Peer{Alive: true, Known: true, State: m.State, Target: m.Target, Epoch: m.Epoch, UpToDate: m.UpToDate,
-		Started: m.Started, Handover: m.Handover, SwapRequest: m.SwapRequest, Claim: m.Claim, Ack: m.Ack}
+		Started: m.Started, Handover: m.Handover, SwapRequest: m.SwapRequest, Claim: m.Claim, Ack: m.Ack, FailoverOff: m.Maint.FailoverOff}
 }
 
 func (s *sim) step(i int, ev Event) {
@@ -59,6 +64,17 @@ func (s *sim) step(i int, ev Event) {
 	s.trace = append(s.trace, fmt.Sprintf("%s %s -> %s/%s %v err=%v", n.name, ev.Kind, next.State, next.Target, kinds(acts), err))
 	if err != nil {
 		return
+	}
+	prev := n.m
+	if prev.State.Serving() && prev.Target == "" && (next.Target == Second || next.Target == Wait) &&
+		(ev.Kind == CheckerFailed || next.CheckWait != "") {
+		n.departures++
+		if n.departures > next.loop().Failovers {
+			s.fatal("%s left the service %d times for its checkers within one loop window (limit %d failovers)", n.name, n.departures, next.loop().Failovers)
+		}
+	}
+	if next.LoopFailovers == 0 && next.LoopRestarts == 0 {
+		n.departures = 0 // reset by the administrator
 	}
 	n.m = next
 	for _, a := range acts {
@@ -277,6 +293,9 @@ func runSim(t *testing.T, seed uint64) {
 		default:
 			s.step(i, Event{Kind: ReplicationFailed, Reason: "stream broke"})
 		}
+		if s.rng.IntN(6) == 0 {
+			s.checkerEvent(s.rng.IntN(2))
+		}
 		s.refreshViews()
 		// Every node that serves holds the VIPs only when it should.
 		for _, n := range s.n {
@@ -295,6 +314,11 @@ func runSim(t *testing.T, seed uint64) {
 	s.restart(0)
 	s.restart(1)
 	s.refreshViews()
+	for i := range 2 {
+		s.step(i, Event{Kind: MaintenanceCmd, Maint: MaintChange{Checkers: On, Failover: On, BootStart: On}})
+		s.step(i, Event{Kind: CheckerWait})
+		s.refreshViews()
+	}
 	s.quiesce()
 	for i := range 2 {
 		if !s.n[i].m.Started {
@@ -313,4 +337,23 @@ func runSim(t *testing.T, seed uint64) {
 		return
 	}
 	s.checkSettled()
+}
+
+// checkerEvent delivers a random checker verdict or maintenance command.
+func (s *sim) checkerEvent(i int) {
+	s.now = s.now.Add(time.Second)
+	toggle := func() Toggle { return Toggle(s.rng.IntN(3)) }
+	switch r := s.rng.IntN(10); {
+	case r < 4:
+		acts := []CheckAction{ActRestart, ActStopStart, ActStop, ActWait}
+		s.step(i, Event{Kind: CheckerFailed, Checker: "app", Action: acts[s.rng.IntN(len(acts))], Reason: "down", Now: s.now})
+	case r < 6:
+		s.step(i, Event{Kind: CheckerWait, Reason: "checker lan failed", Now: s.now})
+	case r < 8:
+		s.step(i, Event{Kind: CheckerWait, Now: s.now})
+	case r < 9:
+		s.step(i, Event{Kind: MaintenanceCmd, Maint: MaintChange{Checkers: toggle(), Failover: toggle(), BootStart: toggle()}})
+	default:
+		s.step(i, Event{Kind: ResetLoopCmd})
+	}
 }

@@ -3,6 +3,8 @@ package module
 import (
 	"errors"
 	"fmt"
+	"strings"
+	"time"
 )
 
 // ErrBusy refuses a command while a transition runs.
@@ -13,6 +15,9 @@ var ErrBusy = errors.New("the module is changing state; retry in a moment")
 // the machine unchanged.
 func Step(m Machine, ev Event) (Machine, []Action, error) {
 	var acts []Action
+	if !ev.Now.IsZero() {
+		m.now = ev.Now
+	}
 	switch ev.Kind {
 	case Boot:
 		return boot(m)
@@ -38,13 +43,49 @@ func Step(m Machine, ev Event) (Machine, []Action, error) {
 			return m, nil, fmt.Errorf("module is %s on %s: nothing to restart (use start)", m.State, m.Node)
 		}
 		role := roleScripts(m.State)
-		m.Target = m.State
-		return m, []Action{
-			logf("info", "restart: re-running %s and %s", role.stop, role.start),
-			script(role.stop, m.State, m.State, "stop", true),
-			script(role.start, m.State, m.State, "start", false),
-			{Kind: Done},
-		}, nil
+		return restartRole(m, logf("info", "restart: re-running %s and %s", role.stop, role.start))
+	case CheckerFailed:
+		if ev.Action != ActWait {
+			return checkerFailed(m, ev)
+		}
+		if m.CheckWait != "" {
+			break // already waiting for a checker
+		}
+		ev.Reason = fmt.Sprintf("checker %s failed: %s", ev.Checker, ev.Reason)
+		fallthrough
+	case CheckerWait:
+		if m.CheckWait == ev.Reason {
+			break
+		}
+		switch {
+		case m.Maint.ChecksOff:
+		case ev.Reason == "":
+			acts = append(acts, logf("info", "the checkers that asked to wait recovered"))
+		case m.CheckWait == "" && m.State != Stop:
+			acts = append(acts, logf("warn", "%s: this node serves in no role until it recovers", ev.Reason))
+		}
+		m.CheckWait = ev.Reason
+	case MaintenanceCmd:
+		var changed []string
+		set := func(t Toggle, v *bool, on, off string) {
+			if t == Keep || *v == (t == Off) {
+				return
+			}
+			*v = t == Off
+			changed = append(changed, map[bool]string{true: off, false: on}[*v])
+		}
+		set(ev.Maint.Checkers, &m.Maint.ChecksOff, "checkers on", "checkers off")
+		set(ev.Maint.Failover, &m.Maint.FailoverOff, "failover on", "failover off")
+		set(ev.Maint.BootStart, &m.Maint.BootStartOff, "boot start on", "boot start off")
+		if len(changed) == 0 {
+			break
+		}
+		acts = append(acts, logf("warn", "maintenance on %s: %s", m.Node, strings.Join(changed, ", ")))
+	case ResetLoopCmd:
+		if m.LoopRestarts != 0 || m.LoopFailovers != 0 {
+			acts = append(acts, logf("info", "loop counts reset by the administrator (were %d restarts and %d failovers)", m.LoopRestarts, m.LoopFailovers))
+		}
+		m.LoopRestarts, m.LoopFailovers, m.LoopSince = 0, 0, 0
 	case PrimCmd:
 		return primCmd(m, ev.Force)
 	case SecondCmd:
@@ -176,6 +217,18 @@ func normalize(m Machine) Machine {
 func boot(m Machine) (Machine, []Action, error) {
 	last := m.Persistent.State
 	m.State, m.Target = Stop, ""
+	var pre []Action
+	if m.Started && m.Maint.BootStartOff {
+		// The intent stays with the administrator: `tandem start`.
+		m.Started = false
+		m.failure = "boot start is off (maintenance): `tandem start` starts the module"
+		pre = append(pre, logf("info", "boot start is off (maintenance): the module stays stopped"))
+	}
+	m, acts, err := bootResume(m, last)
+	return m, append(pre, acts...), err
+}
+
+func bootResume(m Machine, last State) (Machine, []Action, error) {
 	if last.Running() {
 		// Advertise the old state until cleanup is done so the peer waits.
 		m.State = last
@@ -205,6 +258,9 @@ func boot(m Machine) (Machine, []Action, error) {
 	}
 	if !m.Started {
 		m.Reason = "stopped"
+		if m.failure != "" {
+			m.Reason = m.failure
+		}
 		return m, []Action{{Kind: RemoveVIPs}}, nil
 	}
 	return startFromStop(m)
@@ -373,9 +429,26 @@ func decide(m Machine) (Machine, []Action) {
 		m.Reason = reason
 		return m, nil
 	}
+	var acts []Action
+	if want == Wait && m.State.Serving() && m.CheckWait != "" && !m.Maint.ChecksOff {
+		// Leaving the service for a checker counts as a failover, so
+		// a flapping "wait" checker cannot move the module back and forth.
+		rollLoop(&m, m.now)
+		l := m.loop()
+		if m.LoopFailovers >= l.Failovers {
+			m.Started, m.Want = false, WantNone
+			m.failure = fmt.Sprintf("loop limit: %s again after %d failovers within %s; stopped on %s (`tandem start` starts it again)",
+				m.CheckWait, m.LoopFailovers, l.Window, m.Node)
+			want, reason = Stop, m.failure
+			acts = append(acts, logf("error", "%s", m.failure))
+		} else {
+			m.LoopFailovers++
+			acts = append(acts, logf("warn", "%s: leaving the service (failover %d of %d within %s)", m.CheckWait, m.LoopFailovers, l.Failovers, l.Window))
+		}
+	}
 	m.Reason = reason
-	m2, acts, _ := transition(m, want, nil)
-	return m2, acts
+	m2, more, _ := transition(m, want, acts)
+	return m2, more
 }
 
 // desired is the heart of the policy: the state this node should be in.
@@ -392,6 +465,9 @@ func desired(m Machine) (State, string) {
 	}
 	if m.Isolated {
 		return Wait, fmt.Sprintf("isolated: every cluster network of %s is down", m.Node)
+	}
+	if m.CheckWait != "" && !m.Maint.ChecksOff {
+		return Wait, m.CheckWait + "; waiting for it to recover"
 	}
 	peerSteady := p.usable() && p.State.Serving() && (p.Target == "" || p.Target.Serving())
 	switch {
@@ -427,6 +503,9 @@ func desired(m Machine) (State, string) {
 		}
 		if p.usable() && p.Handover {
 			return serveState(m), fmt.Sprintf("swap: taking over from %s", m.PeerName)
+		}
+		if m.Maint.FailoverOff && m.Want != WantPrim {
+			return Second, fmt.Sprintf("%s is %s; failover is off on %s (maintenance): `tandem prim` serves here", m.PeerName, peerSummary(p), m.Node)
 		}
 		return serveState(m), fmt.Sprintf("failover: %s is %s", m.PeerName, peerSummary(p))
 	}
@@ -616,4 +695,136 @@ func script(name string, from, to State, action string, stop bool) Action {
 
 func logf(level, format string, a ...any) Action {
 	return Action{Kind: Log, Level: level, Msg: fmt.Sprintf(format, a...)}
+}
+
+// restartRole re-runs the current role's stop and start scripts: no role
+// change, VIPs and replication stay.
+func restartRole(m Machine, why Action) (Machine, []Action, error) {
+	role := roleScripts(m.State)
+	m.Target = m.State
+	return m, []Action{
+		why,
+		script(role.stop, m.State, m.State, "stop", true),
+		script(role.start, m.State, m.State, "start", false),
+		{Kind: Done},
+	}, nil
+}
+
+// loop returns the machine's loop policy.
+func (m Machine) loop() LoopPolicy {
+	if m.Loop.Window <= 0 {
+		return DefaultLoop
+	}
+	return m.Loop
+}
+
+// rollLoop starts a new loop window when the current one is over (or
+// none started); a zero now keeps the current one.
+func rollLoop(m *Machine, now time.Time) {
+	if now.IsZero() {
+		return
+	}
+	t := now.UnixMilli()
+	if m.LoopSince == 0 || t < m.LoopSince || t-m.LoopSince >= m.loop().Window.Milliseconds() {
+		m.LoopRestarts, m.LoopFailovers, m.LoopSince = 0, 0, t
+	}
+}
+
+// canHandOver reports whether a failover to the peer is possible now
+// without losing data (a synced SECOND), and why not.
+func canHandOver(m Machine) (bool, string) {
+	p := m.Peer
+	switch {
+	case m.Maint.FailoverOff:
+		return false, "failover is off on " + m.Node + " (maintenance)"
+	case m.State != Prim || !p.usable() || p.State != Second || p.Target != "":
+		return false, fmt.Sprintf("%s is %s", m.PeerName, peerSummary(p))
+	case !p.UpToDate:
+		return false, m.PeerName + " is not up to date"
+	case m.ReplBroken:
+		return false, "replication to " + m.PeerName + " failed"
+	case p.FailoverOff:
+		return false, "failover is off on " + m.PeerName + " (maintenance)"
+	}
+	return true, ""
+}
+
+// checkerFailed applies a checker's restart, stopstart or stop under the
+// loop limit: restarts first (restart), then one hand-over to the peer
+// (stopstart, or restart past its limit), then the module stops here.
+func checkerFailed(m Machine, ev Event) (Machine, []Action, error) {
+	what := fmt.Sprintf("checker %s failed (%s)", ev.Checker, ev.Reason)
+	switch {
+	case m.Maint.ChecksOff:
+		return redecide(m, logf("info", "%s: ignored, checkers are off (maintenance)", what))
+	case m.Target != "" || !m.Started || m.ShuttingDown || !m.State.Running():
+		return redecide(m, logf("info", "%s: ignored, the module is %s", what, stateSummary(m)))
+	}
+	switch ev.Action {
+	case ActRestart, ActStopStart, ActStop:
+	default:
+		return redecide(m, logf("error", "%s: unknown action %q ignored", what, ev.Action))
+	}
+	rollLoop(&m, m.now)
+	l := m.loop()
+	window := l.Window.String()
+	if ev.Action == ActStop {
+		return stopByChecker(m, what+"; action stop")
+	}
+	restart := func(why string) (Machine, []Action, error) {
+		m.LoopRestarts++
+		return restartRole(m, logf("warn", "%s: %srestarting on %s (restart %d of %d within %s)", what, why, m.Node, m.LoopRestarts, l.Restarts, window))
+	}
+	if ev.Action == ActRestart || m.State == Second {
+		if m.LoopRestarts < l.Restarts {
+			return restart("")
+		}
+		if m.State == Second {
+			return stopByChecker(m, fmt.Sprintf("loop limit: %s after %d restarts within %s", what, m.LoopRestarts, window))
+		}
+	}
+	ok, whyNot := canHandOver(m)
+	switch {
+	case ok && m.LoopFailovers < l.Failovers:
+		m.LoopFailovers++
+		m.Handover = true
+		m.Reason = fmt.Sprintf("%s: failing over to %s", what, m.PeerName)
+		msg := logf("warn", "%s: failing over to %s (failover %d of %d within %s, after %d restarts)",
+			what, m.PeerName, m.LoopFailovers, l.Failovers, window, m.LoopRestarts)
+		return transition(m, Second, []Action{msg})
+	case !ok && ev.Action == ActStopStart && m.LoopRestarts < l.Restarts:
+		return restart(fmt.Sprintf("cannot fail over (%s): ", whyNot))
+	}
+	limit := fmt.Sprintf("loop limit: %s again after %d restarts and %d failovers within %s", what, m.LoopRestarts, m.LoopFailovers, window)
+	if !ok && m.LoopFailovers < l.Failovers {
+		limit += fmt.Sprintf(" (cannot fail over: %s)", whyNot)
+	}
+	return stopByChecker(m, limit)
+}
+
+// redecide logs why an event changed nothing and decides as any step does.
+func redecide(m Machine, why Action) (Machine, []Action, error) {
+	m2, more := decide(normalize(m))
+	return normalize(m2), append([]Action{why}, more...), nil
+}
+
+// stopByChecker stops the module on this node with reason kept in status.
+func stopByChecker(m Machine, reason string) (Machine, []Action, error) {
+	m.Started, m.Want = false, WantNone
+	m.failure = reason + "; stopped on " + m.Node + " (`tandem start` starts it again)"
+	acts := []Action{logf("error", "%s", m.failure)}
+	m2, more := decide(normalize(m))
+	return normalize(m2), append(acts, more...), nil
+}
+
+func stateSummary(m Machine) string {
+	switch {
+	case m.Target != "":
+		return fmt.Sprintf("changing from %s to %s", m.State, m.Target)
+	case m.ShuttingDown:
+		return "shutting down"
+	case !m.Started:
+		return "stopped"
+	}
+	return string(m.State)
 }

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // settled builds a machine of node "a" (peer "b") settled in state s.
@@ -56,20 +57,39 @@ func kinds(acts []Action) []string {
 func TestEveryStateEveryEvent(t *testing.T) {
 	peers := map[string]Peer{"down": peerDown, "second": peerSecond, "prim": peerPrim, "alone": peerAlone,
 		"wait": peerWait, "stop": peerStop, "incompatible": {Alive: true, Known: true, State: Wait, Incompatible: "cluster file differs"}}
+	// Machine variants: maintenance switches, exhausted loop counts, a
+	// checker asking to wait.
+	mods := map[string]func(*Machine){"plain": nil,
+		"maint": func(m *Machine) { m.Maint = Maintenance{ChecksOff: true, FailoverOff: true, BootStartOff: true} },
+		"failover-off": func(m *Machine) { m.Maint.FailoverOff = true },
+		"loop-full":    func(m *Machine) { m.LoopRestarts, m.LoopFailovers, m.LoopSince = 2, 1, t0.UnixMilli() },
+		"waiting":      func(m *Machine) { m.CheckWait = "checker lan failed: no carrier" },
+	}
 	for _, s := range States {
 		for pname, p := range peers {
-			for _, k := range EventKinds {
-				for _, variant := range []Event{{Kind: k}, {Kind: k, Force: true}, {Kind: k, OK: true}, {Kind: k, Isolated: true},
-					{Kind: k, Peer: peerDown}, {Kind: k, Peer: peerPrim}, {Kind: k, Peer: peerSecond}} {
-					name := fmt.Sprintf("%s/peer-%s/%s", s, pname, k)
-					m := settled(s, p, nil)
-					next, acts, err := Step(m, variant)
-					checkInvariants(t, name, m, next, acts, err, variant)
+			for mname, mod := range mods {
+				for _, k := range EventKinds {
+					for _, variant := range []Event{{Kind: k}, {Kind: k, Force: true}, {Kind: k, OK: true}, {Kind: k, Isolated: true},
+						{Kind: k, Peer: peerDown}, {Kind: k, Peer: peerPrim}, {Kind: k, Peer: peerSecond},
+						{Kind: k, Checker: "app", Action: ActRestart, Reason: "down", Now: t0},
+						{Kind: k, Checker: "app", Action: ActStopStart, Reason: "down", Now: t0},
+						{Kind: k, Checker: "app", Action: ActWait, Reason: "down", Now: t0},
+						{Kind: k, Checker: "app", Action: ActStop, Reason: "down", Now: t0},
+						{Kind: k, Maint: MaintChange{Checkers: Off, Failover: Off, BootStart: Off}},
+						{Kind: k, Maint: MaintChange{Checkers: On, Failover: On, BootStart: On}}} {
+						name := fmt.Sprintf("%s/peer-%s/%s/%s", s, pname, mname, k)
+						m := settled(s, p, mod)
+						next, acts, err := Step(m, variant)
+						checkInvariants(t, name, m, next, acts, err, variant)
+					}
 				}
 			}
 		}
 	}
 }
+
+// t0 is an arbitrary time for the loop window.
+var t0 = time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
 
 func checkInvariants(t *testing.T, name string, m, next Machine, acts []Action, err error, ev Event) {
 	t.Helper()
@@ -116,11 +136,40 @@ func checkInvariants(t *testing.T, name string, m, next Machine, acts []Action, 
 	if next.State.Serving() && next.Target == "" && next.Peer.usable() && next.Peer.State == Second && next.State != Prim && !next.ReplBroken {
 		t.Errorf("%s: serving with a SECOND peer but state %s", name, next.State)
 	}
+	// Checkers: never beyond the loop limit, never a promotion, a
+	// hand-over only to a synced SECOND, nothing while switched off.
+	l := next.loop()
+	if next.LoopRestarts > l.Restarts || next.LoopFailovers > l.Failovers {
+		t.Errorf("%s: loop counts %d/%d beyond the limit %+v", name, next.LoopRestarts, next.LoopFailovers, l)
+	}
+	if ev.Kind == CheckerFailed || ev.Kind == CheckerWait {
+		// A failure never promotes (a recovery may: the node was waiting),
+		// unless the situation alone would.
+		base, _, _ := Step(m, Event{Kind: PeerChanged, Peer: m.Peer})
+		failure := ev.Kind == CheckerFailed || ev.Reason != ""
+		if failure && next.Target.Serving() && next.Target != m.State && m.Target == "" && !base.Target.Serving() {
+			t.Errorf("%s: a checker promoted %s to %s", name, m.State, next.Target)
+		}
+		if next.Handover && !m.Handover {
+			p := m.Peer
+			if !p.usable() || p.State != Second || !p.UpToDate || p.FailoverOff || m.Maint.FailoverOff || m.State != Prim {
+				t.Errorf("%s: checker hand-over from %s to a peer that cannot take it (%+v)", name, m.State, p)
+			}
+		}
+		if m.Maint.ChecksOff && (next.Target != base.Target || next.Started != base.Started || next.Handover != base.Handover) {
+			t.Errorf("%s: a checker acted while checkers are off: %s -> %s %v", name, m.State, next.Target, ks)
+		}
+	}
+	if ev.Kind == MaintenanceCmd && next.Persistent.Maint == m.Persistent.Maint && ev.Maint != (MaintChange{}) && ev.Maint.Checkers != Keep {
+		if next.Maint.ChecksOff != (ev.Maint.Checkers == Off) {
+			t.Errorf("%s: maintenance switch not applied", name)
+		}
+	}
 }
 
 func isCommand(k EventKind) bool {
 	switch k {
-	case Start, StopCmd, Restart, PrimCmd, SecondCmd, SwapCmd:
+	case Start, StopCmd, Restart, PrimCmd, SecondCmd, SwapCmd, MaintenanceCmd, ResetLoopCmd:
 		return true
 	}
 	return false
