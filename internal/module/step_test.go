@@ -60,7 +60,7 @@ func TestEveryStateEveryEvent(t *testing.T) {
 	// Machine variants: maintenance switches, exhausted loop counts, a
 	// checker asking to wait.
 	mods := map[string]func(*Machine){"plain": nil,
-		"maint": func(m *Machine) { m.Maint = Maintenance{ChecksOff: true, FailoverOff: true, BootStartOff: true} },
+		"maint":        func(m *Machine) { m.Maint = Maintenance{ChecksOff: true, FailoverOff: true, BootStartOff: true} },
 		"failover-off": func(m *Machine) { m.Maint.FailoverOff = true },
 		"loop-full":    func(m *Machine) { m.LoopRestarts, m.LoopFailovers, m.LoopSince = 2, 1, t0.UnixMilli() },
 		"waiting":      func(m *Machine) { m.CheckWait = "checker lan failed: no carrier" },
