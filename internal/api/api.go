@@ -6,7 +6,7 @@
 //
 //	GET  /v1/status                       Status of every module
 //	GET  /v1/status/{module}              Status of one module
-//	POST /v1/modules/{module}/{verb}      verb: start|stop|restart|prim|second|swap, body CommandOptions
+//	POST /v1/modules/{module}/{verb}      verb: start|stop|restart|prim|second|swap|maintenance|reset-loop, body CommandOptions
 //	GET  /v1/modules/{module}/logs        ?last=N&follow=1: the event log as JSON lines
 //
 // Errors are JSON {"error": "..."}: 400 bad request or verb, 404 unknown
@@ -53,6 +53,47 @@ type ModuleStatus struct {
 	LagBytes    int64    `json:"lag_bytes"`
 	LagOps      int64    `json:"lag_ops"`
 	MaxLagBytes int64    `json:"max_lag_bytes,omitempty"`
+	// Checkers are the module's checkers on this node; Loop counts their
+	// actions against loop_limit; Maintenance shows the switches.
+	Checkers    []CheckerStatus `json:"checkers,omitempty"`
+	Loop        LoopStatus      `json:"loop"`
+	Maintenance Maintenance     `json:"maintenance"`
+}
+
+// CheckerStatus is one checker of a module on this node.
+type CheckerStatus struct {
+	Name   string `json:"name"`
+	Type   string `json:"type"`
+	When   string `json:"when"`
+	Action string `json:"action"`
+	// Active: it runs in the module's current state.
+	Active bool `json:"active"`
+	// Verdict: ok, failed, or unknown (not checked yet).
+	Verdict   string    `json:"verdict"`
+	Detail    string    `json:"detail,omitempty"` // the last check's result
+	LastCheck time.Time `json:"last_check,omitzero"`
+	Since     time.Time `json:"since,omitzero"` // when the verdict was reached
+	Checks    uint64    `json:"checks"`
+	Failures  uint64    `json:"failures"` // failed checks
+	Actions   uint64    `json:"actions"`  // actions it asked for
+}
+
+// LoopStatus counts the checkers' actions in the current loop window.
+type LoopStatus struct {
+	Restarts     int       `json:"restarts"`
+	Failovers    int       `json:"failovers"`
+	MaxRestarts  int       `json:"max_restarts"`
+	MaxFailovers int       `json:"max_failovers"`
+	Window       string    `json:"window"`
+	Since        time.Time `json:"since,omitzero"` // start of the window
+}
+
+// Maintenance shows a module's maintenance switches on this node, each
+// "on" (normal) or "off".
+type Maintenance struct {
+	Checkers  string `json:"checkers"`
+	Failover  string `json:"failover"`
+	BootStart string `json:"boot_start"`
 }
 
 // Status is what `tandem status` shows.
@@ -66,10 +107,15 @@ type Status struct {
 type CommandOptions struct {
 	Force bool `json:"force,omitempty"` // prim --force
 	Full  bool `json:"full,omitempty"`  // second --full
+	// Maintenance switches (verb maintenance): "on", "off", "" unchanged.
+	Checkers  string `json:"checkers,omitempty"`
+	Failover  string `json:"failover,omitempty"`
+	BootStart string `json:"boot_start,omitempty"`
 }
 
-// Verbs are the module commands the API accepts.
-var Verbs = []string{"start", "stop", "restart", "prim", "second", "swap"}
+// Verbs are the module commands the API accepts. maintenance sets the
+// switches of CommandOptions; reset-loop resets the loop counts.
+var Verbs = []string{"start", "stop", "restart", "prim", "second", "swap", "maintenance", "reset-loop"}
 
 // Backend is what the agent provides to the API server.
 type Backend interface {
