@@ -2,6 +2,7 @@ package fs
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -44,6 +45,8 @@ func runWorkload(name, dir string) (benchResult, error) {
 		return workDsync(dir)
 	case "small":
 		return workSmall(dir)
+	case "rtt":
+		return workRTT(dir)
 	}
 	return benchResult{}, fmt.Errorf("unknown workload %q", name)
 }
@@ -97,6 +100,33 @@ func workDsync(dir string) (benchResult, error) {
 		lat[i] = time.Since(t0)
 	}
 	r := benchResult{Seconds: time.Since(start).Seconds(), Ops: n, Bytes: n * 4096}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	r.P50us = float64(lat[n/2].Nanoseconds()) / 1e3
+	r.P99us = float64(lat[n*99/100].Nanoseconds()) / 1e3
+	return r, nil
+}
+
+// workRTT times 20,000 getxattr calls of an absent attribute: through the
+// mount each is one FUSE round trip (the kernel caches no xattr), so the
+// difference with the plain directory is the cost of a request.
+func workRTT(dir string) (benchResult, error) {
+	p := filepath.Join(dir, "rtt")
+	if err := os.WriteFile(p, nil, 0o644); err != nil {
+		return benchResult{}, err
+	}
+	defer os.Remove(p)
+	const n = 20000
+	lat := make([]time.Duration, n)
+	buf := make([]byte, 64)
+	start := time.Now()
+	for i := range n {
+		t0 := time.Now()
+		if _, err := unix.Getxattr(p, "user.absent", buf); !errors.Is(err, unix.ENODATA) {
+			return benchResult{}, fmt.Errorf("getxattr: %v, want ENODATA", err)
+		}
+		lat[i] = time.Since(t0)
+	}
+	r := benchResult{Seconds: time.Since(start).Seconds(), Ops: n}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	r.P50us = float64(lat[n/2].Nanoseconds()) / 1e3
 	r.P99us = float64(lat[n*99/100].Nanoseconds()) / 1e3
@@ -204,6 +234,7 @@ func TestBenchReport(t *testing.T) {
 		{"seq", "MB/s (256 x 1 MiB writes + fsync)", func(r benchResult) float64 { return float64(r.Bytes) / 1e6 / r.Seconds }, true},
 		{"dsync", "4 KiB O_DSYNC write p50 us", func(r benchResult) float64 { return r.P50us }, false},
 		{"small", "files/s (create+write 4 KiB+close)", func(r benchResult) float64 { return float64(r.Ops) / r.Seconds }, true},
+		{"rtt", "getxattr p50 us (one FUSE round trip)", func(r benchResult) float64 { return r.P50us }, false},
 	}
 	t.Logf("%-38s %12s %12s %8s %14s %8s", "workload", "direct", "tandem", "ratio", "tandem+wback", "ratio")
 	for _, rw := range rows {
@@ -225,7 +256,7 @@ func TestBenchReport(t *testing.T) {
 				pprof.StopCPUProfile()
 				prof.Close()
 			}
-			if rw.name != "dsync" { // writeback hides O_DSYNC: not a valid mode
+			if rw.name != "dsync" && rw.name != "rtt" { // writeback hides O_DSYNC: not a valid mode
 				w = append(w, childWorkload(t, rw.name, wdir))
 			}
 		}

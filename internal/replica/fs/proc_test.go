@@ -37,7 +37,7 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 		os.Exit(0)
-	case "bench-seq", "bench-dsync", "bench-small":
+	case "bench-seq", "bench-dsync", "bench-small", "bench-rtt":
 		r, err := runWorkload(strings.TrimPrefix(os.Getenv("TANDEM_FS_HELPER"), "bench-"), os.Getenv("TANDEM_FS_ARG"))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
