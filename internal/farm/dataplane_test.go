@@ -329,4 +329,3 @@ func TestDataplaneTeardown(t *testing.T) {
 		t.Errorf("arp_announce %q after teardown, want it restored to 0", v)
 	}
 }
-
