@@ -19,17 +19,32 @@ import (
 func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	f, m := n.f, n.m
 	h, _ := fh.(*handle)
+	rec := f.touches()
+	var e syscall.Errno
+	if size, ok := in.GetSize(); ok {
+		e = rec.resize(m, int64(size))
+	} else if in.Valid&(fuse.FATTR_UID|fuse.FATTR_GID|fuse.FATTR_MODE|fuse.FATTR_ATIME|fuse.FATTR_MTIME) != 0 {
+		e = rec.meta(m)
+	}
+	if e != 0 {
+		rec.done(false, 0)
+		return e
+	}
+	var seq uint64 // last op submitted
+	changed := false
 	f.ns.RLock()
 	m.dataMu.Lock()
 	defer func() {
 		m.dataMu.Unlock()
 		f.ns.RUnlock()
+		rec.done(changed, seq)
 	}()
 	path, named := f.pathOf(m)
 	sub := func(o *op.Op) {
+		changed = true
 		if named {
 			o.Path = path
-			f.submit(m, o)
+			seq = f.submit(m, o)
 		}
 	}
 	uid, uok := in.GetUID()
@@ -75,7 +90,9 @@ func (n *node) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttr
 		}
 		sub(&op.Op{Kind: op.Truncate, Off: int64(size)})
 		if in.Valid&fuse.FATTR_KILL_SUIDGID != 0 {
-			f.killSuid(m)
+			if s := f.killSuid(m); s != 0 {
+				seq = s
+			}
 		}
 		if in.Valid&fuse.FATTR_MTIME == 0 {
 			// truncate(2) set the mtime; no close may follow to send it.
@@ -200,6 +217,13 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 
 func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
 	f, m := n.f, n.m
+	rec := f.touches()
+	if e := rec.meta(m); e != 0 {
+		return e
+	}
+	var seq uint64
+	changed := false
+	defer func() { rec.done(changed, seq) }()
 	f.ns.RLock()
 	defer f.ns.RUnlock()
 	m.dataMu.Lock()
@@ -218,14 +242,22 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	if err != nil {
 		return errno(err)
 	}
+	changed = true
 	if path, named := f.pathOf(m); named {
-		f.submit(m, &op.Op{Kind: op.SetXattr, Path: path, Name: attr, Data: data, Flags: flags})
+		seq = f.submit(m, &op.Op{Kind: op.SetXattr, Path: path, Name: attr, Data: data, Flags: flags})
 	}
 	return 0
 }
 
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	f, m := n.f, n.m
+	rec := f.touches()
+	if e := rec.meta(m); e != 0 {
+		return e
+	}
+	var seq uint64
+	changed := false
+	defer func() { rec.done(changed, seq) }()
 	f.ns.RLock()
 	defer f.ns.RUnlock()
 	m.dataMu.Lock()
@@ -244,8 +276,9 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	if err != nil {
 		return errno(err)
 	}
+	changed = true
 	if path, named := f.pathOf(m); named {
-		f.submit(m, &op.Op{Kind: op.RemoveXattr, Path: path, Name: attr})
+		seq = f.submit(m, &op.Op{Kind: op.RemoveXattr, Path: path, Name: attr})
 	}
 	return 0
 }

@@ -64,20 +64,30 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	if flags&unix.O_TRUNC != 0 && h.writable {
 		// Only with atomic_o_trunc; otherwise the kernel sends a SETATTR.
 		f, m := n.f, n.m
+		rec := f.touches()
+		if e := rec.resize(m, 0); e != 0 {
+			rec.done(false, 0)
+			unix.Close(fd)
+			return nil, 0, e
+		}
 		f.ns.RLock()
 		m.dataMu.Lock()
+		var seq uint64
 		err := unix.Ftruncate(fd, 0)
 		if err == nil {
 			m.mtimeDirty.Store(true)
 			if p, ok := f.pathOf(m); ok {
-				f.submit(m, &op.Op{Kind: op.Truncate, Path: p})
+				seq = f.submit(m, &op.Op{Kind: op.Truncate, Path: p})
 			}
 			if uid, _ := callerOf(ctx); uid != 0 {
-				f.killSuid(m)
+				if s := f.killSuid(m); s != 0 {
+					seq = s
+				}
 			}
 		}
 		m.dataMu.Unlock()
 		f.ns.RUnlock()
+		rec.done(err == nil, seq)
 		if err != nil {
 			unix.Close(fd)
 			return nil, 0, errno(err)
@@ -104,6 +114,17 @@ func (n *node) Write(ctx context.Context, fh gofs.FileHandle, data []byte, off i
 		return 0, syscall.EBADF
 	}
 	f, m := n.f, n.m
+	rec := f.touches()
+	if e := rec.data(m, off, int64(len(data))); e != 0 {
+		return 0, e
+	}
+	uid, _ := callerOf(ctx)
+	if uid != 0 { // killSuid may change the mode
+		if e := rec.meta(m); e != 0 {
+			rec.done(false, 0)
+			return 0, e
+		}
+	}
 	f.ns.RLock()
 	m.dataMu.Lock()
 	done := 0
@@ -127,7 +148,7 @@ func (n *node) Write(ctx context.Context, fh gofs.FileHandle, data []byte, off i
 		if p, named := f.pathOf(m); named {
 			seq = f.submit(m, &op.Op{Kind: op.Write, Path: p, Data: data[:done], Off: off})
 		}
-		if uid, _ := callerOf(ctx); uid != 0 {
+		if uid != 0 {
 			if s := f.killSuid(m); s != 0 {
 				seq = s
 			}
@@ -135,6 +156,7 @@ func (n *node) Write(ctx context.Context, fh gofs.FileHandle, data []byte, off i
 	}
 	m.dataMu.Unlock()
 	f.ns.RUnlock()
+	rec.done(done > 0, seq)
 	if f.sync == SyncWrite && done > 0 {
 		if e := f.wait(seq, false, "write"); e != 0 {
 			return 0, e
@@ -269,6 +291,14 @@ func (n *node) Allocate(ctx context.Context, fh gofs.FileHandle, off uint64, siz
 		return syscall.EBADF
 	}
 	f, m := n.f, n.m
+	rec := f.touches()
+	if e := rec.meta(m); e != 0 {
+		return e
+	}
+	if e := rec.data(m, int64(off), int64(size)); e != 0 {
+		rec.done(false, 0)
+		return e
+	}
 	f.ns.RLock()
 	m.dataMu.Lock()
 	err := unix.Fallocate(h.fd, mode, int64(off), int64(size))
@@ -282,6 +312,7 @@ func (n *node) Allocate(ctx context.Context, fh gofs.FileHandle, off uint64, siz
 	}
 	m.dataMu.Unlock()
 	f.ns.RUnlock()
+	rec.done(err == nil, seq)
 	if f.sync == SyncWrite && err == nil {
 		return f.wait(seq, false, "fallocate")
 	}

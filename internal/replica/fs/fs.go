@@ -60,7 +60,10 @@ func (s SyncMode) String() string {
 type Options struct {
 	// Replicator receives every mutation; nil drops them (local only).
 	Replicator Replicator
-	Sync       SyncMode
+	// Changes, when set, records every change before it is made (for the
+	// incremental resynchronisation of a peer that comes back).
+	Changes Changes
+	Sync    SyncMode
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Debug logs every FUSE request at level Info (very verbose).

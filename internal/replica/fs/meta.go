@@ -18,7 +18,8 @@ import (
 
 // fsys is the state of one mount.
 type fsys struct {
-	rep  Replicator
+	rep     Replicator
+	changes Changes // nil: no change records
 	sync SyncMode
 	log  *slog.Logger
 
@@ -106,6 +107,7 @@ func newFsys(rootFd int, opts Options, logger *slog.Logger) (*fsys, error) {
 	}
 	f := &fsys{
 		rep:     opts.Replicator,
+		changes: opts.Changes,
 		sync:    opts.Sync,
 		log:     logger,
 		rootDev: st.Dev,

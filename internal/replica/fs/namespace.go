@@ -54,19 +54,23 @@ func (n *node) finishCreate(name string, uid, gid, want uint32, typ uint32, st *
 // stampDir sends the directory's mtime after a change of its entries, so
 // the copies' directory mtimes match. Read and submit under the inode's
 // lock: the last stamp sent always carries the latest time.
-func (n *node) stampDir() {
+func (n *node) stampDir() uint64 {
 	f, m := n.f, n.m
 	m.dataMu.Lock()
 	defer m.dataMu.Unlock()
 	var st unix.Stat_t
 	if unix.Fstat(m.fd, &st) != nil {
-		return
+		return 0
 	}
 	if p, named := f.pathOf(m); named {
-		f.submit(m, &op.Op{Kind: op.Utimens, Path: p, Atime: op.Time{Nsec: op.UtimeOmit},
+		return f.submit(m, &op.Op{Kind: op.Utimens, Path: p, Atime: op.Time{Nsec: op.UtimeOmit},
 			Mtime: op.Time{Sec: st.Mtim.Sec, Nsec: st.Mtim.Nsec}})
 	}
+	return 0
 }
+
+// lastOf is the later of two seqs (0: none).
+func lastOf(a, b uint64) uint64 { return max(a, b) }
 
 func (n *node) entryPath(name string) (string, bool) {
 	p, ok := n.f.pathOf(n.m)
@@ -77,6 +81,13 @@ func (n *node) entryPath(name string) (string, bool) {
 func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
 	f := n.f
 	uid, gid := callerOf(ctx)
+	rec := f.touches()
+	if e := rec.dir(n.m); e != 0 {
+		return nil, nil, 0, e
+	}
+	var seq uint64
+	changed := false
+	defer func() { rec.done(changed, seq) }() // after the unlock below
 	f.ns.RLock()
 	defer f.ns.RUnlock()
 	path, named := n.entryPath(name)
@@ -129,19 +140,23 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		return fail(e)
 	}
 	cm := ch.Operations().(*node).m
+	changed = created
 	if named {
 		if created {
 			cm.noCaps.Store(true)     // a new file has no file capabilities
 			cm.mtimeDirty.Store(true) // the close sends the creation mtime
-			f.submit(cm, &op.Op{Kind: op.Create, Path: path, Mode: st.Mode & 07777,
+			seq = f.submit(cm, &op.Op{Kind: op.Create, Path: path, Mode: st.Mode & 07777,
 				Uid: int64(st.Uid), Gid: int64(st.Gid), Flags: flags,
 				Atime: op.Time{Sec: st.Atim.Sec, Nsec: st.Atim.Nsec}, Mtime: op.Time{Sec: st.Mtim.Sec, Nsec: st.Mtim.Nsec}})
-			n.stampDir()
+			seq = lastOf(seq, n.stampDir())
 		} else if flags&unix.O_TRUNC != 0 && st.Size != 0 {
+			// A file made behind the mount's back: the directory's record
+			// has its compare find the size change.
 			cm.dataMu.Lock()
 			if err := unix.Ftruncate(fd, 0); err == nil {
 				cm.mtimeDirty.Store(true)
-				f.submit(cm, &op.Op{Kind: op.Truncate, Path: path})
+				changed = true
+				seq = f.submit(cm, &op.Op{Kind: op.Truncate, Path: path})
 			}
 			cm.dataMu.Unlock()
 		}
@@ -174,46 +189,57 @@ func mayOpen(st *unix.Stat_t, uid, gid, flags uint32) bool {
 }
 
 // finishEntry registers a created name and submits its op.
+// It ends rec (the parent's record) either way.
 func (n *node) finishEntry(ctx context.Context, name string, named bool, undo func(), out *fuse.EntryOut,
-	mk func(st *unix.Stat_t) *op.Op) (*gofs.Inode, syscall.Errno) {
+	rec *touched, mk func(st *unix.Stat_t) *op.Op) (*gofs.Inode, syscall.Errno) {
 	var st unix.Stat_t
 	fd, err := n.openChild(name, &st)
 	if err != nil {
 		undo()
+		rec.done(false, 0)
 		return nil, errno(err)
 	}
 	ch, e := n.child(ctx, fd, &st, name, out)
 	if e != 0 {
 		undo()
+		rec.done(false, 0)
 		return nil, e
 	}
+	var seq uint64
 	if named {
 		o := mk(&st)
 		// The entry's own times, so the copies' mtimes match.
 		o.Atime = op.Time{Sec: st.Atim.Sec, Nsec: st.Atim.Nsec}
 		o.Mtime = op.Time{Sec: st.Mtim.Sec, Nsec: st.Mtim.Nsec}
-		n.f.submit(ch.Operations().(*node).m, o)
-		n.stampDir()
+		seq = n.f.submit(ch.Operations().(*node).m, o)
+		seq = lastOf(seq, n.stampDir())
 	}
+	rec.done(true, seq)
 	return ch, 0
 }
 
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	f := n.f
 	uid, gid := callerOf(ctx)
+	rec := f.touches()
+	if e := rec.dir(n.m); e != 0 {
+		return nil, e
+	}
 	f.ns.RLock()
 	defer f.ns.RUnlock()
 	path, named := n.entryPath(name)
 	if err := unix.Mkdirat(n.m.fd, name, mode&07777); err != nil {
+		rec.done(false, 0)
 		return nil, errno(err)
 	}
 	undo := func() { unix.Unlinkat(n.m.fd, name, unix.AT_REMOVEDIR) }
 	var st unix.Stat_t
 	if err := n.finishCreate(name, uid, gid, mode&07777, unix.S_IFDIR, &st); err != nil {
 		undo()
+		rec.done(true, 0) // the directory's mtime may have moved
 		return nil, errno(err)
 	}
-	return n.finishEntry(ctx, name, named, undo, out, func(st *unix.Stat_t) *op.Op {
+	return n.finishEntry(ctx, name, named, undo, out, &rec, func(st *unix.Stat_t) *op.Op {
 		return &op.Op{Kind: op.Mkdir, Path: path, Mode: st.Mode & 07777, Uid: int64(st.Uid), Gid: int64(st.Gid)}
 	})
 }
@@ -221,19 +247,25 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	f := n.f
 	uid, gid := callerOf(ctx)
+	rec := f.touches()
+	if e := rec.dir(n.m); e != 0 {
+		return nil, e
+	}
 	f.ns.RLock()
 	defer f.ns.RUnlock()
 	path, named := n.entryPath(name)
 	if err := unix.Mknodat(n.m.fd, name, mode, int(dev)); err != nil {
+		rec.done(false, 0)
 		return nil, errno(err)
 	}
 	undo := func() { unix.Unlinkat(n.m.fd, name, 0) }
 	var st unix.Stat_t
 	if err := n.finishCreate(name, uid, gid, mode&07777, mode&unix.S_IFMT, &st); err != nil {
 		undo()
+		rec.done(true, 0) // the directory's mtime may have moved
 		return nil, errno(err)
 	}
-	return n.finishEntry(ctx, name, named, undo, out, func(st *unix.Stat_t) *op.Op {
+	return n.finishEntry(ctx, name, named, undo, out, &rec, func(st *unix.Stat_t) *op.Op {
 		return &op.Op{Kind: op.Mknod, Path: path, Mode: st.Mode, Rdev: st.Rdev, Uid: int64(st.Uid), Gid: int64(st.Gid)}
 	})
 }
@@ -241,19 +273,25 @@ func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, 
 func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	f := n.f
 	uid, gid := callerOf(ctx)
+	rec := f.touches()
+	if e := rec.dir(n.m); e != 0 {
+		return nil, e
+	}
 	f.ns.RLock()
 	defer f.ns.RUnlock()
 	path, named := n.entryPath(name)
 	if err := unix.Symlinkat(target, n.m.fd, name); err != nil {
+		rec.done(false, 0)
 		return nil, errno(err)
 	}
 	undo := func() { unix.Unlinkat(n.m.fd, name, 0) }
 	var st unix.Stat_t
 	if err := n.finishCreate(name, uid, gid, 0777, unix.S_IFLNK, &st); err != nil {
 		undo()
+		rec.done(true, 0) // the directory's mtime may have moved
 		return nil, errno(err)
 	}
-	return n.finishEntry(ctx, name, named, undo, out, func(st *unix.Stat_t) *op.Op {
+	return n.finishEntry(ctx, name, named, undo, out, &rec, func(st *unix.Stat_t) *op.Op {
 		return &op.Op{Kind: op.Symlink, Path: path, Data: []byte(target), Uid: int64(st.Uid), Gid: int64(st.Gid)}
 	})
 }
@@ -264,6 +302,17 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 		return nil, syscall.EXDEV
 	}
 	f := n.f
+	rec := f.touches()
+	if e := rec.dir(n.m); e != 0 {
+		return nil, e
+	}
+	if e := rec.meta(t.m); e != 0 { // its link count
+		rec.done(false, 0)
+		return nil, e
+	}
+	var seq uint64
+	changed := false
+	defer func() { rec.done(changed, seq) }() // after the unlock below
 	f.ns.RLock()
 	defer f.ns.RUnlock()
 	tpath, tnamed := f.pathOf(t.m)
@@ -271,6 +320,7 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 	if err := unix.Linkat(t.m.fd, "", n.m.fd, name, unix.AT_EMPTY_PATH); err != nil {
 		return nil, errno(err)
 	}
+	changed = true
 	var st unix.Stat_t
 	if err := unix.Fstat(t.m.fd, &st); err != nil {
 		unix.Unlinkat(n.m.fd, name, 0)
@@ -284,8 +334,8 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 	out.Attr.Ino = t.m.ino
 	ch := n.NewInode(ctx, f.newNode(t.m), gofs.StableAttr{Mode: t.m.mode, Ino: t.m.ino, Gen: t.m.gen})
 	if named && tnamed {
-		f.submit(t.m, &op.Op{Kind: op.Link, Path: tpath, Path2: path})
-		n.stampDir()
+		seq = f.submit(t.m, &op.Op{Kind: op.Link, Path: tpath, Path2: path})
+		seq = lastOf(seq, n.stampDir())
 	} else if named {
 		f.log.Error("hard link to a file with no known name not replicated", "path", path)
 	}
@@ -302,16 +352,24 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 
 func (n *node) remove(name string, flags int, kind op.Kind) syscall.Errno {
 	f := n.f
+	rec := f.touches()
+	if e := rec.dir(n.m); e != 0 {
+		return e
+	}
+	var seq uint64
+	changed := false
+	defer func() { rec.done(changed, seq) }() // after the unlock below
 	f.ns.Lock()
 	defer f.ns.Unlock()
 	path, named := n.entryPath(name)
 	if err := unix.Unlinkat(n.m.fd, name, flags); err != nil {
 		return errno(err)
 	}
+	changed = true
 	f.removeLink(n.m, name)
 	if named {
-		f.submit(nil, &op.Op{Kind: kind, Path: path})
-		n.stampDir()
+		seq = f.submit(nil, &op.Op{Kind: kind, Path: path})
+		seq = lastOf(seq, n.stampDir())
 	}
 	return 0
 }
@@ -325,6 +383,19 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 		return syscall.EINVAL // RENAME_WHITEOUT is for overlayfs
 	}
 	f := n.f
+	rec := f.touches()
+	if e := rec.dir(n.m); e != 0 {
+		return e
+	}
+	if np != n {
+		if e := rec.dir(np.m); e != 0 {
+			rec.done(false, 0)
+			return e
+		}
+	}
+	var seq uint64
+	changed := false
+	defer func() { rec.done(changed, seq) }() // after the unlock below
 	f.ns.Lock()
 	defer f.ns.Unlock()
 	p1, ok1 := n.entryPath(name)
@@ -332,16 +403,17 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	if err := unix.Renameat2(n.m.fd, name, np.m.fd, newName, uint(flags)); err != nil {
 		return errno(err)
 	}
+	changed = true
 	if flags&unix.RENAME_EXCHANGE != 0 {
 		f.exchangeLinks(n.m, name, np.m, newName)
 	} else {
 		f.moveLink(n.m, name, np.m, newName)
 	}
 	if ok1 && ok2 {
-		f.submit(nil, &op.Op{Kind: op.Rename, Path: p1, Path2: p2, Flags: flags})
-		n.stampDir()
+		seq = f.submit(nil, &op.Op{Kind: op.Rename, Path: p1, Path2: p2, Flags: flags})
+		seq = lastOf(seq, n.stampDir())
 		if np != n {
-			np.stampDir()
+			seq = lastOf(seq, np.stampDir())
 		}
 	} else {
 		f.log.Error("rename involving a deleted directory not replicated", "from", p1, "to", p2)

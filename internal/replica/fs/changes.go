@@ -1,0 +1,100 @@
+package fs
+
+import (
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tandem-ha/tandem/internal/replica/changelog"
+)
+
+// Changes records what is about to change, before each local change, so
+// that a crash or a stretch without peer never leaves a change the record
+// misses (internal/replica/changelog implements it). Every Touch is ended
+// by Done with the seq of the op that carried the change (0: none), or by
+// Cancel when nothing changed.
+type Changes interface {
+	Touch(k changelog.Key, off, n int64) (changelog.Pin, error)
+	TouchMeta(k changelog.Key) (changelog.Pin, error)
+	TouchDir(k changelog.Key) (changelog.Pin, error)
+	Done(p changelog.Pin, seq uint64)
+	Cancel(p changelog.Pin)
+}
+
+// touched is the record of one request's changes: up to three pins.
+type touched struct {
+	f    *fsys
+	pins [3]changelog.Pin
+	n    int
+}
+
+func (m *meta) changeKey() changelog.Key { return changelog.Key{Dev: m.key.dev, Ino: m.key.ino} }
+
+// record runs one Touch; an error (the record could not be written) fails
+// the request with EIO before anything changed.
+func (t *touched) record(pin changelog.Pin, err error) syscall.Errno {
+	if err != nil {
+		t.f.log.Error("change record failed: the request is refused (EIO)", "err", err)
+		return syscall.EIO
+	}
+	t.pins[t.n] = pin
+	t.n++
+	return 0
+}
+
+// data records bytes [off, off+n) of m.
+func (t *touched) data(m *meta, off, n int64) syscall.Errno {
+	if t.f.changes == nil || n <= 0 {
+		return 0
+	}
+	return t.record(t.f.changes.Touch(m.changeKey(), off, n))
+}
+
+// meta records m's attributes (and, with a size change, the bytes between
+// the old and the new size: the caller adds them with data).
+func (t *touched) meta(m *meta) syscall.Errno {
+	if t.f.changes == nil {
+		return 0
+	}
+	return t.record(t.f.changes.TouchMeta(m.changeKey()))
+}
+
+// dir records directory m's entries.
+func (t *touched) dir(m *meta) syscall.Errno {
+	if t.f.changes == nil {
+		return 0
+	}
+	return t.record(t.f.changes.TouchDir(m.changeKey()))
+}
+
+// done ends every Touch with seq, the last op submitted for the request
+// (0: none was, the change stays recorded until the peer gets it some
+// other way); with changed false, nothing changed and they are cancelled.
+func (t *touched) done(changed bool, seq uint64) {
+	for i := range t.n {
+		if changed {
+			t.f.changes.Done(t.pins[i], seq)
+		} else {
+			t.f.changes.Cancel(t.pins[i])
+		}
+	}
+	t.n = 0
+}
+
+// resize records a truncate of m (its O_PATH or open fd) to size: its
+// attributes, and the bytes between the old and the new size.
+func (t *touched) resize(m *meta, size int64) syscall.Errno {
+	if t.f.changes == nil {
+		return 0
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(m.fd, &st); err != nil {
+		return errno(err)
+	}
+	if e := t.meta(m); e != 0 {
+		return e
+	}
+	return t.data(m, min(st.Size, size), max(st.Size, size)-min(st.Size, size))
+}
+
+func (f *fsys) touches() touched { return touched{f: f} }

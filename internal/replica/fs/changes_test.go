@@ -1,0 +1,163 @@
+package fs
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tandem-ha/tandem/internal/replica/changelog"
+	"github.com/tandem-ha/tandem/internal/replica/op"
+)
+
+// realDir names the backing directory (under the mount) through its fd.
+func realDir(e *env) string { return fmt.Sprintf("/proc/self/fd/%d", e.m.RootFd()) }
+
+// lastSeqOf is the seq the recorder gave the last op of kind k.
+func lastSeqOf(r *recorder, k op.Kind) uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := len(r.ops) - 1; i >= 0; i-- {
+		if r.ops[i].Kind == k {
+			return uint64(i + 1)
+		}
+	}
+	return 0
+}
+
+// changeSpy records the Touch/Done/Cancel calls of the FUSE layer. Its
+// Touch runs before the change: it snapshots what the test asks for.
+type changeSpy struct {
+	mu     sync.Mutex
+	events []string
+	fail   bool // Touch fails
+	before func(kind string, k changelog.Key)
+	next   int
+	pins   map[int]string // fake pin id -> description
+}
+
+func (c *changeSpy) touch(kind string, k changelog.Key, extra string) (changelog.Pin, error) {
+	if c.before != nil {
+		c.before(kind, k)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fail {
+		return changelog.Pin{}, errors.New("journal disk full")
+	}
+	c.events = append(c.events, kind+extra)
+	return changelog.Pin{}, nil
+}
+
+func (c *changeSpy) Touch(k changelog.Key, off, n int64) (changelog.Pin, error) {
+	return c.touch("data", k, fmt.Sprintf("[%d+%d]", off, n))
+}
+func (c *changeSpy) TouchMeta(k changelog.Key) (changelog.Pin, error) { return c.touch("meta", k, "") }
+func (c *changeSpy) TouchDir(k changelog.Key) (changelog.Pin, error)  { return c.touch("dir", k, "") }
+func (c *changeSpy) Done(p changelog.Pin, seq uint64) {
+	c.mu.Lock()
+	c.events = append(c.events, fmt.Sprintf("done@%d", seq))
+	c.mu.Unlock()
+}
+func (c *changeSpy) Cancel(p changelog.Pin) {
+	c.mu.Lock()
+	c.events = append(c.events, "cancel")
+	c.mu.Unlock()
+}
+
+func (c *changeSpy) take() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e := c.events
+	c.events = nil
+	return e
+}
+
+// TestChangesRecordedBeforeEachChange: every mutation is recorded before it
+// is made (the record sees the old state), ended with the seq of the op
+// that carried it, cancelled when nothing changed, and refused (EIO, no
+// change) when the record cannot be written.
+func TestChangesRecordedBeforeEachChange(t *testing.T) {
+	spy := &changeSpy{}
+	e := newEnv(t, Options{Changes: spy})
+	mustWrite(t, e.p("f"), []byte("0123456789"), os.O_CREATE|os.O_WRONLY)
+	if err := os.Mkdir(e.p("d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	spy.take()
+
+	// A write: its zone is recorded while the file still has its old size.
+	var sizeAtTouch int64 = -1
+	spy.before = func(kind string, k changelog.Key) {
+		if kind == "data" {
+			var st unix.Stat_t
+			if unix.Stat(filepath.Join(realDir(e), "f"), &st) == nil {
+				sizeAtTouch = st.Size
+			}
+		}
+	}
+	f, err := os.OpenFile(e.p("f"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte("abc")); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	spy.before = nil
+	if sizeAtTouch != 10 {
+		t.Fatalf("the write was recorded after it was made (size %d at Touch, want 10)", sizeAtTouch)
+	}
+	wantSeq := lastSeqOf(e.rec, op.Write)
+	if ev := spy.take(); len(ev) < 2 || ev[0] != "data[10+3]" || ev[1] != fmt.Sprintf("done@%d", wantSeq) {
+		t.Fatalf("write: %v, want data[10+3] then done@%d", ev, wantSeq)
+	}
+
+	check := func(what string, fn func() error, want ...string) {
+		t.Helper()
+		spy.take()
+		if err := fn(); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		got := spy.take()
+		if len(got) != len(want) {
+			t.Fatalf("%s: %v, want %v", what, got, want)
+		}
+		for i := range want {
+			if want[i] != "done" && got[i] != want[i] || want[i] == "done" && got[i] == "cancel" {
+				t.Fatalf("%s: %v, want %v", what, got, want)
+			}
+		}
+	}
+	check("create", func() error { return os.WriteFile(e.p("d/new"), nil, 0o644) }, "dir", "done")
+	check("mkdir", func() error { return os.Mkdir(e.p("d/sub"), 0o755) }, "dir", "done")
+	check("symlink", func() error { return os.Symlink("f", e.p("d/sl")) }, "dir", "done")
+	check("link", func() error { return os.Link(e.p("f"), e.p("d/hard")) }, "dir", "meta", "done", "done")
+	check("rename", func() error { return os.Rename(e.p("d/new"), e.p("new2")) }, "dir", "dir", "done", "done")
+	check("unlink", func() error { return os.Remove(e.p("new2")) }, "dir", "done")
+	check("chmod", func() error { return os.Chmod(e.p("f"), 0o600) }, "meta", "done")
+	check("truncate", func() error { return os.Truncate(e.p("f"), 4) }, "meta", "data[4+9]", "done", "done")
+	check("setxattr", func() error { return unix.Setxattr(e.p("f"), "user.a", []byte("1"), 0) }, "meta", "done")
+	// Nothing changed: cancelled.
+	spy.take()
+	if err := unix.Rmdir(e.p("d")); !errors.Is(err, unix.ENOTEMPTY) {
+		t.Fatalf("rmdir of a directory with entries: %v", err)
+	}
+	if ev := spy.take(); len(ev) != 2 || ev[0] != "dir" || ev[1] != "cancel" {
+		t.Fatalf("failed rmdir: %v, want dir then cancel", ev)
+	}
+	// The record cannot be written: EIO and no change.
+	spy.fail = true
+	if err := os.Mkdir(e.p("refused"), 0o755); !errors.Is(err, unix.EIO) {
+		t.Fatalf("mkdir with a failing record: %v, want EIO", err)
+	}
+	if _, err := os.Lstat(filepath.Join(realDir(e), "refused")); !os.IsNotExist(err) {
+		t.Fatalf("the refused mkdir was made anyway: %v", err)
+	}
+	spy.fail = false
+	e.check()
+}
