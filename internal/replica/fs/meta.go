@@ -20,8 +20,8 @@ import (
 type fsys struct {
 	rep     Replicator
 	changes Changes // nil: no change records
-	sync SyncMode
-	log  *slog.Logger
+	sync    SyncMode
+	log     *slog.Logger
 
 	root    *meta
 	rootDev uint64
