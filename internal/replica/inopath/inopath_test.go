@@ -32,7 +32,7 @@ func TestFind(t *testing.T) {
 	must(os.Symlink("a", filepath.Join(root, "sl")))
 	must(os.WriteFile(filepath.Join(root, "gone"), nil, 0o644))
 	want := map[Key]bool{
-		key(t, root):                          true,
+		key(t, root):                         true,
 		key(t, filepath.Join(root, "a/b/c")): true,
 		key(t, filepath.Join(root, "g")):     true,
 		key(t, filepath.Join(root, "sl")):    true,
