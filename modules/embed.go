@@ -4,8 +4,8 @@ package modules
 
 import "embed"
 
-// FS holds one directory per template (only "mirror" for now). Embedded
+// FS holds one directory per template. Embedded
 // files carry no permission bits: the copier marks bin/ files executable.
 //
-//go:embed all:mirror
+//go:embed all:mirror all:farm all:nginx
 var FS embed.FS

@@ -65,8 +65,9 @@ func moduleNewCmd(f *moduleFlags) *cobra.Command {
 		Short: "Create a module directory from a built-in template",
 		Long: `Create the module directory DIR/NAME from a built-in template (default
 mirror). DIR defaults to the modules directory of this node in the cluster
-file. When the cluster has exactly two nodes they are written into the
-module's "nodes:" line, so the new module is valid right away.`,
+file. When the cluster has exactly two nodes (or, for a farm template,
+2 to 16) they are written into the module's "nodes:" line, so the new
+module is valid right away.`,
 		Example: `  tandem module new web
   tandem module new web --template mirror --dir ./modules`,
 		Args: cobra.ExactArgs(1),
@@ -83,7 +84,7 @@ module's "nodes:" line, so the new module is valid right away.`,
 				dir = c.Resolved(node).ModulesDir
 			}
 			var nodes []string
-			if cerr == nil && len(c.Nodes) == 2 {
+			if cerr == nil && (len(c.Nodes) == 2 || config.TemplateKind(template) == config.KindFarm && len(c.Nodes) <= config.MaxFarmNodes) {
 				nodes = c.NodeNames()
 			}
 			target := filepath.Join(dir, name)

@@ -51,6 +51,7 @@ type Module struct {
 	Replication    Replication
 	Checkers       []Checker // see checkers.go
 	LoopLimit      LoopLimit
+	Farm           *Farm // kind farm only, see farm.go
 }
 
 // VIP is a virtual IP of a module. Interface empty means "the interface
@@ -90,6 +91,12 @@ type rawModule struct {
 	Replication    rawReplication `yaml:"replication"`
 	Checkers       []rawChecker   `yaml:"checkers"`
 	LoopLimit      rawLoopLimit   `yaml:"loop_limit"`
+	// kind farm only, see farm.go
+	VIP       string         `yaml:"vip"`
+	Interface string         `yaml:"interface"`
+	Hash      string         `yaml:"hash"`
+	Weights   map[string]int `yaml:"weights"`
+	Drain     string         `yaml:"drain"`
 }
 
 type rawReplication struct {
@@ -161,6 +168,7 @@ func (m *Module) Fields() []Field {
 		}
 	}
 	f = append(f, m.checkerFields()...)
+	f = append(f, m.farmFields()...)
 	return sortFields(f)
 }
 
@@ -229,11 +237,10 @@ func (d *decoder) validateModule(raw *rawModule, c *Cluster) *Module {
 	switch {
 	case d.bad["kind"]:
 	case raw.Kind == "":
-		d.add(d.line("kind"), "kind", "required: the module kind (kind: mirror)")
-	case raw.Kind == "farm":
-		d.add(d.line("kind"), "kind", "kind farm is not supported yet (supported: mirror)")
+		d.add(d.line("kind"), "kind", "required: the module kind (kind: mirror or kind: farm)")
+	case raw.Kind == KindFarm:
 	case raw.Kind != KindMirror:
-		d.add(d.line("kind"), "kind", "unknown kind %q (supported: mirror)", raw.Kind)
+		d.add(d.line("kind"), "kind", "unknown kind %q (supported: mirror, farm)", raw.Kind)
 	}
 
 	clusterNodes := "(none)"
@@ -242,7 +249,7 @@ func (d *decoder) validateModule(raw *rawModule, c *Cluster) *Module {
 	}
 	if !d.set("nodes") {
 		d.add(d.line("nodes"), "nodes", "required: the 2 nodes that run this module (e.g. nodes: [alpha, beta])")
-	} else if len(raw.Nodes) != 2 && d.nodes["nodes"].Kind == yaml.SequenceNode {
+	} else if raw.Kind != KindFarm && len(raw.Nodes) != 2 && d.nodes["nodes"].Kind == yaml.SequenceNode {
 		d.add(d.line("nodes"), "nodes", "a mirror module runs on exactly 2 nodes, found %d", len(raw.Nodes))
 	}
 	for i, n := range raw.Nodes {
@@ -251,7 +258,7 @@ func (d *decoder) validateModule(raw *rawModule, c *Cluster) *Module {
 		case n == "":
 			d.add(d.line(p), p, "empty node name")
 		case slices.Contains(raw.Nodes[:i], n):
-			d.add(d.line(p), p, "node %q listed twice: a mirror needs 2 distinct nodes", n)
+			d.add(d.line(p), p, "node %q listed twice: a %s needs distinct nodes", n, map[bool]string{true: "farm", false: "mirror"}[raw.Kind == KindFarm])
 		case c != nil && !hasNode(c, n):
 			d.add(d.line(p), p, "node %q is not in the cluster file %s (nodes: %s)", n, c.File, clusterNodes)
 		default:
@@ -331,6 +338,7 @@ func (d *decoder) validateModule(raw *rawModule, c *Cluster) *Module {
 	}
 	d.validateReplication(raw, m)
 	d.validateCheckers(raw, m)
+	d.validateFarm(raw, m, c)
 	return m
 }
 

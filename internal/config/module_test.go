@@ -104,8 +104,8 @@ func TestLoadModuleErrors(t *testing.T) {
 		text string
 		want []wantErr
 	}{
-		{"unknown top-level field", baseModule + "vip: 192.0.2.1/24\n",
-			[]wantErr{{3, "vip", `unknown field; did you mean "vips"?`}}},
+		{"unknown top-level field", baseModule + "vipz: 192.0.2.1/24\n",
+			[]wantErr{{3, "vipz", `unknown field; did you mean "vips"?`}}},
 		{"unknown nested field", baseModule + "scripts:\n  timout: 5s\n",
 			[]wantErr{{4, "scripts.timout", `did you mean "timeout"?`}}},
 		{"unknown field in list item", baseModule + "vips:\n  - adress: 192.0.2.1/24\n",
@@ -120,8 +120,8 @@ func TestLoadModuleErrors(t *testing.T) {
 			[]wantErr{{1, "kind", "expected a single value"}}},
 		{"kind missing", "nodes: [alpha, beta]\n",
 			[]wantErr{{1, "kind", "required"}}},
-		{"kind farm", "kind: farm\nnodes: [alpha, beta]\n",
-			[]wantErr{{1, "kind", "kind farm is not supported yet"}}},
+		{"kind farm without vip", "kind: farm\nnodes: [alpha, beta]\n",
+			[]wantErr{{1, "vip", "required: the farm's virtual IP"}}},
 		{"kind unknown", "kind: mirorr\nnodes: [alpha, beta]\n",
 			[]wantErr{{1, "kind", `unknown kind "mirorr"`}}},
 		{"nodes missing", "kind: mirror\n",
@@ -327,7 +327,7 @@ func TestCheckAll(t *testing.T) {
 	}
 	for _, want := range []string{
 		bdb + ": differs from the copy in " + adb + ": default_primary: here beta, in " + adb + " alpha",
-		bad + ":1: kind: kind farm is not supported yet",
+		bad + ":1: vip: required: the farm's virtual IP",
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("missing %q in:\n%s", want, err)

@@ -32,8 +32,12 @@ var nodesLineRe = regexp.MustCompile(`(?m)^nodes:.*$`)
 // executable. If two node names are given they replace the template's
 // "nodes:" line, so the new module is valid for that cluster right away.
 func NewModuleFromTemplate(template, dir string, nodes ...string) error {
-	if len(nodes) != 0 && len(nodes) != 2 {
+	farm := TemplateKind(template) == KindFarm
+	if len(nodes) != 0 && !farm && len(nodes) != 2 {
 		return fmt.Errorf("new module %s: a mirror module needs exactly 2 nodes, got %d", dir, len(nodes))
+	}
+	if len(nodes) != 0 && farm && (len(nodes) < MinFarmNodes || len(nodes) > MaxFarmNodes) {
+		return fmt.Errorf("new module %s: a farm module needs %d to %d nodes, got %d", dir, MinFarmNodes, MaxFarmNodes, len(nodes))
 	}
 	for _, n := range nodes {
 		if !nodeNameRe.MatchString(n) {
@@ -78,8 +82,8 @@ func NewModuleFromTemplate(template, dir string, nodes ...string) error {
 		if err != nil {
 			return fmt.Errorf("new module %s: template %s: %w", dir, p, err)
 		}
-		if p == ModuleFile && len(nodes) == 2 {
-			data = nodesLineRe.ReplaceAll(data, fmt.Appendf(nil, "nodes: [%s, %s]", nodes[0], nodes[1]))
+		if p == ModuleFile && len(nodes) >= 2 {
+			data = nodesLineRe.ReplaceAll(data, nodesLine(nodes))
 		}
 		return writeNew(target, data, mode)
 	})

@@ -57,7 +57,7 @@ func TestNewModuleFromTemplate(t *testing.T) {
 	if err := NewModuleFromTemplate("mirror", empty); err != nil {
 		t.Errorf("empty dir: %v", err)
 	}
-	if err := NewModuleFromTemplate("farm", filepath.Join(e.mods, "x")); err == nil || !strings.Contains(err.Error(), "available: mirror") {
+	if err := NewModuleFromTemplate("nosuch", filepath.Join(e.mods, "x")); err == nil || !strings.Contains(err.Error(), "available: farm, mirror, nginx") {
 		t.Errorf("unknown template: %v", err)
 	}
 	if err := NewModuleFromTemplate("../modules", filepath.Join(e.mods, "y")); err == nil {
