@@ -140,5 +140,6 @@ its control socket (--api) or check configuration files.`,
 		root.AddCommand(moduleVerbCmd(g, v))
 	}
 	root.AddCommand(logsCmd(g), moduleCmd(g), demoCmd(g), demoAppCmd())
+	root.AddCommand(maintCmds(g)...)
 	return root
 }

@@ -195,6 +195,9 @@ func Run(ctx context.Context, opts Options) error {
 	stopAll()
 	a.mem.Close()
 	wg.Wait()
+	for _, r := range a.mods {
+		r.checks.close()
+	}
 	a.log.Info("agent stopped")
 	return runErr
 }
@@ -334,6 +337,7 @@ func (a *Agent) peerFor(r *modRunner) module.Peer {
 	p.State, p.Target, p.Epoch, p.UpToDate = v.State, v.Target, v.Epoch, v.UpToDate
 	p.Started, p.Handover, p.SwapRequest = v.Started, v.Handover, v.SwapReq
 	p.Claim, p.Ack = v.Claim, v.Ack
+	p.FailoverOff = v.FailoverOff
 	return p
 }
 
@@ -458,13 +462,27 @@ func (a *Agent) Command(name, verb string, opts api.CommandOptions) (string, err
 		ev.Kind = module.SecondCmd
 	case "swap":
 		ev.Kind = module.SwapCmd
+	case "maintenance":
+		var err error
+		if ev, err = maintenanceEvent(opts); err != nil {
+			return "", err
+		}
+	case "reset-loop":
+		ev.Kind = module.ResetLoopCmd
 	default:
-		return "", fmt.Errorf("unknown command %q (start, stop, restart, prim, second, swap)", verb)
+		return "", fmt.Errorf("unknown command %q (start, stop, restart, prim, second, swap, maintenance, reset-loop)", verb)
 	}
 	if err := r.command(ev); err != nil {
 		return "", fmt.Errorf("%s %s on %s refused: %w", verb, name, a.node, err)
 	}
 	m := r.machine()
+	switch verb {
+	case "maintenance":
+		_, _, mt := r.checks.status(m, time.Now())
+		return fmt.Sprintf("maintenance of %s on %s: checkers %s, failover %s, boot start %s", name, a.node, mt.Checkers, mt.Failover, mt.BootStart), nil
+	case "reset-loop":
+		return fmt.Sprintf("reset-loop %s on %s: checker restarts and failovers counted from zero (module %s)", name, a.node, m.State), nil
+	}
 	msg := fmt.Sprintf("%s %s on %s: %s", verb, name, a.node, m.State)
 	if m.Target != "" {
 		msg += " -> " + string(m.Target)

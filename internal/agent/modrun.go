@@ -32,6 +32,7 @@ type modRunner struct {
 	digest    string
 	inbox     chan request
 	repl      *replica
+	checks    *modCheckers
 
 	mu    sync.Mutex
 	m     module.Machine
@@ -77,6 +78,11 @@ func newModRunner(a *Agent, m *config.Module) (*modRunner, error) {
 	}
 	preferred := m.DefaultPrimary == a.node || (m.DefaultPrimary == "" && m.Nodes[0] == a.node)
 	r.m = module.New(a.node, r.peer, preferred, p)
+	l := m.Loop()
+	r.m.Loop = module.LoopPolicy{Restarts: l.Restarts, Failovers: l.Failovers, Window: l.Window}
+	if r.checks, err = newModCheckers(r, dir); err != nil {
+		return nil, err
+	}
 	return r, nil
 }
 
@@ -141,6 +147,7 @@ func (r *modRunner) apply(ctx context.Context, ev module.Event) error {
 		r.since = time.Now()
 	}
 	r.mu.Unlock()
+	r.checks.sync(next)
 
 	if isAdmin(ev.Kind) {
 		msg := ev.Kind.String()
@@ -204,7 +211,8 @@ func (r *modRunner) apply(ctx context.Context, ev module.Event) error {
 	r.repl.reconcile(next)
 	if next.State != prev.State || next.Target != prev.Target || next.Epoch != prev.Epoch ||
 		next.UpToDate != prev.UpToDate || next.Started != prev.Started || next.Handover != prev.Handover ||
-		next.SwapRequest != prev.SwapRequest || next.Sync != prev.Sync || next.Claim != prev.Claim || next.Ack != prev.Ack {
+		next.SwapRequest != prev.SwapRequest || next.Sync != prev.Sync || next.Claim != prev.Claim || next.Ack != prev.Ack ||
+		next.Maint != prev.Maint {
 		r.a.publish()
 	}
 	return nil
@@ -212,7 +220,8 @@ func (r *modRunner) apply(ctx context.Context, ev module.Event) error {
 
 func isAdmin(k module.EventKind) bool {
 	switch k {
-	case module.Start, module.StopCmd, module.Restart, module.PrimCmd, module.SecondCmd, module.SwapCmd:
+	case module.Start, module.StopCmd, module.Restart, module.PrimCmd, module.SecondCmd, module.SwapCmd,
+		module.MaintenanceCmd, module.ResetLoopCmd:
 		return true
 	}
 	return false
@@ -337,7 +346,7 @@ func (r *modRunner) view() modView {
 	return modView{
 		State: m.State, Target: m.Target, Epoch: m.Epoch, UpToDate: m.UpToDate, Started: m.Started,
 		Handover: m.Handover, SwapReq: m.SwapRequest, Sync: m.Sync, Digest: r.digest, Held: slices.Clone(r.held),
-		Claim: m.Claim, Ack: m.Ack,
+		Claim: m.Claim, Ack: m.Ack, FailoverOff: m.Maint.FailoverOff,
 	}
 }
 
@@ -359,6 +368,7 @@ func (r *modRunner) status() api.ModuleStatus {
 	if st.Sync == "" {
 		st.Sync = string(module.SyncNone)
 	}
+	st.Checkers, st.Loop, st.Maintenance = r.checks.status(m, time.Now())
 	if m.Sync == module.SyncSynced {
 		st.ResyncPercent = 100
 	}

@@ -33,6 +33,8 @@ type modView struct {
 	Digest   string         `json:"d"`
 	Fields   []config.Field `json:"f,omitempty"`
 	Held     []string       `json:"v,omitempty"` // VIPs present on this node
+	// FailoverOff: the failover maintenance switch is set on this node.
+	FailoverOff bool `json:"fo,omitempty"`
 }
 
 func digestHex(f []config.Field) string {

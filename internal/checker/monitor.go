@@ -29,6 +29,8 @@ type Report struct {
 	Fire   bool
 	Result Result
 	At     time.Time
+	// Activation numbers the activation the check ran in (see Activation).
+	Activation uint64
 }
 
 // Changed reports whether the verdict changed.
@@ -105,6 +107,15 @@ func (m *Monitor) SetActive(on bool) {
 // Close stops the Monitor for good.
 func (m *Monitor) Close() { m.SetActive(false) }
 
+// Activation numbers the current activation (it changes on every
+// SetActive that starts or stops the checks): a Report of an older one is
+// stale.
+func (m *Monitor) Activation() uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.gen
+}
+
 // Status returns the Monitor's counters and last verdict.
 func (m *Monitor) Status() Status {
 	m.mu.Lock()
@@ -159,7 +170,7 @@ func (m *Monitor) record(gen uint64, res Result) (Report, bool) {
 			next = Failed
 		}
 	}
-	rep := Report{Name: m.spec.Name, Action: m.spec.Action, Verdict: next, Prev: prev, Result: res, At: now}
+	rep := Report{Name: m.spec.Name, Action: m.spec.Action, Verdict: next, Prev: prev, Result: res, At: now, Activation: gen}
 	if next == Failed && !m.fired {
 		m.fired, rep.Fire = true, true
 		st.Fired++
