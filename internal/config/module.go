@@ -72,7 +72,22 @@ const (
 type Replication struct {
 	Timeout time.Duration // no acknowledgement for this long: the peer is failed
 	MaxLag  int64         // bytes plain writes may stream ahead of the secondary
+	// ZoneSize is the granularity of the change records kept while the
+	// peer is away: a changed zone is compared again when it returns.
+	ZoneSize int64
+	// ResyncBandwidth caps the data a resynchronisation sends, in bytes
+	// per second (0: no cap; live writes are never capped).
+	ResyncBandwidth int64
+	// ResyncParallel is how many files a resynchronisation compares at once.
+	ResyncParallel int
 }
+
+// Replication defaults and limits.
+const (
+	DefaultZoneSize       int64 = 64 << 10
+	DefaultResyncParallel       = 4
+	maxResyncParallel           = 64
+)
 
 // Scripts holds the script time limits.
 type Scripts struct {
@@ -100,8 +115,11 @@ type rawModule struct {
 }
 
 type rawReplication struct {
-	Timeout time.Duration `yaml:"timeout"`
-	MaxLag  string        `yaml:"max_lag"`
+	Timeout         time.Duration `yaml:"timeout"`
+	MaxLag          string        `yaml:"max_lag"`
+	ZoneSize        string        `yaml:"zone_size"`
+	ResyncBandwidth string        `yaml:"resync_bandwidth"`
+	ResyncParallel  int           `yaml:"resync_parallel"`
 }
 
 type rawVIP struct {
@@ -377,7 +395,36 @@ func (d *decoder) validateReplication(raw *rawModule, m *Module) {
 	default:
 		d.add(d.line("sync"), "sync", "unknown mode %q: fsync (durable calls wait for the secondary) or write (every write waits)", raw.Sync)
 	}
-	m.Replication = Replication{Timeout: DefaultReplicationTimeout, MaxLag: DefaultMaxLag}
+	m.Replication = Replication{Timeout: DefaultReplicationTimeout, MaxLag: DefaultMaxLag,
+		ZoneSize: DefaultZoneSize, ResyncParallel: DefaultResyncParallel}
+	if raw.Replication.ZoneSize != "" {
+		n, err := ParseSize(raw.Replication.ZoneSize)
+		switch {
+		case err != nil:
+			d.add(d.line("replication.zone_size"), "replication.zone_size", "%v", err)
+		case n < 4<<10 || n > 1<<30 || n&(n-1) != 0:
+			d.add(d.line("replication.zone_size"), "replication.zone_size", "%s: a power of two between 4KiB and 1GiB (default 64KiB)", raw.Replication.ZoneSize)
+		default:
+			m.Replication.ZoneSize = n
+		}
+	}
+	if raw.Replication.ResyncBandwidth != "" {
+		n, err := ParseSize(raw.Replication.ResyncBandwidth)
+		switch {
+		case err != nil:
+			d.add(d.line("replication.resync_bandwidth"), "replication.resync_bandwidth", "%v (bytes per second, e.g. 100MiB; 0: no cap)", err)
+		case n != 0 && n < 1<<20:
+			d.add(d.line("replication.resync_bandwidth"), "replication.resync_bandwidth", "%s per second is too small: at least 1MiB, or 0 for no cap", raw.Replication.ResyncBandwidth)
+		default:
+			m.Replication.ResyncBandwidth = n
+		}
+	}
+	switch p := raw.Replication.ResyncParallel; {
+	case d.set("replication.resync_parallel") && (p < 1 || p > maxResyncParallel):
+		d.add(d.line("replication.resync_parallel"), "replication.resync_parallel", "%d files at once: between 1 and %d (default %d)", p, maxResyncParallel, DefaultResyncParallel)
+	case p > 0:
+		m.Replication.ResyncParallel = p
+	}
 	if raw.Replication.Timeout > 0 {
 		m.Replication.Timeout = raw.Replication.Timeout
 	}

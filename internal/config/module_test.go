@@ -73,7 +73,7 @@ scripts:
 		},
 		Scripts:     Scripts{Timeout: 90 * time.Second, StopTimeout: 10 * time.Second},
 		Sync:        SyncFsync,
-		Replication: Replication{Timeout: DefaultReplicationTimeout, MaxLag: DefaultMaxLag},
+		Replication: Replication{Timeout: DefaultReplicationTimeout, MaxLag: DefaultMaxLag, ZoneSize: DefaultZoneSize, ResyncParallel: DefaultResyncParallel},
 	}
 	if fmt.Sprint(m) != fmt.Sprint(want) {
 		t.Errorf("got  %+v\nwant %+v", m, want)
@@ -394,6 +394,9 @@ sync: sometimes
 replication:
   timeout: 2s
   max_lag: 12XB
+  zone_size: 48KiB
+  resync_bandwidth: 10KiB
+  resync_parallel: 0
 `)
 	_, err := LoadModule(filepath.Dir(file), e.c)
 	for _, want := range []string{
@@ -402,6 +405,9 @@ replication:
 		file + ":7: directories[3]: /proc/x cannot be replicated",
 		file + ":8: sync: unknown mode \"sometimes\"",
 		file + ":11: replication.max_lag: invalid size \"12XB\"",
+		file + ":12: replication.zone_size: 48KiB: a power of two",
+		file + ":13: replication.resync_bandwidth: 10KiB per second is too small",
+		file + ":14: replication.resync_parallel: 0 files at once",
 	} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("missing error %q in:\n%v", want, err)
@@ -411,14 +417,15 @@ replication:
 nodes: [alpha, beta]
 directories: [/srv/db2/]
 sync: write
-replication: {timeout: 2s, max_lag: 8MiB}
+replication: {timeout: 2s, max_lag: 8MiB, zone_size: 1MiB, resync_bandwidth: 50MiB, resync_parallel: 8}
 `)
 	m, err := LoadModule(filepath.Dir(file), e.c)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(m.Directories) != 1 || m.Directories[0] != "/srv/db2" || m.Sync != SyncWrite ||
-		m.Replication.Timeout != 2*time.Second || m.Replication.MaxLag != 8<<20 {
+		m.Replication.Timeout != 2*time.Second || m.Replication.MaxLag != 8<<20 ||
+		m.Replication.ZoneSize != 1<<20 || m.Replication.ResyncBandwidth != 50<<20 || m.Replication.ResyncParallel != 8 {
 		t.Errorf("parsed %+v", m)
 	}
 }
