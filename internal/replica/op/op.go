@@ -5,6 +5,8 @@
 package op
 
 import (
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"path"
 	"strings"
@@ -34,16 +36,34 @@ const (
 	Fsync            // Path's data (and metadata unless Flags&DataOnly) durable
 	// SyncAll makes everything before it durable (syncfs on the secondary).
 	SyncAll
-	// Query changes nothing: the secondary answers it out of band (a
-	// question of the resynchronisation; Flags names the question).
+	// Query asks the secondary a question about its copy during an online
+	// resynchronisation (replica/compare): Flags is the query type
+	// (QueryListDir...), Path the entry asked about, Off/Len a byte range,
+	// Data the encoded parameters. Applying it changes nothing; the answer
+	// travels back out of band.
 	Query
-	// RemoveTree removes Path and everything below it, if present.
+	// RemoveTree removes Path and everything below it, never following a
+	// symlink; an absent Path is no error.
 	RemoveTree
-	// XattrSet replaces every extended attribute of Path with the list
-	// encoded in Data.
+	// XattrSet replaces the whole set of extended attributes of Path (not
+	// following a symlink) with the list encoded in Data (AppendXattrs):
+	// names not listed are removed (except security.selinux, the host's
+	// business), listed ones set, those marked Keep left as they are.
 	XattrSet
 	kindEnd
 )
+
+// Query types, in a Query op's Flags. The encodings of parameters and
+// answers belong to replica/compare.
+const (
+	QueryListDir    = 1 // entries of directory Path, with attributes
+	QueryHashBlocks = 2 // block hashes of regular file Path over [Off, Off+Len)
+	QueryXattrs     = 3 // the extended attributes of Path
+	QuerySkipped    = 4 // paths of ops the secondary skipped as diverged
+	queryEnd        = 5
+)
+
+var queryNames = [...]string{"", "listdir", "hashblocks", "xattrs", "skipped"}
 
 // DataOnly in an Fsync op's Flags: fdatasync.
 const DataOnly = 1
@@ -107,6 +127,15 @@ func (o *Op) String() string {
 		return fmt.Sprintf("write %q %d@%d", o.Path, len(o.Data), o.Off)
 	case Rename, Link:
 		return fmt.Sprintf("%s %q -> %q", o.Kind, o.Path, o.Path2)
+	case Query:
+		t := fmt.Sprintf("type(%d)", o.Flags)
+		if o.Flags < queryEnd && o.Flags > 0 {
+			t = queryNames[o.Flags]
+		}
+		if o.Flags == QueryHashBlocks {
+			return fmt.Sprintf("query %s %q %d@%d", t, o.Path, o.Len, o.Off)
+		}
+		return fmt.Sprintf("query %s %q", t, o.Path)
 	}
 	return fmt.Sprintf("%s %q", o.Kind, o.Path)
 }
@@ -153,6 +182,16 @@ func (o *Op) Validate() error {
 	if o.Off < 0 || o.Len < 0 {
 		return fmt.Errorf("%s %q: negative offset or length", o.Kind, o.Path)
 	}
+	switch o.Kind {
+	case Query:
+		if o.Flags == 0 || o.Flags >= queryEnd {
+			return fmt.Errorf("query %q: unknown query type %d", o.Path, o.Flags)
+		}
+	case XattrSet:
+		if _, err := ParseXattrs(o.Data); err != nil {
+			return fmt.Errorf("xattrset %q: %w", o.Path, err)
+		}
+	}
 	return nil
 }
 
@@ -168,4 +207,80 @@ func (o *Op) Stamped() bool {
 		return true
 	}
 	return false
+}
+
+// Xattr is one extended attribute of an XattrSet op's list. Keep leaves
+// the attribute's current value on the secondary (it is equal already);
+// otherwise Value is set.
+type Xattr struct {
+	Name  string
+	Value []byte
+	Keep  bool
+}
+
+// Limits of the Linux VFS: XATTR_NAME_MAX and XATTR_SIZE_MAX.
+const (
+	XattrNameMax = 255
+	XattrSizeMax = 64 << 10
+)
+
+// AppendXattrs appends the encoding of list, an XattrSet op's Data: a
+// uvarint count, then per attribute a uvarint name length, the name, and a
+// uvarint that is 0 for Keep or 1 + the value length, followed by the
+// value.
+func AppendXattrs(dst []byte, list []Xattr) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(list)))
+	for _, x := range list {
+		dst = binary.AppendUvarint(dst, uint64(len(x.Name)))
+		dst = append(dst, x.Name...)
+		if x.Keep {
+			dst = append(dst, 0)
+			continue
+		}
+		dst = binary.AppendUvarint(dst, uint64(len(x.Value))+1)
+		dst = append(dst, x.Value...)
+	}
+	return dst
+}
+
+// ParseXattrs decodes AppendXattrs's encoding. Values alias b. Names must
+// be non-empty, unique, without NUL and within the VFS limits.
+func ParseXattrs(b []byte) ([]Xattr, error) {
+	n, k := binary.Uvarint(b)
+	if k <= 0 || n > uint64(len(b)) {
+		return nil, errors.New("bad attribute list: truncated count")
+	}
+	b = b[k:]
+	list := make([]Xattr, 0, n)
+	seen := make(map[string]bool, n)
+	for range n {
+		l, k := binary.Uvarint(b)
+		if k <= 0 || l > uint64(len(b)-k) {
+			return nil, errors.New("bad attribute list: truncated name")
+		}
+		name := string(b[k : k+int(l)])
+		b = b[k+int(l):]
+		if name == "" || len(name) > XattrNameMax || strings.IndexByte(name, 0) >= 0 || seen[name] {
+			return nil, fmt.Errorf("bad attribute list: name %q empty, too long, with NUL or repeated", name)
+		}
+		seen[name] = true
+		v, k := binary.Uvarint(b)
+		if k <= 0 || (v > 0 && v-1 > uint64(len(b)-k)) {
+			return nil, fmt.Errorf("bad attribute list: truncated value of %q", name)
+		}
+		b = b[k:]
+		x := Xattr{Name: name, Keep: v == 0}
+		if v > 0 {
+			if v-1 > XattrSizeMax {
+				return nil, fmt.Errorf("bad attribute list: value of %q is %d bytes, more than %d", name, v-1, XattrSizeMax)
+			}
+			x.Value = b[: v-1 : v-1]
+			b = b[v-1:]
+		}
+		list = append(list, x)
+	}
+	if len(b) != 0 {
+		return nil, fmt.Errorf("bad attribute list: %d bytes after the last attribute", len(b))
+	}
+	return list, nil
 }
