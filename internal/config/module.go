@@ -62,6 +62,10 @@ type VIP struct {
 	Line      int
 }
 
+// LastPrim as default_primary: no automatic failback; when both nodes
+// start, the one that served last wins.
+const LastPrim = "lastprim"
+
 // Sync modes of a module's replication.
 const (
 	SyncFsync = "fsync" // durable calls wait for the secondary; plain writes stream ahead
@@ -285,8 +289,8 @@ func (d *decoder) validateModule(raw *rawModule, c *Cluster) *Module {
 	}
 
 	if d.set("default_primary") && raw.DefaultPrimary != "" {
-		if !slices.Contains(raw.Nodes, raw.DefaultPrimary) {
-			d.add(d.line("default_primary"), "default_primary", "%q is not one of this module's nodes (%s)", raw.DefaultPrimary, strings.Join(raw.Nodes, ", "))
+		if raw.DefaultPrimary != LastPrim && !slices.Contains(raw.Nodes, raw.DefaultPrimary) {
+			d.add(d.line("default_primary"), "default_primary", "%q is not one of this module's nodes (%s), nor %q (the last primary starts first)", raw.DefaultPrimary, strings.Join(raw.Nodes, ", "), LastPrim)
 		} else {
 			m.DefaultPrimary = raw.DefaultPrimary
 		}

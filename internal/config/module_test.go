@@ -442,3 +442,12 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+func TestDefaultPrimaryLastPrim(t *testing.T) {
+	e := newEnv(t)
+	file := e.module(t, "lp", "kind: mirror\nnodes: [alpha, beta]\ndefault_primary: lastprim\n")
+	m, err := LoadModule(filepath.Dir(file), e.c)
+	if err != nil || m.DefaultPrimary != LastPrim {
+		t.Fatalf("default_primary lastprim: %+v, %v", m, err)
+	}
+}
