@@ -30,6 +30,13 @@
 // An Applier is safe for concurrent use, but ops are applied one at a time
 // in call order: the caller (replica/wire) applies them strictly in
 // sequence.
+//
+// During an online resynchronisation (replica/compare) the secondary's
+// tree differs from the primary's until the compare reaches each entry, so
+// a live op may find its file missing or of another type. SetLenient turns
+// such failures (Diverged) into reports instead of errors: the op is
+// skipped, the compare engine learns its paths and compares them again,
+// after the op. Everything else (ENOSPC, EIO...) still fails.
 package apply
 
 import (
@@ -41,6 +48,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/tandem-ha/tandem/internal/replica/op"
 	"golang.org/x/sys/unix"
@@ -74,6 +82,7 @@ type Applier struct {
 	overflow bool // more dirty directories than tracked: next fsync is a syncfs
 	closed   bool
 	noOpen2  bool // openat2 unavailable: walk component by component
+	lenient  func(o *op.Op, err error)
 }
 
 // New opens root and returns an Applier working below it.
@@ -150,12 +159,59 @@ func (a *Applier) Apply(o *op.Op) error {
 		return fmt.Errorf("apply %s: %w", o, ErrClosed)
 	}
 	if err := a.apply(o); err != nil {
-		return fmt.Errorf("apply %s: %w", o, err)
+		return a.failed(o, fmt.Errorf("apply %s: %w", o, err))
 	}
 	if err := a.stamp(o); err != nil {
-		return fmt.Errorf("apply %s: set times: %w", o, err)
+		return a.failed(o, fmt.Errorf("apply %s: set times: %w", o, err))
 	}
 	return nil
+}
+
+// SetLenient makes Apply skip an op that fails because the tree diverged
+// from the primary's (Diverged): report is called with the op and the
+// error, under the Applier's lock (it must be quick, must not call Apply,
+// and must copy what it keeps), and Apply returns nil. A nil report turns
+// lenient mode off. The agent sets it while an online resynchronisation
+// runs: every skipped path is compared again after the op
+// (compare.Answerer.Skipped).
+func (a *Applier) SetLenient(report func(o *op.Op, err error)) {
+	a.mu.Lock()
+	a.lenient = report
+	a.mu.Unlock()
+}
+
+func (a *Applier) failed(o *op.Op, err error) error {
+	if a.lenient != nil && Diverged(o, err) {
+		a.lenient(o, err)
+		return nil
+	}
+	return err
+}
+
+// Diverged reports whether err, returned for o, comes from the state of
+// the secondary's namespace (an entry missing, present, of another type,
+// a directory not empty, an attribute absent) rather than from the system
+// (no space, I/O error, permission): a failure an online resynchronisation
+// repairs by comparing the op's paths again.
+func Diverged(o *op.Op, err error) bool {
+	if errors.Is(err, ErrNotRegular) {
+		return true
+	}
+	var errno unix.Errno
+	if !errors.As(err, &errno) {
+		return false
+	}
+	switch errno {
+	case unix.ENOENT, unix.EEXIST, unix.ENOTDIR, unix.EISDIR, unix.ENOTEMPTY, unix.ELOOP, unix.ENODATA:
+		return true
+	case unix.EINVAL:
+		// Renaming a directory below itself: the names mean other
+		// entries here.
+		return o.Kind == op.Rename
+	case unix.EPERM:
+		return o.Kind == op.Link // a hard link to what is a directory here
+	}
+	return false
 }
 
 // stamp gives the entry the times the primary's inode had after the op, so
@@ -205,7 +261,12 @@ func (a *Applier) apply(o *op.Op) error {
 		if err != nil {
 			return err
 		}
-		return ignoringEINTR(func() error { return unix.Fallocate(fd, o.Flags, o.Off, o.Len) })
+		err = ignoringEINTR(func() error { return unix.Fallocate(fd, o.Flags, o.Off, o.Len) })
+		if err == unix.EOPNOTSUPP && o.Flags == unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE {
+			// This filesystem cannot punch holes: zeros are the same bytes.
+			return zeroRange(fd, o.Off, o.Len)
+		}
+		return err
 	case op.Create:
 		return a.create(o)
 	case op.Mknod:
@@ -355,6 +416,12 @@ func (a *Applier) apply(o *op.Op) error {
 		clear(a.dirty)
 		a.overflow = false
 		return nil
+	case op.Query:
+		return nil // answered out of band (replica/compare); nothing to change
+	case op.RemoveTree:
+		return a.removeTree(o.Path)
+	case op.XattrSet:
+		return a.xattrSet(o)
 	}
 	return fmt.Errorf("unknown op kind %d", o.Kind)
 }
@@ -603,18 +670,47 @@ func (a *Applier) openat(dfd int, base string, flags int, mode uint32) (int, err
 func (a *Applier) openBeneath(dirfd int, p string, flags uint64, mode uint32) (int, error) {
 	flags |= unix.O_CLOEXEC
 	if !a.noOpen2 {
-		how := unix.OpenHow{Flags: flags, Mode: uint64(mode), Resolve: resolveFlags}
-		for i := 0; ; i++ {
-			fd, err := unix.Openat2(dirfd, p, &how)
-			if (err == unix.EAGAIN || err == unix.EINTR) && i < 16 {
-				continue // a concurrent rename elsewhere; retry
-			}
-			if err != unix.ENOSYS {
-				return fd, err
-			}
-			a.noOpen2 = true
-			break
+		fd, err := openat2(dirfd, p, flags, mode)
+		if err != unix.ENOSYS {
+			return fd, err
 		}
+		a.noOpen2 = true
+	}
+	return walkBeneath(dirfd, p, int(flags), mode)
+}
+
+func openat2(dirfd int, p string, flags uint64, mode uint32) (int, error) {
+	how := unix.OpenHow{Flags: flags, Mode: uint64(mode), Resolve: resolveFlags}
+	for i := 0; ; i++ {
+		fd, err := unix.Openat2(dirfd, p, &how)
+		if (err == unix.EAGAIN || err == unix.EINTR) && i < 16 {
+			continue // a concurrent rename elsewhere; retry
+		}
+		return fd, err
+	}
+}
+
+var noOpenat2 atomic.Bool
+
+// OpenBeneath opens relative path p ("" or "." for dirfd itself) below
+// directory dirfd with flags (O_CLOEXEC is added), following no symlink
+// (ELOOP) and never leaving dirfd's tree: openat2 with RESOLVE_BENEATH,
+// or a walk one component at a time on kernels without it. p must be
+// clean (op.CleanPath). Safe for concurrent use.
+func OpenBeneath(dirfd int, p string, flags uint64, mode uint32) (int, error) {
+	if p == "" {
+		p = "."
+	}
+	flags |= unix.O_CLOEXEC
+	if !noOpenat2.Load() {
+		fd, err := openat2(dirfd, p, flags, mode)
+		if err != unix.ENOSYS {
+			return fd, err
+		}
+		noOpenat2.Store(true)
+	}
+	if p == "." {
+		return unix.Openat(dirfd, ".", int(flags), mode)
 	}
 	return walkBeneath(dirfd, p, int(flags), mode)
 }
