@@ -67,25 +67,6 @@ func checkerOf(st api.ModuleStatus, name string) api.CheckerStatus {
 	return api.CheckerStatus{}
 }
 
-// logged reports whether node's module log has an event of kind whose
-// message contains every part.
-func logged(c *tcluster.Cluster, node, kind string, parts ...string) bool {
-	evs, _ := c.Events(node)
-	for _, e := range evs {
-		if kind != "" && e.Kind != kind {
-			continue
-		}
-		ok := true
-		for _, p := range parts {
-			ok = ok && strings.Contains(e.Msg, p)
-		}
-		if ok {
-			return true
-		}
-	}
-	return false
-}
-
 func wantLogged(t *testing.T, c *tcluster.Cluster, node, kind string, parts ...string) {
 	t.Helper()
 	waitEvent(t, c, []string{node}, 2*time.Second, fmt.Sprintf("%s %q", kind, parts), func(e eventlog.Event) bool {
