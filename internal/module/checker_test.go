@@ -117,6 +117,17 @@ func TestCheckerRules(t *testing.T) {
 				}
 			}},
 		{name: "a failure of a stopped module is ignored", m: settled(Stop, peerPrim, nil), ev: failed(ActStop, t0), wantState: Stop},
+		{name: "restart in WAIT is ignored", m: settled(Wait, peerPrim, nil), ev: failed(ActRestart, t0), wantState: Wait},
+		{name: "stop in WAIT (a pre checker) stops the module", m: settled(Wait, peerPrim, nil), ev: failed(ActStop, t0),
+			wantState: Wait, target: Stop, acts: "poststop done",
+			check: func(t *testing.T, m Machine) { wantIn(t, m.Reason, "action stop") }},
+		{name: "isolation is not counted as a checker failover", m: settled(Prim, peerSecond, func(m *Machine) { m.CheckWait = "checker lan failed" }),
+			ev: Event{Kind: IsolationChanged, Isolated: true}, wantState: Prim, target: Wait,
+			check: func(t *testing.T, m Machine) {
+				if m.LoopFailovers != 0 {
+					t.Errorf("counted %d", m.LoopFailovers)
+				}
+			}},
 		{name: "reset-loop clears the counts", m: settled(Prim, peerSecond, func(m *Machine) { loopFull(m); m.LoopFailovers = 1 }),
 			ev: Event{Kind: ResetLoopCmd}, wantState: Prim,
 			check: func(t *testing.T, m Machine) {

@@ -430,7 +430,7 @@ func decide(m Machine) (Machine, []Action) {
 		return m, nil
 	}
 	var acts []Action
-	if want == Wait && m.State.Serving() && m.CheckWait != "" && !m.Maint.ChecksOff {
+	if want == Wait && m.State.Serving() && m.CheckWait != "" && !m.Maint.ChecksOff && !m.Isolated {
 		// Leaving the service for a checker counts as a failover, so
 		// a flapping "wait" checker cannot move the module back and forth.
 		rollLoop(&m, m.now)
@@ -757,7 +757,8 @@ func checkerFailed(m Machine, ev Event) (Machine, []Action, error) {
 	switch {
 	case m.Maint.ChecksOff:
 		return redecide(m, logf("info", "%s: ignored, checkers are off (maintenance)", what))
-	case m.Target != "" || !m.Started || m.ShuttingDown || !m.State.Running():
+	case m.Target != "" || !m.Started || m.ShuttingDown || (!m.State.Running() && ev.Action != ActStop):
+		// A stop applies in WAIT too (a pre checker); the others need a role.
 		return redecide(m, logf("info", "%s: ignored, the module is %s", what, stateSummary(m)))
 	}
 	switch ev.Action {
