@@ -117,7 +117,7 @@ func TestCheckerRules(t *testing.T) {
 				}
 			}},
 		{name: "a failure of a stopped module is ignored", m: settled(Stop, peerPrim, nil), ev: failed(ActStop, t0), wantState: Stop},
-		{name: "restart in WAIT is ignored", m: settled(Wait, peerPrim, nil), ev: failed(ActRestart, t0), wantState: Wait},
+		{name: "restart in WAIT is ignored", m: settled(Wait, peerDown, func(m *Machine) { m.PeerOutdated = false }), ev: failed(ActRestart, t0), wantState: Wait},
 		{name: "stop in WAIT (a pre checker) stops the module", m: settled(Wait, peerPrim, nil), ev: failed(ActStop, t0),
 			wantState: Wait, target: Stop, acts: "poststop done",
 			check: func(t *testing.T, m Machine) { wantIn(t, m.Reason, "action stop") }},
