@@ -99,17 +99,17 @@ type Log struct {
 	log       *slog.Logger
 	lock      *os.File
 
-	mu       sync.Mutex
-	cond     sync.Cond
-	active   map[slotKey]*entry
-	lru      entry // sentinel: lru.next is the least recently touched
-	alone    bool
-	needFull bool
-	acked    uint64
-	dirty    set
-	inflight set
-	gen      uint64
-	waiters  int // Touches waiting for room
+	mu          sync.Mutex
+	cond        sync.Cond
+	active      map[slotKey]*entry
+	lru         entry // sentinel: lru.next is the least recently touched
+	alone       bool
+	needFull    bool
+	acked       uint64
+	dirty       set
+	inflight    set
+	gen         uint64
+	waiters     int // Touches waiting for room
 	pinnedAlone int
 
 	// journal
@@ -168,8 +168,8 @@ func open(dir string, opt Options, recreate bool) (*Log, error) {
 	}
 	l := &Log{
 		dir: dir, path: filepath.Join(dir, "journal"), opt: opt,
-		shift: uint(bits.TrailingZeros64(uint64(opt.ZoneSize))),
-		log:   opt.Logger.With("changelog", dir),
+		shift:  uint(bits.TrailingZeros64(uint64(opt.ZoneSize))),
+		log:    opt.Logger.With("changelog", dir),
 		active: map[slotKey]*entry{}, dirty: newSet(), inflight: newSet(),
 	}
 	l.cond.L = &l.mu
@@ -903,6 +903,9 @@ func (l *Log) flushLocked() error {
 	off, alloc := l.size, l.alloc
 	f := l.f
 	l.mu.Unlock()
+	if flushHook != nil {
+		flushHook()
+	}
 	err := func() error {
 		for _, b := range bufs {
 			if off+int64(len(b)) > alloc {
@@ -936,6 +939,9 @@ func (l *Log) flushLocked() error {
 	l.size, l.synced = off, upto
 	return nil
 }
+
+// flushHook, when set (tests), runs before each journal write.
+var flushHook func()
 
 func writeZeros(f *os.File, off, n int64) error {
 	z := make([]byte, min(n, 1<<20))

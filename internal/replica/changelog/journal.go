@@ -237,6 +237,7 @@ var errShort = errors.New("truncated field")
 
 type reader struct {
 	b   []byte
+	max uint64 // zone indices are below
 	err error
 }
 
@@ -268,13 +269,11 @@ func (d *reader) byte() byte {
 	return c
 }
 
-// maxZoneIndex bounds zone indices read back (2^63 bytes at 4 KiB zones).
-const maxZoneIndex = 1 << 51
 
 // zoneRange reads lo, n and checks the range.
 func (d *reader) zoneRange() (uint64, uint64) {
 	lo, n := d.uvarint(), d.uvarint()
-	if d.err == nil && (n == 0 || lo >= maxZoneIndex || n > maxZoneIndex-lo) {
+	if d.err == nil && (n == 0 || lo >= d.max || n > d.max-lo) {
 		d.err = fmt.Errorf("zone range %d+%d out of bounds", lo, n)
 	}
 	return lo, lo + n
@@ -282,7 +281,7 @@ func (d *reader) zoneRange() (uint64, uint64) {
 
 func (d *reader) slot() uint64 {
 	s := d.uvarint()
-	if d.err == nil && s >= maxZoneIndex && s != slotDir && s != slotMeta && s != slotExtent {
+	if d.err == nil && s >= d.max && s != slotDir && s != slotMeta && s != slotExtent {
 		d.err = fmt.Errorf("slot %d out of bounds", s)
 	}
 	return s
@@ -303,7 +302,7 @@ func (d *reader) runs() ([]run, error) {
 		if d.err != nil {
 			return nil, d.err
 		}
-		if (i > 0 && gap == 0) || l == 0 || gap >= maxZoneIndex-prev || l > maxZoneIndex-prev-gap {
+		if (i > 0 && gap == 0) || l == 0 || gap >= d.max-prev || l > d.max-prev-gap {
 			return nil, fmt.Errorf("run %d (+%d, %d) out of order or bounds", i, gap, l)
 		}
 		lo := prev + gap
@@ -315,7 +314,8 @@ func (d *reader) runs() ([]run, error) {
 
 // apply replays one record body.
 func (r *replay) apply(body []byte, checkpointed *bool) error {
-	d := &reader{b: body[1:]}
+	// Zone indices address at most 2^63 bytes.
+	d := &reader{b: body[1:], max: 1 << (63 - r.zoneShift)}
 	t := body[0]
 	switch t {
 	case recCheckpoint:
@@ -344,7 +344,7 @@ func (r *replay) apply(body []byte, checkpointed *bool) error {
 			r.active[sk] = run{lo, hi}
 		default:
 			n := d.uvarint()
-			if d.err == nil && (n == 0 || n > maxTouchZones || n > maxZoneIndex-s) {
+			if d.err == nil && (n == 0 || n > maxTouchZones || n > d.max-s) {
 				return fmt.Errorf("active zone count %d", n)
 			}
 			for z := s; z < s+n; z++ {

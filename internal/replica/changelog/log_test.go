@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -515,5 +516,78 @@ func TestDamageIsLost(t *testing.T) {
 			t.Fatalf("%s: damaged journal not kept: %v", name, err)
 		}
 		l.Close()
+	}
+}
+
+// TestTouchWaitsForDurable: a Touch of a zone whose activation is still
+// being written returns only once it is durable, like the first one.
+func TestTouchWaitsForDurable(t *testing.T) {
+	l := mustOpen(t, t.TempDir(), testOpts())
+	release := make(chan struct{})
+	entered := make(chan struct{}, 10)
+	flushHook = func() {
+		entered <- struct{}{}
+		<-release
+	}
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(func() { free(); flushHook = nil })
+	k := Key{1, 1}
+	done := make(chan int, 2)
+	for i := 0; i < 2; i++ {
+		go func() {
+			p, err := l.Touch(k, 0, 1)
+			if err != nil {
+				t.Error(err)
+			}
+			l.Done(p, 1)
+			done <- i
+		}()
+		if i == 0 {
+			<-entered // the first Touch is writing its record
+		}
+	}
+	select {
+	case <-done:
+		t.Fatal("a Touch returned before the zone's record was durable")
+	case <-time.After(100 * time.Millisecond):
+	}
+	free()
+	for i := 0; i < 2; i++ {
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("touch did not return after the write")
+		}
+	}
+}
+
+// TestGroupCommit: concurrent Touches of new zones share fdatasyncs.
+func TestGroupCommit(t *testing.T) {
+	o := testOpts()
+	o.MaxActive = 4096
+	l := mustOpen(t, t.TempDir(), o)
+	s0 := l.Stats().Syncs
+	var wg sync.WaitGroup
+	const writers, each = 8, 200
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				p, err := l.Touch(Key{1, uint64(w)}, int64(i)*4096, 1)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				l.Done(p, 1)
+			}
+		}()
+	}
+	wg.Wait()
+	syncs := l.Stats().Syncs - s0
+	t.Logf("%d touches of new zones, %d fdatasyncs", writers*each, syncs)
+	if syncs >= writers*each*3/4 {
+		t.Fatalf("%d syncs for %d concurrent touches: no group commit", syncs, writers*each)
 	}
 }

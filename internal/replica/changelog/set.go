@@ -104,8 +104,6 @@ type chunk struct {
 	n    uint32
 }
 
-func (s *zoneSet) empty() bool { return s.n == 0 }
-
 // add sets [lo, hi) and returns how many zones were newly set.
 func (s *zoneSet) add(lo, hi uint64) uint64 {
 	if lo >= hi {
@@ -433,21 +431,6 @@ func (s *set) dropFile(k Key) {
 	if f := s.files[k]; f != nil {
 		s.zones -= f.zones.n
 		delete(s.files, k)
-	}
-}
-
-// merge adds every entry of o to s with generation gen.
-func (s *set) merge(o *set, gen uint64) {
-	for k, f := range o.files {
-		if f.meta {
-			s.addMeta(k, gen)
-		}
-		for _, r := range f.zones.ranges() {
-			s.addZones(k, r.lo, r.hi, gen)
-		}
-	}
-	for k := range o.dirs {
-		s.addDir(k, gen)
 	}
 }
 
