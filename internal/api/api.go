@@ -53,11 +53,36 @@ type ModuleStatus struct {
 	LagBytes    int64    `json:"lag_bytes"`
 	LagOps      int64    `json:"lag_ops"`
 	MaxLagBytes int64    `json:"max_lag_bytes,omitempty"`
+	// Resync is the running resynchronisation of the SECOND (on both
+	// nodes), nil when none runs.
+	Resync *ResyncStatus `json:"resync,omitempty"`
 	// Checkers are the module's checkers on this node; Loop counts their
 	// actions against loop_limit; Maintenance shows the switches.
 	Checkers    []CheckerStatus `json:"checkers,omitempty"`
 	Loop        LoopStatus      `json:"loop"`
 	Maintenance Maintenance     `json:"maintenance"`
+	// Farm is set for a farm module (mode "farm"): the VIP's buckets and
+	// every node's share, see FarmStatus.
+	Farm *FarmStatus `json:"farm,omitempty"`
+}
+
+// ResyncStatus is the progress of a resynchronisation: the primary
+// compares what its records (incremental) or everything (full) name with
+// the secondary's copy and sends what differs.
+type ResyncStatus struct {
+	Kind string `json:"kind"` // "incremental" or "full"
+	// Why a full compare was needed, for the administrator.
+	Reason string `json:"reason,omitempty"`
+	// BytesTotal is what the compare examines; BytesDone of it so far;
+	// BytesLeft the rest; BytesSent the data sent so far.
+	BytesTotal int64     `json:"bytes_total"`
+	BytesDone  int64     `json:"bytes_done"`
+	BytesLeft  int64     `json:"bytes_left"`
+	BytesSent  int64     `json:"bytes_sent"`
+	Files      int64     `json:"files"`
+	RateBps    float64   `json:"rate_bytes_per_second"`
+	ETASeconds float64   `json:"eta_seconds"`
+	Started    time.Time `json:"started"`
 }
 
 // CheckerStatus is one checker of a module on this node.
