@@ -167,6 +167,25 @@ func (t *Table) Weight(name string) int {
 	return 0
 }
 
+// Before reports whether node a comes before node b in bucket k's
+// preference order (false when either is unknown).
+func (t *Table) Before(k int, a, b string) bool {
+	ia, oka := slices.BinarySearch(t.names, a)
+	ib, okb := slices.BinarySearch(t.names, b)
+	if !oka || !okb || k < 0 || k >= Buckets {
+		return false
+	}
+	for _, c := range t.pref[k] {
+		switch int(c) {
+		case ia:
+			return true
+		case ib:
+			return false
+		}
+	}
+	return false
+}
+
 // Assignment maps each bucket to its owner ("" when no node is live).
 type Assignment [Buckets]string
 

@@ -1,6 +1,9 @@
 package farm
 
 import (
+	"math/rand/v2"
+	"os"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -96,47 +99,183 @@ func TestReconcileLeavingDoesNotDrain(t *testing.T) {
 	}
 }
 
-// Two nodes with one view never hold one bucket at once, whatever the
-// order in which they reconcile, while a third comes and goes.
-func TestReconcileNoDoubleHold(t *testing.T) {
-	tb, _ := NewTable([]Member{{"a", 1}, {"b", 1}, {"c", 1}})
-	hold := map[string]*Holdings{"a": {}, "b": {}, "c": {}}
-	now := time.Unix(0, 0)
-	views := [][]string{{"a", "b", "c"}, {"a", "b"}, {"a", "b", "c"}, {"b", "c"}, {"a", "b", "c"}}
-	for step, live := range views {
-		asg := tb.Assign(live)
-		for round := range 3 {
-			for _, self := range []string{"c", "a", "b"} {
-				alive := map[string]bool{}
-				for _, n := range live {
-					alive[n] = true
+// Nodes whose views of each other lag by up to a few heartbeats never
+// hold one bucket at once while they hear each other, whatever changes
+// (nodes becoming eligible or not at the same moment, dying, coming back),
+// and settle on the assignment.
+const debugSim = false
+
+func TestReconcileSimulation(t *testing.T) {
+	names := []string{"a", "b", "c"}
+	tb, _ := NewTable([]Member{{"a", 1}, {"b", 1}, {"c", 2}})
+	const (
+		step   = 10 * time.Millisecond
+		delay  = 30 * time.Millisecond // a published state reaches the others this late at most
+		settle = 100 * time.Millisecond
+	)
+	for seed := range uint64(simSeeds()) {
+		r := rand.New(rand.NewPCG(seed, 7))
+		type pub struct {
+			at          time.Time
+			eligible    bool
+			held, drain Set
+			target      Set
+		}
+		type node struct {
+			h        Holdings
+			eligible bool
+			alive    bool
+			pubs     []pub // what it published, in order
+			lag      time.Duration
+			since    time.Time // eligible and alive since
+		}
+		ns := map[string]*node{}
+		for _, n := range names {
+			ns[n] = &node{eligible: true, alive: true}
+		}
+		now := time.Unix(0, 0)
+		seen := func(from string, by string) (pub, bool) {
+			// The last state of from published at least lag ago.
+			nd := ns[from]
+			for i := len(nd.pubs) - 1; i >= 0; i-- {
+				if !now.Before(nd.pubs[i].at.Add(ns[by].lag)) {
+					return nd.pubs[i], true
 				}
-				var peers []PeerHold
-				for _, o := range []string{"a", "b", "c"} {
-					if o != self {
-						peers = append(peers, PeerHold{Name: o, Alive: alive[o], Held: hold[o].Held})
+			}
+			return pub{}, false
+		}
+		for tick := range 400 {
+			now = now.Add(step)
+			if tick%25 == 0 && tick < 300 {
+				// Change something, sometimes two things at once.
+				for range 1 + r.IntN(2) {
+					name := names[r.IntN(3)]
+					n := ns[name]
+					if debugSim {
+						defer func() { t.Logf("tick %d: change on %s -> eligible %v alive %v", tick, name, n.eligible, n.alive) }()
+					}
+					switch r.IntN(3) {
+					case 0:
+						n.eligible = !n.eligible
+					case 1:
+						n.alive = !n.alive
+					default:
+						n.eligible, n.alive = true, true
 					}
 				}
-				target := Set{}
-				if alive[self] {
-					target = asg.Of(self)
+			}
+			for _, self := range names {
+				me := ns[self]
+				me.lag = time.Duration(r.Int64N(int64(delay)))
+				if !me.alive {
+					me.h = Holdings{}
+					me.since = time.Time{}
+					continue
 				}
-				p := Reconcile(*hold[self], PlanInput{Target: target, Serving: alive[self], Now: now, Peers: peers})
-				*hold[self] = p.Holdings
-				// Invariant among live nodes.
-				for _, x := range live {
-					for _, y := range live {
-						if x < y && !hold[x].Held.Intersect(hold[y].Held).Empty() {
-							t.Fatalf("step %d round %d: %s and %s both hold %v", step, round, x, y, hold[x].Held.Intersect(hold[y].Held).List())
+				if !me.eligible {
+					me.since = time.Time{}
+				} else if me.since.IsZero() {
+					me.since = now
+				}
+				var live []string
+				var peers []PeerHold
+				if me.eligible {
+					live = append(live, self)
+				}
+				for _, o := range names {
+					if o == self {
+						continue
+					}
+					p, ok := seen(o, self)
+					alive := ns[o].alive && ok
+					peers = append(peers, PeerHold{Name: o, Alive: alive, Held: p.held, Drain: p.drain, Target: p.target})
+					if alive && p.eligible {
+						live = append(live, o)
+					}
+				}
+				var target Set
+				if me.eligible {
+					target = tb.Assign(live).Of(self)
+				}
+				plan := Reconcile(me.h, PlanInput{Target: target, Serving: me.eligible, DrainFor: 50 * time.Millisecond, Now: now,
+					Peers: peers, Settle: settle, ServingSince: me.since, Before: func(b int, peer string) bool { return tb.Before(b, peer, self) }})
+				if debugSim && seed == 1 && tick >= 20 && tick <= 26 {
+					t.Logf("tick %d %s live %v target %d held %d->%d taken %d blocked %d", tick, self, live, target.Count(), me.h.Held.Count(), plan.Held.Count(), plan.Taken.Count(), plan.Blocked.Count())
+				}
+				me.h = plan.Holdings
+				me.pubs = append(me.pubs, pub{at: now, eligible: me.eligible, held: me.h.Held, drain: me.h.Draining(now), target: target})
+			}
+			for i, x := range names {
+				for _, y := range names[i+1:] {
+					if ns[x].alive && ns[y].alive {
+						if both := ns[x].h.Held.Intersect(ns[y].h.Held); !both.Empty() {
+							t.Fatalf("seed %d tick %d: %s and %s both hold %v", seed, tick, x, y, both.List())
 						}
 					}
 				}
 			}
 		}
+		// Settled: everyone alive and eligible holds its assignment.
+		var live []string
+		for _, n := range names {
+			if ns[n].alive && ns[n].eligible {
+				live = append(live, n)
+			}
+		}
+		asg := tb.Assign(live)
 		for _, n := range live {
-			if hold[n].Held != asg.Of(n) {
-				t.Fatalf("step %d: %s holds %d buckets, assigned %d", step, n, hold[n].Held.Count(), asg.Of(n).Count())
+			if ns[n].h.Held != asg.Of(n) {
+				t.Fatalf("seed %d: %s holds %d buckets at the end, assigned %d", seed, n, ns[n].h.Held.Count(), asg.Of(n).Count())
 			}
 		}
 	}
+}
+
+func TestReconcileSettleAndOrphans(t *testing.T) {
+	now := time.Unix(1000, 0)
+	in := PlanInput{Target: setOf(1, 2), Serving: true, Now: now, Settle: time.Second,
+		Peers: []PeerHold{{Name: "dead", Alive: false, Held: setOf(1)}}}
+	// Just became eligible: even the dead node's bucket waits.
+	in.ServingSince = now
+	if p := Reconcile(Holdings{}, in); !p.Held.Empty() {
+		t.Fatalf("a node that just joined took %v at once", p.Held.List())
+	}
+	in.ServingSince = now.Add(-time.Hour)
+	p := Reconcile(Holdings{}, in)
+	if p.Held != setOf(1) || p.Blocked != setOf(2) {
+		t.Fatalf("held %v blocked %v: the dead peer's bucket is taken at once, the other after the settle time", p.Held.List(), p.Blocked.List())
+	}
+	if next := p.NextSettle(time.Second); !next.Equal(now.Add(time.Second)) {
+		t.Errorf("next settle %v", next)
+	}
+	in.Now = now.Add(time.Second)
+	p = Reconcile(p.Holdings, in)
+	if p.Held != setOf(1, 2) {
+		t.Fatalf("after the settle time: held %v", p.Held.List())
+	}
+	// A preferred live peer that wants a bucket keeps it from us.
+	in = PlanInput{Target: setOf(3, 4), Serving: true, Now: now,
+		Peers:  []PeerHold{{Name: "p", Alive: true, Target: setOf(3, 4)}},
+		Before: func(b int, peer string) bool { return b == 3 }}
+	p = Reconcile(Holdings{}, in)
+	if p.Held != setOf(4) || p.Blocked != setOf(3) {
+		t.Fatalf("held %v blocked %v", p.Held.List(), p.Blocked.List())
+	}
+	tb, _ := NewTable([]Member{{"a", 1}, {"b", 1}})
+	for b := range Buckets {
+		if tb.Before(b, "a", "b") == tb.Before(b, "b", "a") {
+			t.Fatalf("bucket %d: a before b and b before a agree", b)
+		}
+		if tb.Before(b, "a", "zz") {
+			t.Fatal("unknown node")
+		}
+	}
+}
+
+// simSeeds is 200, or TANDEM_SIM_SEEDS for a longer run.
+func simSeeds() int {
+	if n, err := strconv.Atoi(os.Getenv("TANDEM_SIM_SEEDS")); err == nil && n > 0 {
+		return n
+	}
+	return 200
 }

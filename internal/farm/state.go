@@ -39,6 +39,7 @@ type Machine struct {
 	restart    bool   // a restart was asked
 	shutdown   bool   // the agent is stopping: stop without changing Started
 	failed     string // why the last start failed
+	stopped    string // why a checker stopped the module (Event.Reason of StopCmd)
 }
 
 // EventKind says what happened.
@@ -47,7 +48,7 @@ type EventKind int
 const (
 	Booted           EventKind = iota // agent started; Event.Persisted holds the saved part
 	StartCmd                          // administrator: start
-	StopCmd                           // administrator: stop
+	StopCmd                           // administrator (or a checker, Event.Reason says why): stop
 	RestartCmd                        // administrator: restart (stop and start scripts)
 	HealthChanged                     // application checker verdict: Event.OK, Event.Reason
 	IsolationChanged                  // Event.Isolated
@@ -122,9 +123,9 @@ func Step(m Machine, ev Event) (Machine, []Action, error) {
 		if m.shutdown {
 			return m, nil, fmt.Errorf("the agent is shutting down")
 		}
-		m.Started, m.failed = true, ""
+		m.Started, m.failed, m.stopped = true, "", ""
 	case StopCmd:
-		m.Started, m.restart, m.failed = false, false, ""
+		m.Started, m.restart, m.failed, m.stopped = false, false, "", ev.Reason
 	case RestartCmd:
 		if !m.Started {
 			return m, nil, fmt.Errorf("the module is not started here (use start)")
@@ -244,6 +245,9 @@ func (m Machine) settle() Machine {
 		m.State, m.Reason = Stop, ""
 		if m.failed != "" {
 			m.Reason = "start failed: " + m.failed
+		}
+		if m.stopped != "" {
+			m.Reason = m.stopped
 		}
 	case !m.Discovered:
 		m.State, m.Reason = Wait, "waiting to hear the other nodes (one heartbeat timeout after the agent started)"

@@ -113,7 +113,8 @@ func TestStateHealthIsolationRestart(t *testing.T) {
 	s.m = m
 	s.step(Event{Kind: TransitionDone, OK: true})
 	s.want(Up, "")
-	s.step(Event{Kind: StopCmd})
+	s.step(Event{Kind: StopCmd, Reason: "checker web failed 3 times"})
+	s.want(Stop, "checker web failed 3 times")
 	if _, _, err := Step(s.m, Event{Kind: RestartCmd}); err == nil {
 		t.Error("restart of a stopped module accepted")
 	}
