@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/tandem-ha/tandem/internal/config"
 	"github.com/tandem-ha/tandem/internal/eventlog"
 	"github.com/tandem-ha/tandem/internal/module"
+	"github.com/tandem-ha/tandem/internal/runner"
 )
 
 // modCheckers runs one module's checkers: each one's Monitor is active in
@@ -35,7 +37,9 @@ type modCheckers struct {
 
 func newModCheckers(r *modRunner, stateDir string) (*modCheckers, error) {
 	c := &modCheckers{r: r, waiting: map[string]string{}}
-	env := checker.Env{Dir: stateDir, BinDir: filepath.Join(r.cfg.Dir, "bin"), Environ: r.run.Env}
+	// A custom checker gets the scripts' environment.
+	environ := append(slices.Clone(runner.BaseEnv), r.run.Env...)
+	env := checker.Env{Dir: stateDir, BinDir: filepath.Join(r.cfg.Dir, "bin"), Environ: environ}
 	for i, cc := range r.cfg.Checkers {
 		spec := specOf(cc)
 		ch, err := checker.New(spec, env)

@@ -99,7 +99,7 @@ type Env struct {
 	Dir string
 	// BinDir resolves a custom checker's relative command: the module's bin/.
 	BinDir string
-	// Environ is added to a custom checker's environment.
+	// Environ is a custom checker's environment (the agent's when nil).
 	Environ []string
 	// Systemctl is the systemctl program ("systemctl" from PATH if empty).
 	Systemctl string

@@ -190,7 +190,7 @@ exit 0
 `), 0o755)
 	os.WriteFile(filepath.Join(bin, "hang"), []byte("#!/bin/sh\nsleep 30 &\nsleep 30\n"), 0o755)
 	os.WriteFile(filepath.Join(bin, "noexec"), []byte("#!/bin/sh\n"), 0o644)
-	env := Env{BinDir: bin, Environ: []string{"TANDEM_MODULE=web", "TANDEM_STATE_DIR=" + dir}}
+	env := Env{BinDir: bin, Environ: []string{"PATH=/usr/bin:/bin", "TANDEM_MODULE=web", "TANDEM_STATE_DIR=" + dir}}
 	s := Spec{Name: "probe", Type: Custom, Command: "probe", Args: []string{"fast"}}
 	want(t, check(t, s, env), true, "exited 0: checking probe for web (fast)")
 	os.WriteFile(filepath.Join(dir, "down"), nil, 0o644)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -31,8 +32,11 @@ func newCustom(s Spec, env Env) (Checker, error) {
 	if !filepath.IsAbs(p) {
 		p = filepath.Join(env.BinDir, p)
 	}
-	e := append(os.Environ(), env.Environ...)
-	e = append(e, "TANDEM_CHECKER="+s.Name)
+	e := env.Environ
+	if e == nil {
+		e = os.Environ()
+	}
+	e = append(slices.Clip(e), "TANDEM_CHECKER="+s.Name)
 	return customChecker{path: p, args: s.Args, env: e, dir: filepath.Dir(filepath.Clean(env.BinDir))}, nil
 }
 
