@@ -18,6 +18,7 @@ import (
 
 	"github.com/tandem-ha/tandem/internal/api"
 	"github.com/tandem-ha/tandem/internal/config"
+	"github.com/tandem-ha/tandem/internal/farm"
 	"github.com/tandem-ha/tandem/internal/membership"
 	"github.com/tandem-ha/tandem/internal/module"
 	"github.com/tandem-ha/tandem/internal/netvip"
@@ -37,6 +38,7 @@ type Agent struct {
 	node     string
 	settings config.NodeSettings
 	mods     []*modRunner
+	farms    []*farmRunner // farm modules (farm.go)
 	byName   map[string]*modRunner
 	mem      *membership.Membership
 	guard    *guard
@@ -135,6 +137,14 @@ func Run(ctx context.Context, opts Options) error {
 	defer a.guard.close()
 
 	for _, m := range mods {
+		if m.Kind == config.KindFarm {
+			f, err := newFarmRunner(a, m)
+			if err != nil {
+				return err
+			}
+			a.farms = append(a.farms, f)
+			continue
+		}
 		r, err := newModRunner(a, m)
 		if err != nil {
 			return err
@@ -176,6 +186,10 @@ func Run(ctx context.Context, opts Options) error {
 		goRun(func() { r.loop(runCtx) })
 		r.post(module.Event{Kind: module.Boot})
 	}
+	for _, f := range a.farms {
+		goRun(func() { f.loop(runCtx) })
+		f.boot()
+	}
 	if len(a.netIfaces) > 0 {
 		goRun(func() { a.watchCarrier(runCtx) })
 	}
@@ -197,6 +211,9 @@ func Run(ctx context.Context, opts Options) error {
 	wg.Wait()
 	for _, r := range a.mods {
 		r.checks.close()
+	}
+	for _, f := range a.farms {
+		f.checks.close()
 	}
 	a.log.Info("agent stopped")
 	return runErr
@@ -220,9 +237,13 @@ func (a *Agent) shutdown() {
 		r.post(module.Event{Kind: module.Shutdown})
 		limit = max(limit, 3*r.cfg.Scripts.StopTimeout+5*time.Second)
 	}
+	for _, f := range a.farms {
+		f.post(farm.Event{Kind: farm.Shutdown})
+		limit = max(limit, 3*f.cfg.Scripts.StopTimeout+5*time.Second)
+	}
 	deadline := time.Now().Add(limit)
 	for time.Now().Before(deadline) {
-		busy := false
+		busy := a.farmsBusy()
 		for _, r := range a.mods {
 			m := r.machine()
 			if m.State.Running() || m.Target != "" {
@@ -269,6 +290,9 @@ func (a *Agent) payloadNow() payload {
 		}
 		p.Modules[r.cfg.Name] = v
 	}
+	for _, f := range a.farms {
+		p.Modules[f.cfg.Name] = f.view()
+	}
 	return p
 }
 
@@ -302,6 +326,9 @@ func (a *Agent) watchPeers(ctx context.Context) {
 		a.mu.Unlock()
 		for _, r := range a.mods {
 			r.post(module.Event{Kind: module.PeerChanged, Peer: a.peerFor(r)})
+		}
+		for _, f := range a.farms {
+			f.poke()
 		}
 		if republish {
 			a.publish()
@@ -375,6 +402,9 @@ func (a *Agent) watchCarrier(ctx context.Context) {
 			for _, r := range a.mods {
 				r.post(module.Event{Kind: module.IsolationChanged, Isolated: isolated})
 			}
+			for _, f := range a.farms {
+				f.post(farm.Event{Kind: farm.IsolationChanged, Isolated: isolated})
+			}
 		}
 	})
 	if err != nil && ctx.Err() == nil {
@@ -428,6 +458,11 @@ func (a *Agent) Status(name string) (api.Status, error) {
 		}
 		st.Modules = append(st.Modules, r.status())
 	}
+	for _, f := range a.farms {
+		if name == "" || f.cfg.Name == name {
+			st.Modules = append(st.Modules, f.status())
+		}
+	}
 	if name != "" && len(st.Modules) == 0 {
 		return st, a.unknown(name)
 	}
@@ -439,11 +474,17 @@ func (a *Agent) unknown(name string) error {
 	for _, r := range a.mods {
 		names = append(names, r.cfg.Name)
 	}
+	for _, f := range a.farms {
+		names = append(names, f.cfg.Name)
+	}
 	return fmt.Errorf("%w %q on %s (modules here: %v)", api.ErrUnknownModule, name, a.node, names)
 }
 
 // Command implements api.Backend.
 func (a *Agent) Command(name, verb string, opts api.CommandOptions) (string, error) {
+	if f := a.farmByName(name); f != nil {
+		return a.farmCommand(f, verb)
+	}
 	r, ok := a.byName[name]
 	if !ok {
 		return "", a.unknown(name)
@@ -491,13 +532,20 @@ func (a *Agent) Command(name, verb string, opts api.CommandOptions) (string, err
 		msg += " (" + m.Reason + ")"
 	}
 	if verb == "second" && opts.Full {
-		msg += "; --full: this module replicates no directory, there is nothing to resynchronise"
+		if len(r.cfg.Directories) > 0 {
+			msg += "; --full: the primary compares every file of this copy with its own"
+		} else {
+			msg += "; --full: this module replicates no directory, there is nothing to resynchronise"
+		}
 	}
 	return msg, nil
 }
 
 // LogPath implements api.Backend.
 func (a *Agent) LogPath(name string) (string, error) {
+	if f := a.farmByName(name); f != nil {
+		return f.log.Path(), nil
+	}
 	r, ok := a.byName[name]
 	if !ok {
 		return "", a.unknown(name)

@@ -35,6 +35,8 @@ type modView struct {
 	Held     []string       `json:"v,omitempty"` // VIPs present on this node
 	// FailoverOff: the failover maintenance switch is set on this node.
 	FailoverOff bool `json:"fo,omitempty"`
+	// Farm: a farm module's buckets (farm.go); nil for a mirror.
+	Farm *farmView `json:"fm,omitempty"`
 }
 
 func digestHex(f []config.Field) string {
