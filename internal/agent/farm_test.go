@@ -73,7 +73,7 @@ func newFarmPair(t *testing.T, drain time.Duration) *farmPair {
 		a.clusterDigest = digestHex(a.clusterFields)
 		m := &config.Module{Name: "web", Kind: config.KindFarm, Nodes: []string{"alpha", "beta"}, Dir: t.TempDir(),
 			Scripts: config.Scripts{Timeout: 5 * time.Second, StopTimeout: 5 * time.Second},
-			Farm: &config.Farm{VIP: netip.MustParsePrefix("192.0.2.100/24"), Interface: "eth0", Hash: config.HashAddr, Drain: drain}}
+			Farm:    &config.Farm{VIP: netip.MustParsePrefix("192.0.2.100/24"), Interface: "eth0", Hash: config.HashAddr, Drain: drain}}
 		m.Checkers = []config.Checker{{Name: "app", Type: "custom", When: "prim", Action: "wait", Command: "check", Interval: time.Hour, Timeout: time.Second, Failures: 1}}
 		r, err := newFarmRunner(a, m)
 		if err != nil {
