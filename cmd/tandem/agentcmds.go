@@ -91,6 +91,34 @@ func printStatus(w io.Writer, st api.Status) {
 			m.Module, state, sync, dash(m.Peer), dash(m.PeerState), up, m.Epoch, vips, dash(oneLine(m.Reason)))
 	}
 	tw.Flush()
+	printFarms(w, st)
+}
+
+// printFarms adds, for each farm module, every node's share of the VIP's
+// buckets: "web: farm 192.0.2.100/24 (addr) alpha UP 86/256 33.6%, ...".
+func printFarms(w io.Writer, st api.Status) {
+	for _, m := range st.Modules {
+		f := m.Farm
+		if f == nil {
+			continue
+		}
+		var parts []string
+		for _, n := range f.Nodes {
+			p := fmt.Sprintf("%s %s %d/%d %.1f%%", n.Node, n.State, n.Held, f.Buckets, n.Share)
+			if n.Weight != 1 {
+				p += fmt.Sprintf(" w%d", n.Weight)
+			}
+			parts = append(parts, p)
+		}
+		extra := ""
+		if f.Draining > 0 {
+			extra += fmt.Sprintf(", draining %d", f.Draining)
+		}
+		if f.Blocked > 0 {
+			extra += fmt.Sprintf(", waiting for %d", f.Blocked)
+		}
+		fmt.Fprintf(w, "%s: farm %s (%s, MAC %s%s): %s\n", m.Module, f.VIP, f.Hash, f.MAC, extra, strings.Join(parts, ", "))
+	}
 }
 
 // oneLine keeps a reason from breaking the table.
