@@ -11,6 +11,7 @@ declare -A tools=(
   [ip]=iproute2 [nsenter]=util-linux [unshare]=util-linux [nft]=nftables
   [ping]=iputils-ping [keepalived]=keepalived
   [runuser]=util-linux [ipcrm]=util-linux [mountpoint]=util-linux
+  [nginx]=nginx
 )
 missing=()
 for cmd in "${!tools[@]}"; do
@@ -25,7 +26,14 @@ if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing: ${missing[*]}"
     apt-get update -qq
+    # Tests run their own daemons (nginx...) in test hosts: never start the
+    # system services the packages ship.
+    policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy=1
+    fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(printf '%s\n' "${missing[@]}" | sort -u) >/dev/null
+    [ -n "$policy" ] && rm -f /usr/sbin/policy-rc.d
   else
     echo "warning: missing ${missing[*]}; the tests that need them will fail or skip" >&2
   fi
