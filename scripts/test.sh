@@ -33,7 +33,7 @@ if ((${#missing[@]})); then
       printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy=1
     fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(printf '%s\n' "${missing[@]}" | sort -u) >/dev/null
-    [ -n "$policy" ] && rm -f /usr/sbin/policy-rc.d
+    if [ -n "$policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
   else
     echo "warning: missing ${missing[*]}; the tests that need them will fail or skip" >&2
   fi
