@@ -58,9 +58,11 @@ const (
 	// per file (its hull), so the active set never needs more than this
 	// many slots for one call.
 	maxTouchZones = 1024
-	// growBytes: the journal is extended with zeros by this much at a time.
-	growBytes = 2 << 20
 )
+
+// growBytes: the journal is extended with zeros by this much at a time (a
+// variable for tests).
+var growBytes int64 = 2 << 20
 
 // Slots of the active set beside zone indices (zones are < 2^51).
 const (

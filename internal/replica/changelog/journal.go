@@ -269,7 +269,6 @@ func (d *reader) byte() byte {
 	return c
 }
 
-
 // zoneRange reads lo, n and checks the range.
 func (d *reader) zoneRange() (uint64, uint64) {
 	lo, n := d.uvarint(), d.uvarint()
