@@ -80,6 +80,8 @@ type farmRunner struct {
 	dp        farmDataplane
 	timer     *time.Timer // next drain end or settle time
 	published farm.Set    // the target last published
+	pubHeld   farm.Set    // the holdings last published
+	pubDrain  farm.Set    // the drained buckets last published
 }
 
 type farmReq struct {
@@ -528,8 +530,10 @@ func (r *farmRunner) reconcile() {
 		slices.Sort(live)
 		r.log.Add("farm", msg, "held", plan.Held.Count(), "up", strings.Join(live, ","))
 	}
-	if plan.Held != before.Held || plan.Draining(now) != before.Draining(now) || target != r.published {
-		r.published = target
+	// Compare with what was published: a drain that ends changes the view
+	// although nothing was taken or released.
+	if drain := plan.Draining(now); plan.Held != r.pubHeld || drain != r.pubDrain || target != r.published {
+		r.published, r.pubHeld, r.pubDrain = target, plan.Held, drain
 		r.publish()
 	}
 	next := plan.NextDrainEnd(now)
