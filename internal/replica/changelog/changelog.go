@@ -236,7 +236,8 @@ func (l *Log) recover(r *replay) {
 			if f.meta {
 				dst.addMeta(k, l.gen)
 			}
-			for _, x := range f.zones.ranges() {
+			var tmp [1]run
+			for _, x := range f.ranges(&tmp) {
 				lo, hi := conv(x.lo, x.hi)
 				dst.addZones(k, lo, hi, l.gen)
 			}
@@ -245,8 +246,14 @@ func (l *Log) recover(r *replay) {
 			dst.addDir(k, l.gen)
 		}
 	}
-	copyInto(&l.dirty, &r.dirty)
-	copyInto(&l.inflight, &r.inflight)
+	if r.zoneShift == l.shift {
+		// Same zones: take the replayed sets as they are (generation 0 is
+		// below every later one).
+		l.dirty, l.inflight = r.dirty, r.inflight
+	} else {
+		copyInto(&l.dirty, &r.dirty)
+		copyInto(&l.inflight, &r.inflight)
+	}
 	n := 0
 	for sk, x := range r.active {
 		n++
@@ -361,14 +368,25 @@ func (p Pin) slot() uint64 {
 // pinFast pins p's slots if all are active and durable. mu held.
 func (l *Log) pinFast(p Pin) bool {
 	if p.kind == pinZones {
+		// One map lookup per zone for the usual small writes.
+		var buf [16]*entry
 		for z := p.lo; z < p.hi; z++ {
 			e := l.active[slotKey{p.k, z}]
 			if e == nil || e.lsn > l.synced {
 				return false
 			}
+			if i := z - p.lo; i < uint64(len(buf)) {
+				buf[i] = e
+			}
 		}
 		for z := p.lo; z < p.hi; z++ {
-			l.pinEntry(l.active[slotKey{p.k, z}])
+			var e *entry
+			if i := z - p.lo; i < uint64(len(buf)) {
+				e = buf[i]
+			} else {
+				e = l.active[slotKey{p.k, z}]
+			}
+			l.pinEntry(e)
 		}
 		return true
 	}
@@ -1033,6 +1051,7 @@ func syncDir(dir string) error {
 // encodeState appends the whole state as checkpoint records. mu held.
 func (l *Log) encodeState(b []byte) []byte {
 	e := &l.enc
+	b = slices.Grow(b, 64+24*(l.dirty.len()+l.inflight.len())+20*len(l.active))
 	flag := func(t byte, v bool) {
 		var s int
 		b, s = e.begin(b, t)
@@ -1050,9 +1069,10 @@ func (l *Log) encodeState(b []byte) []byte {
 		file, dir byte
 	}{{&l.dirty, recDirtyFile, recDirtyDir}, {&l.inflight, recInflightFile, recInflightDir}}
 	for _, x := range sets {
-		for _, k := range sortedKeys(x.s.files) {
-			f := x.s.files[k]
-			rs, meta := f.zones.ranges(), f.meta
+		// Map order: the checkpoint needs no sorting (mu is held).
+		for k, f := range x.s.files {
+			var tmp [1]run
+			rs, meta := f.ranges(&tmp), f.meta
 			for first := true; first || len(rs) > 0; first, meta = false, false {
 				var s int
 				b, s = e.begin(b, x.file)
@@ -1060,7 +1080,7 @@ func (l *Log) encodeState(b []byte) []byte {
 				b = e.finish(b, s)
 			}
 		}
-		for _, k := range sortedKeys(x.s.dirs) {
+		for k := range x.s.dirs {
 			var s int
 			b, s = e.begin(b, x.dir)
 			b = appendKey(b, k)

@@ -103,11 +103,12 @@ func sameSet(a, b *set) bool {
 		return false
 	}
 	for k, f := range a.files {
-		g := b.files[k]
-		if g == nil || g.meta != f.meta {
+		g, ok := b.files[k]
+		if !ok || g.meta != f.meta {
 			return false
 		}
-		x, y := f.zones.ranges(), g.zones.ranges()
+		var t1, t2 [1]run
+		x, y := f.ranges(&t1), g.ranges(&t2)
 		if len(x) != len(y) {
 			return false
 		}

@@ -36,33 +36,6 @@ func runsAdd(rs []run, lo, hi uint64) ([]run, uint64) {
 	return rs, added
 }
 
-// runsRemove takes [lo, hi) out of rs and returns how many indices it removed.
-func runsRemove(rs []run, lo, hi uint64) ([]run, uint64) {
-	if lo >= hi {
-		return rs, 0
-	}
-	i := sort.Search(len(rs), func(i int) bool { return rs[i].hi > lo })
-	var removed uint64
-	var keep []run // at most two pieces
-	j := i
-	for j < len(rs) && rs[j].lo < hi {
-		r := rs[j]
-		removed += overlap(r, lo, hi)
-		if r.lo < lo {
-			keep = append(keep, run{r.lo, lo})
-		}
-		if r.hi > hi {
-			keep = append(keep, run{hi, r.hi})
-		}
-		j++
-	}
-	if i == j {
-		return rs, 0
-	}
-	rs = slices.Replace(rs, i, j, keep...)
-	return rs, removed
-}
-
 func runsContain(rs []run, x uint64) bool {
 	i := sort.Search(len(rs), func(i int) bool { return rs[i].hi > x })
 	return i < len(rs) && rs[i].lo <= x
@@ -129,24 +102,6 @@ func (s *zoneSet) grow() {
 		b.add(r.lo, r.hi)
 	}
 	s.runs, s.big = nil, b
-}
-
-// remove clears [lo, hi) and returns how many zones were cleared.
-func (s *zoneSet) remove(lo, hi uint64) uint64 {
-	if lo >= hi || s.n == 0 {
-		return 0
-	}
-	var removed uint64
-	if s.big == nil {
-		s.runs, removed = runsRemove(s.runs, lo, hi)
-	} else {
-		removed = s.big.remove(lo, hi)
-		if s.n == removed {
-			s.big = nil
-		}
-	}
-	s.n -= removed
-	return removed
 }
 
 func (s *zoneSet) contains(z uint64) bool {
@@ -244,21 +199,6 @@ func (p *chunk) setBits(a, b uint64) uint64 {
 	return n
 }
 
-// clearBits clears bits [a, b) and returns how many were set.
-func (p *chunk) clearBits(a, b uint64) uint64 {
-	var n uint64
-	for a < b {
-		w := a / 64
-		end := min(b, (w+1)*64)
-		m := mask(a%64, end-w*64)
-		n += uint64(bits.OnesCount64(m & p.bits[w]))
-		p.bits[w] &^= m
-		a = end
-	}
-	p.n -= uint32(n)
-	return n
-}
-
 // mask has bits [a, b) set, 0 <= a < b <= 64.
 func mask(a, b uint64) uint64 {
 	var hi uint64 = ^uint64(0)
@@ -327,88 +267,82 @@ func (b *bigSet) add(lo, hi uint64) uint64 {
 	return added
 }
 
-func (b *bigSet) remove(lo, hi uint64) uint64 {
-	var removed uint64
-	for lo < hi {
-		c := lo >> chunkShift
-		cs := c << chunkShift
-		if lo == cs && hi-lo >= chunkZones {
-			chi := hi >> chunkShift
-			var gone uint64
-			b.full, gone = runsRemove(b.full, c, chi)
-			removed += gone << chunkShift
-			var drop []uint64
-			b.partialIn(c, chi, func(c uint64, p *chunk) {
-				removed += uint64(p.n)
-				drop = append(drop, c)
-			})
-			for _, c := range drop {
-				delete(b.partial, c)
-			}
-			lo = chi << chunkShift
-			continue
-		}
-		end := min(hi, cs+chunkZones)
-		p := b.partial[c]
-		if p == nil && runsContain(b.full, c) {
-			b.full, _ = runsRemove(b.full, c, c+1)
-			p = &chunk{n: chunkZones}
-			for i := range p.bits {
-				p.bits[i] = ^uint64(0)
-			}
-			b.partial[c] = p
-		}
-		if p != nil {
-			removed += p.clearBits(lo-cs, end-cs)
-			if p.n == 0 {
-				delete(b.partial, c)
-			}
-		}
-		lo = end
-	}
-	return removed
-}
-
 // fileSet is what a set holds for one file: zones, and whether its
-// attributes (size, mode, owner, times, xattrs) changed.
+// attributes (size, mode, owner, times, xattrs) changed. It is stored by
+// value in the set's map, with a single run inline (the usual case), so a
+// million dirty files cost one map slot each and no other allocation.
 type fileSet struct {
 	gen   uint64
+	first run      // the only run, while zones is nil
+	zones *zoneSet // two runs or more
 	meta  bool
-	zones zoneSet
+}
+
+func (f *fileSet) count() uint64 {
+	if f.zones != nil {
+		return f.zones.n
+	}
+	return f.first.hi - f.first.lo
+}
+
+// add sets [lo, hi) and returns how many zones were newly set.
+func (f *fileSet) add(lo, hi uint64) uint64 {
+	switch {
+	case lo >= hi:
+		return 0
+	case f.zones != nil:
+		return f.zones.add(lo, hi)
+	case f.first.lo == f.first.hi:
+		f.first = run{lo, hi}
+		return hi - lo
+	case lo <= f.first.hi && hi >= f.first.lo: // overlapping or adjacent
+		added := hi - lo - overlap(f.first, lo, hi)
+		f.first = run{min(lo, f.first.lo), max(hi, f.first.hi)}
+		return added
+	}
+	f.zones = &zoneSet{}
+	f.zones.add(f.first.lo, f.first.hi)
+	f.first = run{}
+	return f.zones.add(lo, hi)
+}
+
+// ranges returns the zones as sorted, merged runs (tmp may back the result).
+func (f *fileSet) ranges(tmp *[1]run) []run {
+	switch {
+	case f.zones != nil:
+		return f.zones.ranges()
+	case f.first.lo < f.first.hi:
+		tmp[0] = f.first
+		return tmp[:]
+	}
+	return nil
 }
 
 // set is a set of changed files (zones, attributes) and directories
 // (entries), each stamped with the generation of its last addition.
 type set struct {
-	files map[Key]*fileSet
+	files map[Key]fileSet
 	dirs  map[Key]uint64
 	zones uint64
 }
 
-func newSet() set { return set{files: map[Key]*fileSet{}, dirs: map[Key]uint64{}} }
-
-func (s *set) file(k Key) *fileSet {
-	f := s.files[k]
-	if f == nil {
-		f = &fileSet{}
-		s.files[k] = f
-	}
-	return f
-}
+func newSet() set { return set{files: map[Key]fileSet{}, dirs: map[Key]uint64{}} }
 
 func (s *set) addZones(k Key, lo, hi, gen uint64) {
 	if lo >= hi {
 		return
 	}
-	f := s.file(k)
-	s.zones += f.zones.add(lo, hi)
+	f := s.files[k]
+	s.zones += f.add(lo, hi)
 	f.gen = gen
+	s.files[k] = f
 }
 
 func (s *set) addMeta(k Key, gen uint64) {
-	f := s.file(k)
+	f := s.files[k]
 	f.meta = true
 	f.gen = gen
+	s.files[k] = f
 }
 
 func (s *set) addDir(k Key, gen uint64) { s.dirs[k] = gen }
@@ -428,8 +362,8 @@ func (s *set) addSlot(k Key, slot, lo, hi, gen uint64) {
 }
 
 func (s *set) dropFile(k Key) {
-	if f := s.files[k]; f != nil {
-		s.zones -= f.zones.n
+	if f, ok := s.files[k]; ok {
+		s.zones -= f.count()
 		delete(s.files, k)
 	}
 }

@@ -6,7 +6,7 @@ import (
 )
 
 // TestZoneSetModel checks zoneSet (both representations) against a map on
-// random adds and removes of small and chunk-crossing ranges.
+// random adds of small, chunk-crossing and whole-chunk ranges.
 func TestZoneSetModel(t *testing.T) {
 	for seed := uint64(1); seed <= 40; seed++ {
 		r := rand.New(rand.NewPCG(seed, 0))
@@ -28,26 +28,14 @@ func TestZoneSetModel(t *testing.T) {
 			}
 			hi := lo + n
 			var want uint64
-			if r.IntN(4) == 0 {
-				for z := lo; z < hi; z++ {
-					if ref[z] {
-						want++
-						delete(ref, z)
-					}
+			for z := lo; z < hi; z++ {
+				if !ref[z] {
+					want++
+					ref[z] = true
 				}
-				if got := s.remove(lo, hi); got != want {
-					t.Fatalf("seed %d step %d: remove [%d,%d) = %d, want %d", seed, i, lo, hi, got, want)
-				}
-			} else {
-				for z := lo; z < hi; z++ {
-					if !ref[z] {
-						want++
-						ref[z] = true
-					}
-				}
-				if got := s.add(lo, hi); got != want {
-					t.Fatalf("seed %d step %d: add [%d,%d) = %d, want %d", seed, i, lo, hi, got, want)
-				}
+			}
+			if got := s.add(lo, hi); got != want {
+				t.Fatalf("seed %d step %d: add [%d,%d) = %d, want %d", seed, i, lo, hi, got, want)
 			}
 			if s.n != uint64(len(ref)) {
 				t.Fatalf("seed %d step %d: n = %d, want %d", seed, i, s.n, len(ref))
@@ -115,15 +103,28 @@ func TestZoneSetHuge(t *testing.T) {
 	}
 }
 
-func TestRunsAddRemove(t *testing.T) {
+func TestRunsAdd(t *testing.T) {
 	var rs []run
 	rs, n := runsAdd(rs, 10, 20)
 	rs, m := runsAdd(rs, 20, 30) // adjacent: merged
-	if n != 10 || m != 10 || len(rs) != 1 || rs[0] != (run{10, 30}) {
-		t.Fatalf("runs %v n=%d m=%d", rs, n, m)
+	rs, o := runsAdd(rs, 40, 50)
+	rs, p := runsAdd(rs, 5, 45) // bridges both
+	if n != 10 || m != 10 || o != 10 || p != 15 || len(rs) != 1 || rs[0] != (run{5, 50}) {
+		t.Fatalf("runs %v n=%d m=%d o=%d p=%d", rs, n, m, o, p)
 	}
-	rs, r := runsRemove(rs, 15, 25)
-	if r != 10 || len(rs) != 2 || rs[0] != (run{10, 15}) || rs[1] != (run{25, 30}) {
-		t.Fatalf("after remove %v r=%d", rs, r)
+}
+
+// TestFileSetInline: one run stays inline, a second one moves to a zoneSet.
+func TestFileSetInline(t *testing.T) {
+	var f fileSet
+	if f.add(3, 5) != 2 || f.add(5, 7) != 2 || f.add(4, 6) != 0 || f.zones != nil || f.first != (run{3, 7}) {
+		t.Fatalf("inline: %+v", f)
+	}
+	if f.add(10, 11) != 1 || f.zones == nil || f.count() != 5 {
+		t.Fatalf("two runs: %+v", f)
+	}
+	var tmp [1]run
+	if rs := f.ranges(&tmp); len(rs) != 2 || rs[0] != (run{3, 7}) || rs[1] != (run{10, 11}) {
+		t.Fatalf("ranges %v", rs)
 	}
 }

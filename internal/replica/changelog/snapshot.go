@@ -61,7 +61,8 @@ func (l *Log) snapshot(s *set) *Snapshot {
 	out := &Snapshot{ZoneSize: l.opt.ZoneSize, Files: make([]File, 0, len(s.files)), Dirs: make([]Dir, 0, len(s.dirs))}
 	for _, k := range sortedKeys(s.files) {
 		f := s.files[k]
-		rs := f.zones.ranges()
+		var tmp [1]run
+		rs := f.ranges(&tmp)
 		zs := make([]Range, len(rs))
 		for i, r := range rs {
 			zs[i] = Range{r.lo, r.hi}
@@ -94,7 +95,7 @@ func (l *Log) ClearDirty(files []File, dirs []Dir) error {
 		return err
 	}
 	for _, f := range files {
-		if cur := l.dirty.files[f.Key]; cur != nil && cur.gen == f.Gen {
+		if cur, ok := l.dirty.files[f.Key]; ok && cur.gen == f.Gen {
 			l.dirty.dropFile(f.Key)
 			l.appendKeyRec(recClearFile, f.Key)
 		}
@@ -171,7 +172,8 @@ func (l *Log) ReleaseInFlight(toDirty bool) error {
 	if toDirty {
 		l.gen++
 		for k, f := range l.inflight.files {
-			rs := f.zones.ranges()
+			var tmp [1]run
+			rs := f.ranges(&tmp)
 			if f.meta {
 				l.dirty.addMeta(k, l.gen)
 			}
