@@ -501,6 +501,12 @@ func (a *Agent) Command(name, verb string, opts api.CommandOptions) (string, err
 		ev.Kind, ev.Force = module.PrimCmd, opts.Force
 	case "second":
 		ev.Kind = module.SecondCmd
+		if opts.Full && len(r.cfg.Directories) > 0 {
+			// Before the SECOND answers the primary's first question.
+			if err := r.repl.requestFull(); err != nil {
+				return "", fmt.Errorf("second --full %s on %s: %w", name, a.node, err)
+			}
+		}
 	case "swap":
 		ev.Kind = module.SwapCmd
 	case "maintenance":

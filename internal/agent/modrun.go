@@ -76,7 +76,10 @@ func newModRunner(a *Agent, m *config.Module) (*modRunner, error) {
 	if err != nil {
 		return nil, err
 	}
-	preferred := m.DefaultPrimary == a.node || (m.DefaultPrimary == "" && m.Nodes[0] == a.node)
+	// The node that wins ties: default_primary, the last primary with
+	// "lastprim", else the first listed node.
+	preferred := m.DefaultPrimary == a.node || (m.DefaultPrimary == "" && m.Nodes[0] == a.node) ||
+		(m.DefaultPrimary == config.LastPrim && p.State.Serving())
 	r.m = module.New(a.node, r.peer, preferred, p)
 	l := m.Loop()
 	r.m.Loop = module.LoopPolicy{Restarts: l.Restarts, Failovers: l.Failovers, Window: l.Window}
@@ -347,6 +350,7 @@ func (r *modRunner) view() modView {
 		State: m.State, Target: m.Target, Epoch: m.Epoch, UpToDate: m.UpToDate, Started: m.Started,
 		Handover: m.Handover, SwapReq: m.SwapRequest, Sync: m.Sync, Digest: r.digest, Held: slices.Clone(r.held),
 		Claim: m.Claim, Ack: m.Ack, FailoverOff: m.Maint.FailoverOff,
+		Resync: r.repl.progressStatus(),
 	}
 }
 
@@ -383,6 +387,14 @@ func (r *modRunner) status() api.ModuleStatus {
 		if peerMod.Sync == module.SyncSynced {
 			st.ResyncPercent = 100
 		}
+	}
+	// The resynchronisation runs on the primary; the SECOND shows it too.
+	st.Resync = r.repl.progressStatus()
+	if st.Resync == nil && m.State == module.Second && known && pv.Alive {
+		st.Resync = peerMod.Resync
+	}
+	if rs := st.Resync; rs != nil && st.Sync == string(module.SyncResyncing) && rs.BytesTotal > 0 {
+		st.ResyncPercent = min(99.9, 100*float64(rs.BytesDone)/float64(rs.BytesTotal))
 	}
 	switch {
 	case !pv.Alive:

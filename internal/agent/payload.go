@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/tandem-ha/tandem/internal/api"
 	"github.com/tandem-ha/tandem/internal/config"
 	"github.com/tandem-ha/tandem/internal/module"
 )
@@ -37,6 +38,8 @@ type modView struct {
 	FailoverOff bool `json:"fo,omitempty"`
 	// Farm: a farm module's buckets (farm.go); nil for a mirror.
 	Farm *farmView `json:"fm,omitempty"`
+	// Resync: the primary's resynchronisation of its SECOND, while it runs.
+	Resync *api.ResyncStatus `json:"rs,omitempty"`
 }
 
 func digestHex(f []config.Field) string {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,9 +21,10 @@ import (
 	"github.com/tandem-ha/tandem/internal/module"
 	"github.com/tandem-ha/tandem/internal/mountinfo"
 	"github.com/tandem-ha/tandem/internal/replica/apply"
+	"github.com/tandem-ha/tandem/internal/replica/changelog"
+	"github.com/tandem-ha/tandem/internal/replica/compare"
 	rfs "github.com/tandem-ha/tandem/internal/replica/fs"
 	"github.com/tandem-ha/tandem/internal/replica/op"
-	"github.com/tandem-ha/tandem/internal/replica/resync"
 	"github.com/tandem-ha/tandem/internal/replica/wire"
 )
 
@@ -35,6 +37,14 @@ import (
 // preamble naming its stream, and the listener routes the connection.
 
 const preamblePrefix = "TANDEM-STREAM "
+
+// durableEvery is how often the primary asks the secondary to make the
+// stream durable when the application does not (wire.SenderConfig.SyncEvery).
+const durableEvery = 500 * time.Millisecond
+
+// activeZones bounds the change records' active set: zones changed but
+// not yet durable on the peer (with 64 KiB zones, 1 GiB in flight).
+const activeZones = 16384
 
 func streamName(module string, idx int) string { return module + "/" + strconv.Itoa(idx) }
 
@@ -165,7 +175,13 @@ type replicator struct {
 	// not this node will serve the data next.
 	demoting atomic.Bool
 	lastSeq  atomic.Uint64
+	// observer sees every op submitted, in the FUSE layer's critical
+	// section (a running compare engine learns of namespace changes).
+	observer atomic.Pointer[compare.Engine]
 }
+
+// observe sets (nil: clears) the engine that sees every submitted op.
+func (x *replicator) observe(e *compare.Engine) { x.observer.Store(e) }
 
 const genShift = 40
 
@@ -180,6 +196,9 @@ func (x *replicator) Submit(o *op.Op) uint64 {
 	}
 	seq := gen<<genShift | s.Submit(o)
 	x.lastSeq.Store(seq)
+	if e := x.observer.Load(); e != nil {
+		e.Observe(o)
+	}
 	return seq
 }
 
@@ -212,13 +231,15 @@ func (x *replicator) released() error {
 	return nil
 }
 
-// attach makes s the current sender (under the caller's freeze).
-func (x *replicator) attach(s *wire.Sender) {
+// attach makes s the current sender (under the caller's freeze) and
+// returns its generation (the high bits of its ops' seqs).
+func (x *replicator) attach(s *wire.Sender) uint64 {
 	x.mu.Lock()
+	defer x.mu.Unlock()
 	x.gen++
 	x.sender = s
 	x.senders[x.gen] = s
-	x.mu.Unlock()
+	return x.gen
 }
 
 // detach closes every sender; pending waits are released.
@@ -253,6 +274,18 @@ type replDir struct {
 	readOnly   bool
 	resynced   atomic.Bool
 	rootFd     int // the real directory, opened before the read-only bind
+
+	// changes records what changes while this node serves (and, on a
+	// SECOND that served before, what it may have changed without the
+	// new primary, until the resynchronisation took it back).
+	changes *changelog.Log
+	ackGen  atomic.Uint64 // generation of the attached sender (OnAck)
+	baseMu  sync.Mutex
+	base    *resyncBase // a SECOND's answer to queryResyncBase, computed once
+	// answerer answers the compare engine's queries on a SECOND and keeps
+	// the live ops its copy could not apply while it differed.
+	answerer *compare.Answerer
+	cpStop   chan struct{} // ends the checkpoint loop of changes
 }
 
 // replica is the replication state of one module.
@@ -264,6 +297,10 @@ type replica struct {
 	connecting bool
 	delay      time.Duration
 	retryAt    time.Time
+	fbSince    time.Time // failback: since when it is due
+	fbLast     time.Time // failback: last attempt
+
+	running atomic.Pointer[resyncRun] // the resynchronisation under way
 }
 
 func newReplica(r *modRunner) *replica {
@@ -308,11 +345,29 @@ func (x *replica) mountAll() error {
 			return fmt.Errorf("directory %s: %w", d.path, err)
 		}
 		d.rep.demoting.Store(false)
-		m, err := rfs.Mount(d.path, rfs.Options{Replicator: d.rep, Sync: x.syncMode(), Logger: x.r.a.log.With("module", x.r.cfg.Name, "dir", d.path)})
+		if d.changes == nil {
+			l, err := x.openChanges(d)
+			if err != nil {
+				return err
+			}
+			d.changes = l
+		}
+		// Serving: what this node may have changed unacknowledged before a
+		// crash is now for the peer to receive.
+		if err := d.changes.ReleaseInFlight(true); err != nil {
+			return fmt.Errorf("change records of %s: %w", d.path, err)
+		}
+		if err := d.changes.SetAlone(true); err != nil { // until a stream is attached
+			return fmt.Errorf("change records of %s: %w", d.path, err)
+		}
+		m, err := rfs.Mount(d.path, rfs.Options{Replicator: d.rep, Changes: d.changes, Sync: x.syncMode(),
+			Logger: x.r.a.log.With("module", x.r.cfg.Name, "dir", d.path)})
 		if err != nil {
 			return fmt.Errorf("intercept %s: %w", d.path, err)
 		}
 		d.mount = m
+		d.cpStop = make(chan struct{})
+		go x.checkpointLoop(d.changes, d.cpStop)
 		x.r.log.Add("info", "replicated directory "+d.path+" intercepted", "dir", d.path)
 	}
 	return nil
@@ -338,7 +393,27 @@ func (x *replica) unmount() {
 			}
 			d.mount = nil
 		}
+		x.closeChanges(d)
 	}
+}
+
+// closeChanges closes a directory's change records (a clean close: nothing
+// is left in flight).
+func (x *replica) closeChanges(d *replDir) {
+	if d.cpStop != nil {
+		close(d.cpStop)
+		d.cpStop = nil
+	}
+	if d.changes == nil {
+		return
+	}
+	if err := d.changes.Close(); err != nil {
+		x.r.log.Add("warn", "change records of "+d.path+": "+err.Error())
+	}
+	d.changes = nil
+	d.baseMu.Lock()
+	d.base = nil
+	d.baseMu.Unlock()
 }
 
 // startReceiver prepares every directory to receive (entering SECOND).
@@ -355,22 +430,31 @@ func (x *replica) startReceiver(m module.Machine) error {
 		if err != nil {
 			return fmt.Errorf("open replicated directory %s: %w (does it exist on %s?)", d.path, err, x.r.a.node)
 		}
-		// Unless a swap hands the module over with both copies in sync, the
-		// primary sends the whole tree: start from an empty directory.
-		full := !m.Handover
-		if full {
-			if err := resync.Wipe(fd); err != nil {
+		// The copy stays as it is: the primary compares it with its own
+		// and sends what differs (a swap hands over copies in sync).
+		d.resynced.Store(m.Handover)
+		if d.changes == nil {
+			// What this node changed without its peer (as a crashed or
+			// lone primary) is taken back from the new primary.
+			l, err := x.openChanges(d)
+			if err != nil {
 				unix.Close(fd)
-				return fmt.Errorf("empty %s before a full resynchronisation: %w", d.path, err)
+				return err
 			}
+			d.changes = l
 		}
-		d.resynced.Store(!full)
 		ap, err := apply.NewFromFd(fd)
 		if err != nil {
 			unix.Close(fd)
 			return fmt.Errorf("replicated directory %s: %w", d.path, err)
 		}
 		d.applier = ap
+		d.answerer = compare.NewAnswerer(fd)
+		if !m.Handover {
+			// Until the compare reached every entry, a live op may find
+			// the copy different: skipped and reported, not an error.
+			ap.SetLenient(d.answerer.Skipped)
+		}
 		d.rootFd = fd // kept (the path turns read-only) for a later wipe
 		if err := bindReadOnly(d.path); err != nil {
 			x.r.log.Add("warn", "could not make "+d.path+" read-only on the secondary: "+err.Error())
@@ -400,17 +484,39 @@ func (x *replica) receive(ctx context.Context, d *replDir) {
 				x.r.log.Add("error", "could not mark the copy outdated: "+cerr.Error())
 			}
 		},
-		Apply: func(o *op.Op) error {
-			if o.Kind == op.SyncAll && o.Flags&op.ResyncStart != 0 {
-				return x.restartCopy(d)
+		Answer: func(q *op.Op) ([]byte, error) {
+			if q.Flags == queryResyncBase {
+				// A resynchronisation begins: this copy may differ.
+				d.resynced.Store(false)
+				d.applier.SetLenient(d.answerer.Skipped)
+				return x.answerBase(d, q)
 			}
+			return d.answerer.Answer(q)
+		},
+		Apply: func(o *op.Op) error {
 			if err := d.applier.Apply(o); err != nil {
 				return err
 			}
 			if o.Kind == op.SyncAll && o.Flags&op.ResyncDone != 0 {
+				if n := d.answerer.Pending(); n > 0 {
+					// A live op diverged after the compare's last check:
+					// the copy is not the primary's; the stream ends and
+					// the primary compares again.
+					return fmt.Errorf("resynchronisation of %s ended with %d live ops not applied: compare again", d.path, n)
+				}
+				d.applier.SetLenient(nil)
+				d.answerer.Reset()
+				// Durable (a SyncAll): this copy is now the primary's.
+				if err := x.finishSecondRecords(d); err != nil {
+					x.r.log.Add("warn", "change records of "+d.path+": "+err.Error())
+				}
 				d.resynced.Store(true)
-				x.r.log.Add("info", "full resynchronisation of "+d.path+" complete")
+				x.r.log.Add("info", "resynchronisation of "+d.path+" complete")
 				if x.allResynced() {
+					os.Remove(x.fullRequestPath()) // a second --full is done
+					if err := x.setSyncedEpoch(x.r.machine().Epoch); err != nil {
+						x.r.log.Add("warn", "could not record the synced epoch: "+err.Error())
+					}
 					go x.r.post(module.Event{Kind: module.SyncDone})
 				}
 			}
@@ -420,22 +526,6 @@ func (x *replica) receive(ctx context.Context, d *replDir) {
 	if err := wire.Serve(ctx, d.listener, cfg); err != nil && ctx.Err() == nil {
 		x.r.log.Add("error", "replication receiver for "+d.path+": "+err.Error())
 	}
-}
-
-// restartCopy empties a SECOND's copy before a full resynchronisation
-// (called from the session goroutine, which alone uses the applier).
-func (x *replica) restartCopy(d *replDir) error {
-	d.resynced.Store(false)
-	d.applier.Close()
-	if err := resync.Wipe(d.rootFd); err != nil {
-		return fmt.Errorf("empty %s before a full resynchronisation: %w", d.path, err)
-	}
-	ap, err := apply.NewFromFd(d.rootFd)
-	if err != nil {
-		return err
-	}
-	d.applier = ap
-	return nil
 }
 
 func (x *replica) allResynced() bool {
@@ -465,6 +555,7 @@ func (x *replica) stopReceiver() {
 			d.applier = nil
 			unix.Close(d.rootFd)
 		}
+		x.closeChanges(d)
 		if d.readOnly {
 			unmountReadOnly(d.path)
 			d.readOnly = false
@@ -475,6 +566,7 @@ func (x *replica) stopReceiver() {
 // reconcile connects the senders when this node serves and the peer is a
 // settled SECOND, and drops them when the peer is gone.
 func (x *replica) reconcile(m module.Machine) {
+	x.checkFailback(m)
 	if len(x.dirs) == 0 {
 		return
 	}
@@ -488,6 +580,7 @@ func (x *replica) reconcile(m module.Machine) {
 			for _, d := range x.dirs {
 				if d.rep.current() != nil {
 					d.rep.detach()
+					x.goAlone(d)
 					x.r.log.Add("info", "replication of "+d.path+" to "+x.r.peer+" stopped (peer "+peerWord(p)+")")
 				}
 			}
@@ -497,6 +590,7 @@ func (x *replica) reconcile(m module.Machine) {
 	if s := x.dirs[0].rep.current(); s != nil && s.Failed() != nil {
 		for _, d := range x.dirs {
 			d.rep.detach() // a failed stream is replaced, not kept
+			x.goAlone(d)
 		}
 	}
 	x.mu.Lock()
@@ -529,9 +623,10 @@ func peerWord(p module.Peer) string {
 	return string(p.State)
 }
 
-// connect dials one stream per directory; a peer that is not up to date
-// first gets the whole tree while mutations are frozen.
-func (x *replica) connect(epoch uint64, full bool) {
+// connect dials one stream per directory and attaches it; a peer that is
+// not up to date is then resynchronised (resyncDir) while the application
+// keeps writing: its live writes are streamed from the attach on.
+func (x *replica) connect(epoch uint64, need bool) {
 	defer func() {
 		x.mu.Lock()
 		x.connecting = false
@@ -547,6 +642,7 @@ func (x *replica) connect(epoch uint64, full bool) {
 		}
 		for _, d := range x.dirs {
 			d.rep.detach()
+			x.goAlone(d)
 		}
 		x.backoff(true)
 		x.r.log.Add("error", "replication to "+x.r.peer+" failed: "+err.Error())
@@ -562,8 +658,17 @@ func (x *replica) connect(epoch uint64, full bool) {
 		s, err := wire.Dial(ctx, wire.SenderConfig{
 			Cluster: a.cluster.Name, Module: name, Node: a.node, Key: a.key, Epoch: epoch, Addr: addr,
 			Timeout: cfg.Replication.Timeout, MaxLag: int(cfg.Replication.MaxLag),
-			Logger: a.log.With("module", cfg.Name, "dir", d.path),
+			// The durable point follows the stream: the change records
+			// keep each zone until the peer made it durable.
+			SyncEvery: durableEvery,
+			Logger:    a.log.With("module", cfg.Name, "dir", d.path),
+			OnAck: func(_, durable uint64) {
+				if gen, l := d.ackGen.Load(), d.changes; gen != 0 && l != nil {
+					l.Acked(gen<<genShift | durable)
+				}
+			},
 			OnFailure: func(err error) {
+				x.goAlone(d) // what the peer did not acknowledge goes to the records
 				x.r.post(module.Event{Kind: module.ReplicationFailed, Reason: err.Error()})
 			},
 			Dialer: func(ctx context.Context) (net.Conn, error) {
@@ -587,37 +692,41 @@ func (x *replica) connect(epoch uint64, full bool) {
 		opened = append(opened, s)
 	}
 	for i, d := range x.dirs {
-		s := opened[i]
 		thaw := d.mount.Freeze()
-		d.rep.attach(s)
-		if full {
-			start := time.Now()
-			// The SECOND empties its copy first: it may hold an older tree.
-			s.Submit(&op.Op{Kind: op.SyncAll, Flags: op.ResyncStart})
-			st, err := resync.Emit(d.mount.RootFd(), func(o *op.Op) error {
-				s.Submit(o)
-				return s.Failed()
-			})
-			if err == nil {
-				seq := s.Submit(&op.Op{Kind: op.SyncAll, Flags: op.ResyncDone})
-				err = s.Wait(seq, true)
-				if err == nil && s.Failed() != nil {
-					err = s.Failed()
-				}
-			}
-			thaw()
-			if err != nil {
-				fail(fmt.Errorf("full resynchronisation of %s: %w", d.path, err))
-				return
-			}
-			x.r.log.Add("info", fmt.Sprintf("full resynchronisation of %s sent: %d files, %d dirs, %d bytes in %s",
-				d.path, st.Files, st.Dirs, st.Bytes, time.Since(start).Round(time.Millisecond)))
-			continue
-		}
+		d.ackGen.Store(d.rep.attach(opened[i]))
 		thaw()
+		// From here every change is streamed; what changed alone is in
+		// the records (SetAlone waits for changes still under way).
+		if err := d.changes.SetAlone(false); err != nil {
+			fail(fmt.Errorf("change records of %s: %w", d.path, err))
+			return
+		}
 	}
 	x.backoff(false)
 	x.r.log.Add("info", "replicating to "+x.r.peer+" ("+addr+")")
+	if !need {
+		return
+	}
+	for i, d := range x.dirs {
+		if err := x.resyncDir(d, opened[i]); err != nil {
+			fail(fmt.Errorf("resynchronisation of %s: %w", d.path, err))
+			return
+		}
+	}
+	if err := x.setSyncedEpoch(epoch); err != nil {
+		x.r.log.Add("warn", "could not record the synced epoch: "+err.Error())
+	}
+}
+
+// goAlone tells a directory's records that nothing more will be
+// acknowledged (the stream failed or was dropped).
+func (x *replica) goAlone(d *replDir) {
+	d.ackGen.Store(0)
+	if l := d.changes; l != nil {
+		if err := l.SetAlone(true); err != nil && !errors.Is(err, changelog.ErrClosed) {
+			x.r.log.Add("error", "change records of "+d.path+": "+err.Error())
+		}
+	}
 }
 
 // lag sums the unacknowledged ops and bytes of every stream.

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tandem-ha/tandem/internal/replica/op"
@@ -59,7 +60,12 @@ type SenderConfig struct {
 	// SyncAll ops, and every op a Wait needs, leave at once. Default
 	// DefaultLinger; negative sends every op at once.
 	Linger time.Duration
-	Logger *slog.Logger // nil: slog.Default()
+	// SyncEvery: ops not followed by an Fsync or SyncAll get a SyncAll
+	// this long after the last one, so the secondary's durable point
+	// follows the stream even when the application never syncs (the
+	// primary's change records wait for it). 0: never.
+	SyncEvery time.Duration
+	Logger    *slog.Logger // nil: slog.Default()
 	// OnAck, when set, is called by the goroutine reading the peer's
 	// acknowledgements each time they advance, with the last applied and
 	// the last durable seq (keep it short: acks wait for it).
@@ -85,6 +91,8 @@ type Sender struct {
 	nextSeq  uint64 // seq of the next Submit
 	queued   uint64 // last seq encoded for sending
 	lastSync uint64 // last Fsync or SyncAll op queued
+	syncedAt time.Time // when lastSync was queued
+	autoSync atomic.Bool // a SyncEvery SyncAll is being submitted
 	cur      *frame // batch being filled, nil if none
 	linger   *time.Timer
 	ready    []*frame
@@ -271,7 +279,7 @@ func (s *Sender) submit(o *op.Op, urgent bool, reply chan Reply) uint64 {
 	f.last, f.bytes = seq, f.bytes+size
 	s.queued = seq
 	if o.Kind == op.Fsync || o.Kind == op.SyncAll {
-		s.lastSync = seq
+		s.lastSync, s.syncedAt = seq, time.Now()
 	}
 	urgent = urgent || o.Kind == op.Fsync || o.Kind == op.SyncAll || s.cfg.Linger < 0
 	s.lagBytes += size
@@ -704,7 +712,11 @@ func (s *Sender) reader() {
 // failure is declared within 1.05 Timeout.
 func (s *Sender) watchdog() {
 	defer s.wg.Done()
-	t := time.NewTicker(max(s.cfg.Timeout/20, time.Millisecond))
+	tick := s.cfg.Timeout / 20
+	if s.cfg.SyncEvery > 0 {
+		tick = min(tick, s.cfg.SyncEvery/2)
+	}
+	t := time.NewTicker(max(tick, time.Millisecond))
 	defer t.Stop()
 	for {
 		select {
@@ -714,9 +726,17 @@ func (s *Sender) watchdog() {
 			s.mu.Lock()
 			stuck := s.applied < s.queued && now.Sub(s.progress) > s.cfg.Timeout
 			n := s.queued - s.applied
+			needSync := s.cfg.SyncEvery > 0 && s.lastSync < s.queued && now.Sub(s.syncedAt) >= s.cfg.SyncEvery
 			s.mu.Unlock()
 			if stuck {
 				s.fail(fmt.Errorf("%w: %d ops unacknowledged for %s", ErrPeerTimeout, n, s.cfg.Timeout))
+			} else if needSync && s.autoSync.CompareAndSwap(false, true) {
+				// Not from here: a Submit may wait for room, and only this
+				// goroutine ends a stuck peer.
+				go func() {
+					defer s.autoSync.Store(false)
+					s.Submit(&op.Op{Kind: op.SyncAll})
+				}()
 			}
 		}
 	}

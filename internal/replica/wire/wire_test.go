@@ -1017,3 +1017,38 @@ func TestOnAckReportsProgress(t *testing.T) {
 		t.Fatalf("OnAck saw applied %d durable %d, want both >= %d (the SyncAll after the write)", a, d, w+1)
 	}
 }
+
+// TestSyncEvery: without any Fsync from the application, the durable point
+// follows the stream within about SyncEvery.
+func TestSyncEvery(t *testing.T) {
+	r := newRig(t, "", nil)
+	cfg := r.senderConfig()
+	cfg.SyncEvery = 50 * time.Millisecond
+	s := dial(t, cfg)
+	s.Submit(&op.Op{Kind: op.Create, Path: "f", Mode: 0o644, Uid: -1, Gid: -1})
+	w := s.Submit(&op.Op{Kind: op.Write, Path: "f", Data: []byte("x")})
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, d := s.Acked(); d >= w {
+			break
+		}
+		if time.Now().After(deadline) {
+			_, d := s.Acked()
+			t.Fatalf("durable %d after 5s, want >= %d: no automatic SyncAll", d, w)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// Without SyncEvery nothing becomes durable on its own.
+	cfg2 := r.senderConfig()
+	cfg2.Epoch = 6
+	s.Close()
+	s2 := dial(t, cfg2)
+	w2 := s2.Submit(&op.Op{Kind: op.Write, Path: "f", Data: []byte("y")})
+	if err := s2.Wait(w2, false); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if _, d := s2.Acked(); d >= w2 {
+		t.Fatalf("durable %d without SyncEvery, want < %d", d, w2)
+	}
+}

@@ -1,0 +1,94 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/tandem-ha/tandem/internal/replica/compare"
+	"github.com/tandem-ha/tandem/internal/replica/op"
+	"github.com/tandem-ha/tandem/internal/replica/wire"
+)
+
+// senderStream is a wire.Sender as the compare engine sees it.
+type senderStream struct{ s *wire.Sender }
+
+func (a senderStream) Submit(o *op.Op) uint64 { return a.s.Submit(o) }
+
+func (a senderStream) Query(q *op.Op) <-chan compare.Reply {
+	_, ch := a.s.Query(q)
+	out := make(chan compare.Reply, 1)
+	go func() {
+		r := <-ch
+		out <- compare.Reply{Data: r.Data, Err: r.Err}
+	}()
+	return out
+}
+
+// runCompare runs the compare engine over sc and waits until its final
+// marker (op.ResyncDone) is durable on the SECOND.
+func (x *replica) runCompare(ctx context.Context, d *replDir, s *wire.Sender, sc compareScope, run *resyncRun) error {
+	cfg := x.r.cfg.Replication
+	eng, err := compare.New(senderStream{s}, compare.Options{
+		RootFd: d.mount.RootFd(),
+		Freeze: func(fn func()) {
+			thaw := d.mount.Freeze()
+			defer thaw()
+			fn()
+		},
+		BlockSize: compare.DefaultBlockSize,
+		Parallel:  cfg.ResyncParallel,
+		Bandwidth: cfg.ResyncBandwidth,
+		TrustZones: sc.trust,
+		Logger:     x.r.a.log.With("module", x.r.cfg.Name, "dir", d.path),
+	})
+	if err != nil {
+		return err
+	}
+	scope := compare.Scope{Full: sc.full, Dirs: sc.dirs}
+	if !sc.full {
+		scope.Files = make(map[string][]compare.Zone, len(sc.entries))
+		for _, e := range sc.entries {
+			zs := scope.Files[e.Path]
+			for _, z := range e.Zones {
+				zs = append(zs, compare.Zone{Off: z[0], Len: z[1]})
+			}
+			scope.Files[e.Path] = zs
+		}
+	}
+	d.rep.observe(eng)
+	defer d.rep.observe(nil)
+	done := make(chan struct{})
+	defer close(done)
+	go func() { // progress for status
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			p := eng.Progress()
+			run.total.Store(p.Total)
+			run.done.Store(p.Examined)
+			run.sent.Store(p.Sent)
+			run.files.Store(p.Files)
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	st, err := eng.Run(ctx, scope)
+	run.total.Store(max(st.Examined, run.total.Load()))
+	run.done.Store(st.Examined)
+	run.sent.Store(st.BytesSent)
+	run.files.Store(st.Files)
+	if err != nil {
+		return err
+	}
+	if st.DoneSeq == 0 {
+		return fmt.Errorf("the compare ended without its final marker")
+	}
+	if err := s.Wait(st.DoneSeq, true); err != nil {
+		return err
+	}
+	return s.Failed()
+}
