@@ -36,9 +36,9 @@ func (x *replica) runCompare(ctx context.Context, d *replDir, s *wire.Sender, sc
 			defer thaw()
 			fn()
 		},
-		BlockSize: compare.DefaultBlockSize,
-		Parallel:  cfg.ResyncParallel,
-		Bandwidth: cfg.ResyncBandwidth,
+		BlockSize:  compare.DefaultBlockSize,
+		Parallel:   cfg.ResyncParallel,
+		Bandwidth:  cfg.ResyncBandwidth,
 		TrustZones: sc.trust,
 		Logger:     x.r.a.log.With("module", x.r.cfg.Name, "dir", d.path),
 	})

@@ -88,12 +88,12 @@ type Sender struct {
 	peerEpoch uint64
 
 	mu       sync.Mutex
-	nextSeq  uint64 // seq of the next Submit
-	queued   uint64 // last seq encoded for sending
-	lastSync uint64 // last Fsync or SyncAll op queued
-	syncedAt time.Time // when lastSync was queued
+	nextSeq  uint64      // seq of the next Submit
+	queued   uint64      // last seq encoded for sending
+	lastSync uint64      // last Fsync or SyncAll op queued
+	syncedAt time.Time   // when lastSync was queued
 	autoSync atomic.Bool // a SyncEvery SyncAll is being submitted
-	cur      *frame // batch being filled, nil if none
+	cur      *frame      // batch being filled, nil if none
 	linger   *time.Timer
 	ready    []*frame
 	sending  bool // a goroutine holds the token to seal and write a frame
