@@ -61,7 +61,7 @@ func TestFarmBench(t *testing.T) {
 
 	var report strings.Builder
 	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
-		fmt.Fprintf(&report, "Load average when the run started: %s\n", strings.Join(strings.Fields(string(la))[:3], " "))
+		fmt.Fprintf(&report, "Load average when the run started: %s\n\n", strings.Join(strings.Fields(string(la))[:3], " "))
 	}
 	fmt.Fprintf(&report, "| setup | requests/s | p50 | p99 | ratio to farm, 3 nodes |\n|---|---|---|---|---|\n")
 	type row struct {
