@@ -410,7 +410,7 @@ func TestZoneSizeChange(t *testing.T) {
 }
 
 func TestCompactionBounded(t *testing.T) {
-	dir := t.TempDir()
+	dir := fastTempDir(t)
 	o := testOpts()
 	o.JournalBytes = 64 << 10
 	l := mustOpen(t, dir, o)
@@ -460,7 +460,7 @@ func TestDamageIsLost(t *testing.T) {
 	old := maxBatch
 	maxBatch = 4096
 	t.Cleanup(func() { maxBatch = old })
-	base := t.TempDir()
+	base := fastTempDir(t)
 	build := func(name string) (string, []byte) {
 		dir := filepath.Join(base, name)
 		o := testOpts()
