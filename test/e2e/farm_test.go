@@ -44,12 +44,11 @@ func newFarm(t *testing.T, o tcluster.FarmOptions) *tcluster.Farm {
 
 // result is one request of a load run.
 type result struct {
-	client        string
-	src           netip.AddrPort
-	node          string
-	err           error
-	start, end    time.Time
-	bucket, owner int
+	client     string
+	src        netip.AddrPort
+	node       string
+	err        error
+	start, end time.Time
 }
 
 // load sends n requests (or, n == 0, until stop is closed) from every
