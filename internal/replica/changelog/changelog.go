@@ -353,6 +353,17 @@ func (l *Log) touchZones() uint64 {
 	return uint64(min(maxTouchZones, l.opt.MaxActive/16))
 }
 
+// covers says whether slot sk is one of p's.
+func (p Pin) covers(sk slotKey) bool {
+	if p.kind == pinNone || sk.k != p.k {
+		return false
+	}
+	if p.kind == pinZones {
+		return sk.slot >= p.lo && sk.slot < p.hi
+	}
+	return sk.slot == p.slot()
+}
+
 func (p Pin) slot() uint64 {
 	switch p.kind {
 	case pinMeta:
@@ -447,12 +458,12 @@ func (l *Log) touchSlow(p Pin) error {
 			break
 		}
 		want := len(l.active) + need - l.opt.MaxActive
-		want -= l.evict(want, false)
+		want -= l.evict(want, false, p)
 		if want <= 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			if n := l.evict(want, true); n > 0 {
+			if n := l.evict(want, true, p); n > 0 {
 				l.spills += uint64(n)
 				l.log.Warn("active set full of unacknowledged zones: moved to DIRTY",
 					"zones", n, "waited", l.opt.FullWait.String(), "acked", l.acked)
@@ -565,7 +576,7 @@ func (l *Log) removeEntry(e *entry) {
 	delete(l.active, e.sk)
 }
 
-// evictable says whether e may leave the active set without going to
+// acknowledged says whether e may leave the active set without going to
 // DIRTY.
 func (l *Log) acknowledged(e *entry) bool {
 	return !e.alone && !e.unacked && e.seq <= l.acked
@@ -573,12 +584,13 @@ func (l *Log) acknowledged(e *entry) bool {
 
 // evict removes up to n unpinned slots, least recently touched first:
 // acknowledged ones, and those changed alone (into DIRTY). spill also
-// moves unacknowledged ones into DIRTY. n < 0: no limit. mu held.
-func (l *Log) evict(n int, spill bool) int {
+// moves unacknowledged ones into DIRTY. Slots of keep stay (the Touch
+// making room counts them as present). n < 0: no limit. mu held.
+func (l *Log) evict(n int, spill bool, keep Pin) int {
 	done := 0
 	for e := l.lru.next; e != &l.lru && (n < 0 || done < n); {
 		next := e.next
-		if e.pins == 0 {
+		if e.pins == 0 && !keep.covers(e.sk) {
 			switch {
 			case l.acknowledged(e):
 				l.appendSlot(recEvict, e.sk.k, e.sk.slot)
@@ -766,7 +778,7 @@ func (l *Log) Checkpoint() error {
 	if err := l.usable(); err != nil {
 		return err
 	}
-	l.evict(-1, false)
+	l.evict(-1, false, Pin{})
 	if err := l.waitDurable(l.lsn); err != nil {
 		return err
 	}
