@@ -97,6 +97,12 @@ func (d *decoder) validateFarm(raw *rawModule, m *Module, c *Cluster) {
 		}
 	}
 	m.VIPs = nil
+	for i, ck := range m.Checkers {
+		if ck.When == "second" {
+			p := fmt.Sprintf("checkers[%d].when", i)
+			d.add(d.line(p), p, "a farm has no SECOND: use prim or both (while the node is UP) or pre")
+		}
+	}
 	if d.set("nodes") && d.nodes["nodes"].Kind == yaml.SequenceNode &&
 		(len(raw.Nodes) < MinFarmNodes || len(raw.Nodes) > MaxFarmNodes) {
 		d.add(d.line("nodes"), "nodes", "a farm module runs on %d to %d nodes, found %d", MinFarmNodes, MaxFarmNodes, len(raw.Nodes))

@@ -112,6 +112,8 @@ func TestFarmErrors(t *testing.T) {
 		{"farm fields in a mirror", "kind: mirror\nnodes: [alpha, beta]\nvip: 192.0.2.100/24\nhash: addr\n",
 			[]wantErr{{3, "vip", "only for kind: farm"}, {4, "hash", "only for kind: farm"}}},
 		{"kind unknown", "kind: farms\nnodes: [alpha, beta]\n", []wantErr{{1, "kind", "(supported: mirror, farm)"}}},
+		{"second checker", head + "vip: 192.0.2.100/24\ncheckers:\n  - name: x\n    type: tcp\n    address: 127.0.0.1:80\n    when: second\n    action: restart\n",
+			[]wantErr{{8, "checkers[0].when", "a farm has no SECOND"}}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
