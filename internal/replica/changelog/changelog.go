@@ -945,7 +945,7 @@ func (l *Log) flushLocked() error {
 				// append needs no metadata update (several times faster).
 				n := max(growBytes, int64(len(b)))
 				if err := writeZeros(f, alloc, n); err != nil {
-					return fmt.Errorf("changelog: extend %s: %w", l.path, err)
+					return fmt.Errorf("changelog: extend %s: %w", l.path, cause(err))
 				}
 				if err := unix.Fsync(int(f.Fd())); err != nil {
 					return fmt.Errorf("changelog: fsync %s: %w", l.path, err)
@@ -953,7 +953,7 @@ func (l *Log) flushLocked() error {
 				alloc += n
 			}
 			if _, err := f.WriteAt(b, off); err != nil {
-				return fmt.Errorf("changelog: write %s at %d: %w", l.path, off, err)
+				return fmt.Errorf("changelog: write %s at %d: %w", l.path, off, cause(err))
 			}
 			if err := unix.Fdatasync(int(f.Fd())); err != nil {
 				return fmt.Errorf("changelog: fdatasync %s: %w", l.path, err)
@@ -965,11 +965,21 @@ func (l *Log) flushLocked() error {
 	l.mu.Lock()
 	l.alloc = alloc
 	if err != nil {
-		return fmt.Errorf("%w: the change records can no longer be trusted; restart the agent (Open recovers what was durable)", err)
+		return fmt.Errorf("%w (disk full or failing?): changes can no longer be recorded; fix the cause and restart the agent (Open recovers what was durable)", err)
 	}
 	l.syncs += uint64(len(bufs))
 	l.size, l.synced = off, upto
 	return nil
+}
+
+// cause drops the *PathError wrapper (its name may be the temporary one
+// the journal was created under).
+func cause(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }
 
 // flushHook, when set (tests), runs before each journal write.

@@ -591,3 +591,94 @@ func TestGroupCommit(t *testing.T) {
 		t.Fatalf("%d syncs for %d concurrent touches: no group commit", syncs, writers*each)
 	}
 }
+
+// TestSetAloneFalseWaitsForAloneOps: an op started alone is moved to DIRTY
+// by SetAlone(false), which waits for its Done.
+func TestSetAloneFalseWaitsForAloneOps(t *testing.T) {
+	l := mustOpen(t, t.TempDir(), testOpts())
+	k := Key{1, 1}
+	l.SetAlone(true)
+	p, err := l.Touch(k, 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- l.SetAlone(false) }()
+	select {
+	case err := <-done:
+		t.Fatalf("SetAlone(false) returned (%v) while an op started alone was running", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	l.Done(p, 0)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("SetAlone(false) did not return after Done")
+	}
+	if !has(l.Dirty(), k, 0) || l.Stats().Active != 0 {
+		t.Fatalf("zone changed alone not moved to DIRTY: %+v", l.Stats())
+	}
+}
+
+// TestNewStreamNumbering: slots acknowledged by an old stream leave the
+// active set even when the next stream numbers from 1; slots it did not
+// acknowledge go to DIRTY, not acknowledged by the new stream's acks.
+func TestNewStreamNumbering(t *testing.T) {
+	l := mustOpen(t, t.TempDir(), testOpts())
+	a, b := Key{1, 1}, Key{1, 2}
+	touch(t, l, a, 0, 1000)
+	touch(t, l, b, 0, 2000)
+	l.Acked(1500)
+	l.SetAlone(true)
+	l.SetAlone(false)
+	touch(t, l, a, 5, 1) // new stream from 1
+	l.Acked(5000)
+	l.Checkpoint()
+	d := l.Dirty()
+	if st := l.Stats(); st.Active != 0 || !has(d, b, 0) || has(d, a, 0) || has(d, a, 5) {
+		t.Fatalf("active %d, DIRTY %+v", st.Active, d.Files)
+	}
+}
+
+func TestCancelAndClosed(t *testing.T) {
+	l := mustOpen(t, t.TempDir(), testOpts())
+	k := Key{1, 1}
+	p, err := l.Touch(k, 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Cancel(p)
+	l.Checkpoint()
+	if st := l.Stats(); st.Active != 0 {
+		t.Fatalf("a cancelled touch left %d active slots", st.Active)
+	}
+	l.Close()
+	if _, err := l.Touch(k, 0, 1); !errors.Is(err, ErrClosed) {
+		t.Fatalf("touch after close: %v", err)
+	}
+	l.Done(p, 1) // harmless
+}
+
+// TestWriteFailureIsSticky: once the journal cannot be written, Touch of a
+// new slot fails (the change must not be made), and so do later ones.
+func TestWriteFailureIsSticky(t *testing.T) {
+	l := mustOpen(t, t.TempDir(), testOpts())
+	touch(t, l, Key{1, 1}, 0, 1)
+	l.mu.Lock()
+	l.f.Close() // the next write fails
+	l.mu.Unlock()
+	_, err := l.Touch(Key{1, 1}, 8192, 1)
+	if err == nil || !strings.Contains(err.Error(), "journal") {
+		t.Fatalf("touch with a failing journal: %v", err)
+	}
+	t.Log(err)
+	if _, err2 := l.Touch(Key{1, 2}, 0, 1); err2 == nil {
+		t.Fatal("second touch succeeded after a write failure")
+	}
+	if _, err := l.Touch(Key{1, 1}, 0, 1); err == nil {
+		t.Fatal("an active zone must not be touched once records fail either")
+	}
+}
