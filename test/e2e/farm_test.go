@@ -239,7 +239,6 @@ func TestFarm(t *testing.T) {
 		done := make(chan []result)
 		go func() { done <- load(f, 0, 8, stop, 5*time.Second) }()
 		time.Sleep(500 * time.Millisecond)
-		killStart := time.Now()
 		f.Kill9("gamma")
 		// From here gamma's agent and service are dead; a request started
 		// before may have been accepted by the dying gamma and is lost
@@ -260,8 +259,9 @@ func TestFarm(t *testing.T) {
 			if r.start.Before(kill) {
 				if r.err != nil {
 					lost++
-					if r.start.Before(killStart) || f.Owner(r.src, all) != "gamma" {
-						t.Errorf("request from %s (not gamma's) started %s before the kill: %v", r.src, kill.Sub(r.start), r.err)
+					// Lost with gamma only if gamma served it.
+					if !r.src.IsValid() || f.Owner(r.src, all) != "gamma" {
+						t.Errorf("request from %s (not gamma's) started %s before the kill: %v", r.src, kill.Sub(r.start).Round(time.Millisecond), r.err)
 					}
 				}
 				continue
@@ -287,8 +287,8 @@ func TestFarm(t *testing.T) {
 				slowest = r.end.Sub(kill)
 			}
 		}
-		t.Logf("%d requests during the failover, %d started after the kill (%s to kill gamma's agent and service): %d failed; %d in progress on gamma lost; the last connection opened in the first second after the kill was served %s after it",
-			len(rs), after, kill.Sub(killStart).Round(time.Millisecond), failed, lost, slowest.Round(time.Millisecond))
+		t.Logf("%d requests during the failover, %d started after the kill: %d failed; %d in progress on gamma lost with it; the last connection opened in the first second after the kill was served %s after it",
+			len(rs), after, failed, lost, slowest.Round(time.Millisecond))
 		// Connections opened now (gamma away) that will move back to gamma.
 		for _, hc := range openConns(t, f, 60) {
 			if f.Owner(hc.src, all) == "gamma" {
