@@ -75,6 +75,7 @@ type farmRunner struct {
 	target       farm.Set            // what the assignment gives this node now
 	servingSince time.Time           // when it became eligible (zero: not eligible)
 	lastHeld     map[string]farm.Set // each peer's holdings when last heard
+	incompat     map[string]bool     // peers whose definition differs (logged once)
 
 	dpMu      sync.Mutex // serialises dataplane calls (reconcile runs under it)
 	dp        farmDataplane
@@ -111,7 +112,7 @@ func newFarmRunner(a *Agent, m *config.Module) (*farmRunner, error) {
 	}
 	r := &farmRunner{
 		a: a, cfg: m, log: log, statePath: filepath.Join(dir, "farm.json"), fields: m.Fields(),
-		table: table, peers: peers, inbox: make(chan farmReq, 256), since: time.Now(), m: farm.New(), lastHeld: map[string]farm.Set{},
+		table: table, peers: peers, inbox: make(chan farmReq, 256), since: time.Now(), m: farm.New(), lastHeld: map[string]farm.Set{}, incompat: map[string]bool{},
 		newDP:   func(c farm.DataplaneConfig) (farmDataplane, error) { return farm.Setup(c) },
 		cleanup: farm.Cleanup,
 	}
@@ -446,6 +447,14 @@ func (r *farmRunner) peerHolds() (holds []farm.PeerHold, eligible []string, stat
 	r.a.mu.Unlock()
 	r.mu.Lock()
 	for _, n := range r.peers {
+		p := states[n]
+		bad := p.view != nil && !p.compatible
+		if bad != r.incompat[n] {
+			r.incompat[n] = bad
+			if bad {
+				r.log.Add(eventlog.KindPeer, fmt.Sprintf("%s runs a different cluster file or module.yaml of %s: it does not count as UP here (its buckets are respected); compare them with `tandem module check` on both", n, r.cfg.Name), "peer", n)
+			}
+		}
 		if h, ok := seen[n]; ok {
 			r.lastHeld[n] = h
 		} else if states[n].state == "DOWN" {
