@@ -178,13 +178,16 @@ func TestCrashKill9(t *testing.T) {
 	}
 	t.Logf("seed %d (rerun with CHANGELOG_SEED=%d)", seed, seed)
 	r := rand.New(rand.NewPCG(seed, 1))
-	iterations := 60
+	const iterations, atLeast = 60, 50
 	dir := t.TempDir()
-	deadline := time.Now().Add(90 * time.Second)
-	var totalTouches, totalChecked int
-	for it := 0; it < iterations; it++ {
+	deadline := time.Now().Add(150 * time.Second)
+	var totalTouches, totalChecked, it int
+	for ; it < iterations; it++ {
 		if time.Now().After(deadline) {
-			t.Fatalf("iteration %d: out of time", it)
+			if it < atLeast {
+				t.Fatalf("only %d kills within %v (machine overloaded?)", it, 150*time.Second)
+			}
+			break
 		}
 		childSeed := r.Uint64()
 		delay := time.Duration(r.IntN(60_000)) * time.Microsecond
@@ -238,8 +241,8 @@ func TestCrashKill9(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	t.Logf("%d iterations, %d touches reported, %d checked (not acknowledged)", iterations, totalTouches, totalChecked)
-	if totalChecked < iterations {
+	t.Logf("%d iterations, %d touches reported, %d checked (not acknowledged)", it, totalTouches, totalChecked)
+	if totalChecked < it {
 		t.Fatalf("only %d unacknowledged touches checked: the kills came too early", totalChecked)
 	}
 }
