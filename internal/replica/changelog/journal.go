@@ -12,11 +12,15 @@ import (
 //
 //	header (32 bytes):
 //	  magic "TNDMCLOG" | version u16 | zone shift u8 | 0 u8 | 0 u32 |
-//	  file id u64 | crc32c of the 28 bytes before it u32
+//	  file id u64 (random) | crc32c of the 24 bytes before it u32 | 0 u32
 //	records, each:
 //	  length u32 (of the body, 1..maxRecord) |
 //	  crc32c u32 of (file id u64, record index u64, body) |
-//	  body: type u8, fields as unsigned varints
+//	  body: type u8, then fields as unsigned varints (see the types below):
+//	    key = dev, ino; slot = zone index, or 2^64-1 (directory entries),
+//	    2^64-2 (attributes), 2^64-3 (extent: lo, n follow);
+//	    runs = count (3-byte varint), then (gap from the previous run's
+//	    end, length) per run
 //	zeros up to the end of the file (preallocated, so that an fdatasync
 //	after an append does not change the file size)
 //
