@@ -38,6 +38,9 @@ type compareScope struct {
 
 // progressStatus is the running resynchronisation, nil when none runs.
 func (x *replica) progressStatus() *api.ResyncStatus {
+	if x == nil {
+		return nil
+	}
 	run := x.running.Load()
 	if run == nil {
 		return nil
