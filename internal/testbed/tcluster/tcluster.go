@@ -93,6 +93,11 @@ type Options struct {
 	Directories []string
 	// ModuleExtra is appended to module.yaml (e.g. "sync: write\n").
 	ModuleExtra string
+	// DefaultPrimary is the test module's default_primary: "" keeps alpha,
+	// NoDefaultPrimary writes none (the module stays where it runs).
+	DefaultPrimary string
+	// Modules are extra mirror modules beside Module (see ModuleSpec).
+	Modules []ModuleSpec
 }
 
 // Node is one cluster node of the bed.
@@ -114,6 +119,7 @@ type Cluster struct {
 	nodes  map[string]*Node
 	Client *testbed.Host
 	vips   []netip.Prefix
+	extra  []ModuleSpec // Options.Modules, defaults filled in
 
 	stopOnce    sync.Mutex
 	sampleMu    sync.Mutex // held during one sample; Pause/Resume take it
@@ -220,7 +226,15 @@ func New(t testbed.TB, bins Binaries, o Options) *Cluster {
 	mdir := filepath.Join(c.dir, "modules", Module)
 	must(t, os.MkdirAll(filepath.Join(mdir, "bin"), 0o755))
 	var m strings.Builder
-	m.WriteString("kind: mirror\nnodes: [alpha, beta]\ndefault_primary: alpha\nvips:\n")
+	m.WriteString("kind: mirror\nnodes: [alpha, beta]\n")
+	switch o.DefaultPrimary {
+	case "":
+		m.WriteString("default_primary: alpha\n")
+	case NoDefaultPrimary:
+	default:
+		fmt.Fprintf(&m, "default_primary: %s\n", o.DefaultPrimary)
+	}
+	m.WriteString("vips:\n")
 	for _, v := range o.VIPs {
 		fmt.Fprintf(&m, "  - address: %s\n", v)
 	}
@@ -255,6 +269,7 @@ func New(t testbed.TB, bins Binaries, o Options) *Cluster {
 		n.api = &api.Client{Socket: filepath.Join(c.dir, n.name+".sock"), Timeout: 3 * time.Second}
 		n.app = filepath.Join(c.dir, "state-"+n.name, "modules", Module, "app.pid")
 	}
+	c.addModules(o)
 	c.startSampler()
 	t.Cleanup(c.StopSampler)
 	return c
@@ -307,6 +322,7 @@ func (c *Cluster) Kill9(name string) {
 	if b, err := os.ReadFile(n.app); err == nil {
 		exec.Command("kill", "-9", strings.TrimSpace(string(b))).Run()
 	}
+	c.killExtraApps(name)
 }
 
 // sigterm stops the agent cleanly and waits for it to exit.
@@ -354,9 +370,14 @@ func (c *Cluster) Command(name, verb string, opts api.CommandOptions) (string, e
 // reach connects from the client host to the VIP and returns the node name
 // the service answered with.
 func (c *Cluster) Reach(vip netip.Addr, timeout time.Duration) (string, error) {
+	return c.ReachPort(vip, AppPort, timeout)
+}
+
+// ReachPort is Reach for a service on another port (an extra module's).
+func (c *Cluster) ReachPort(vip netip.Addr, port uint16, timeout time.Duration) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	conn, err := c.Client.Dial(ctx, "tcp", netip.AddrPortFrom(vip, AppPort).String())
+	conn, err := c.Client.Dial(ctx, "tcp", netip.AddrPortFrom(vip, port).String())
 	if err != nil {
 		return "", err
 	}
