@@ -1084,6 +1084,12 @@ func (l *Log) encodeState(b []byte) []byte {
 		b = append(b, x)
 		b = e.finish(b, s)
 	}
+	var s int
+	b, s = e.begin(b, recSizes)
+	for _, n := range []int{len(l.dirty.files), len(l.dirty.dirs), len(l.inflight.files), len(l.inflight.dirs)} {
+		b = binary.AppendUvarint(b, uint64(n))
+	}
+	b = e.finish(b, s)
 	flag(recNeedFull, l.needFull)
 	flag(recAlone, l.alone)
 	sets := []struct {
@@ -1123,7 +1129,6 @@ func (l *Log) encodeState(b []byte) []byte {
 		}
 		b = e.finish(b, s)
 	}
-	var s int
 	b, s = e.begin(b, recCheckpoint)
 	return e.finish(b, s)
 }

@@ -145,6 +145,7 @@ func FuzzRecords(f *testing.F) {
 	f.Add([]byte{3, recActive, 1, 2, 5, 1}, uint8(12))
 	f.Add([]byte{6, recToDirty, 1, 2, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 1, 9}, uint8(16))
 	f.Add([]byte{8, recDirtyFile, 1, 2, 1, 2, 3, 4, 5, 6}, uint8(30))
+	f.Add([]byte{5, recSizes, 200, 1, 1, 1, 2, recDirtyDir, 1}, uint8(12))
 	f.Fuzz(func(t *testing.T, data []byte, shift uint8) {
 		e := encoder{id: 7}
 		b := encodeHeader(uint(shift), e.id)

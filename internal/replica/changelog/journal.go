@@ -65,6 +65,7 @@ const (
 	recInflightFile = 11 // key, flags, runs: add to the in-flight set
 	recInflightDir  = 12 // key
 	recInflightDrop = 13 // empty the in-flight set
+	recSizes        = 14 // dirty files, dirty dirs, in-flight files, in-flight dirs (map sizes)
 )
 
 const flagMeta = 1
@@ -152,6 +153,7 @@ type replay struct {
 	dirty     set
 	inflight  set
 	records   int
+	bytes     int // size of the journal read
 	// tornAt is the offset where reading stopped before the end of the data
 	// (a torn tail), or -1.
 	tornAt int64
@@ -183,7 +185,7 @@ func decode(data []byte) (*replay, error) {
 		return nil, corrupt("journal header: zone size 2^%d out of range", shift)
 	}
 	id := binary.LittleEndian.Uint64(h[16:])
-	r := &replay{zoneShift: shift, active: map[slotKey]run{}, dirty: newSet(), inflight: newSet(), tornAt: -1}
+	r := &replay{zoneShift: shift, active: map[slotKey]run{}, dirty: newSet(), inflight: newSet(), tornAt: -1, bytes: len(data)}
 	off := headerSize
 	var index uint64
 	checkpointed := false
@@ -397,6 +399,17 @@ func (r *replay) apply(body []byte, checkpointed *bool) error {
 		delete(r.dirty.dirs, d.key())
 	case recInflightDrop:
 		r.inflight = newSet()
+	case recSizes:
+		// Presize the maps (bounded by what the journal can hold: each
+		// entry takes more than 8 bytes).
+		var n [4]int
+		for i := range n {
+			n[i] = int(min(d.uvarint(), uint64(r.bytes/8)))
+		}
+		if d.err == nil && r.dirty.len() == 0 && r.inflight.len() == 0 {
+			r.dirty = set{files: make(map[Key]fileSet, n[0]), dirs: make(map[Key]uint64, n[1])}
+			r.inflight = set{files: make(map[Key]fileSet, n[2]), dirs: make(map[Key]uint64, n[3])}
+		}
 	default:
 		return fmt.Errorf("unknown record type %d (written by a newer version?)", t)
 	}
