@@ -288,7 +288,7 @@ func filterCost(t *testing.T, f *tcluster.Farm) string {
 	seed := farmpkg.Seed(tcluster.FarmVIP.Addr())
 	load := func(k int) {
 		var b strings.Builder
-		fmt.Fprintf(&b, "table netdev farmbench\ndelete table netdev farmbench\ntable netdev farmbench {\n  map empty { type integer : verdict; }\n")
+		fmt.Fprintf(&b, "table netdev farmbench\ndelete table netdev farmbench\ntable netdev farmbench {\n  map empty { type mark : verdict; }\n")
 		fmt.Fprintf(&b, "  chain c {\n    type filter hook ingress device %s priority -10; policy accept;\n", alpha.Ifaces["lan"])
 		for range k {
 			fmt.Fprintf(&b, "    ip daddr %s jhash ip saddr . udp sport mod 256 seed %#x vmap @empty\n", tcluster.FarmVIP.Addr(), seed)
