@@ -192,3 +192,22 @@ func (c *Cluster) ModuleStateDirOf(node, module string) string {
 func (c *Cluster) ModuleEvents(node, module string) ([]eventlog.Event, error) {
 	return eventlog.Read(filepath.Join(c.ModuleStateDirOf(node, module), "events.log"), -1)
 }
+
+// WaitReachModule is WaitReach for any module's service (its first VIP
+// and its port).
+func (c *Cluster) WaitReachModule(module, want string, within time.Duration) time.Duration {
+	c.t.Helper()
+	vip, port := c.ModuleVIP(module), c.ModulePort(module)
+	start := time.Now()
+	var got string
+	var err error
+	for time.Since(start) < within {
+		got, err = c.ReachPort(vip, port, 200*time.Millisecond)
+		if err == nil && got == want {
+			return time.Since(start)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	c.t.Fatalf("client did not reach module %s's service on %s through %s port %d within %s: last answer %q err=%v", module, want, vip, port, within, got, err)
+	return 0
+}
