@@ -306,6 +306,7 @@ func treeCases(t *testing.T, sz sizes, res *Results) {
 	c.StartPair()
 	first := tandemWait(t, c, since, resyncTimeout(g.Bytes, g.Files))
 	t.Logf("first resync after the start (beta empty): %s", first.describe())
+	res.Notes = append(res.Notes, "(a, b) setup, not in the figures: the first resync after the agents' start, into an empty beta: "+first.describe())
 	if sz.verify {
 		verify(t, alphaB, betaB, "alpha's and beta's copies after the first resync")
 	}
@@ -445,6 +446,7 @@ func compareCase(t *testing.T, sz sizes, res *Results) {
 	c.StartPair()
 	first := tandemWait(t, c, since, resyncTimeout(g.Bytes, g.Files))
 	t.Logf("first full compare after the start: %s", first.describe())
+	res.Notes = append(res.Notes, "(c) setup, not in the figures: the first compare after the agents' start, both copies already identical: "+first.describe())
 	if first.Sent > 0 {
 		res.Notes = append(res.Notes, fmt.Sprintf("(c) the first compare after the start sent %d bytes although both copies were written identical", first.Sent))
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 )
 
@@ -17,8 +18,7 @@ const maxDiffs = 10
 // resync that leaves the copies different is a bug, not a figure.
 func verify(t *testing.T, a, b, what string) {
 	t.Helper()
-	v := &verifier{buf1: make([]byte, 1<<20), buf2: make([]byte, 1<<20)}
-	v.dir(a, b, ".")
+	v := verifyParallel(a, b, 4)
 	if len(v.diffs) > 0 {
 		t.Errorf("%s (%s, %s) differ in %d entries (first %d):\n%s", what, a, b, v.n, len(v.diffs), joinLines(v.diffs))
 		return
@@ -26,7 +26,48 @@ func verify(t *testing.T, a, b, what string) {
 	t.Logf("%s identical: %d entries, %s compared; %d files with another mtime", what, v.entries, mib(v.bytes), v.mtimes)
 }
 
+// verifyParallel compares the top directory's subdirectories jobs at once
+// (a million small files read cold one by one takes long).
+func verifyParallel(a, b string, jobs int) *verifier {
+	top := newVerifier()
+	top.sub = make(chan string)
+	var wg sync.WaitGroup
+	var all []*verifier
+	for range jobs {
+		w := newVerifier()
+		all = append(all, w)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for rel := range top.sub {
+				w.dir(a, b, rel)
+			}
+		}()
+	}
+	top.dir(a, b, ".")
+	close(top.sub)
+	wg.Wait()
+	for _, w := range all {
+		top.n += w.n
+		top.entries += w.entries
+		top.mtimes += w.mtimes
+		top.bytes += w.bytes
+		for _, d := range w.diffs {
+			if len(top.diffs) < maxDiffs {
+				top.diffs = append(top.diffs, d)
+			}
+		}
+	}
+	return top
+}
+
+func newVerifier() *verifier {
+	return &verifier{buf1: make([]byte, 1<<20), buf2: make([]byte, 1<<20)}
+}
+
 type verifier struct {
+	// sub, when set, takes the subdirectories of the top directory.
+	sub                chan string
 	diffs              []string
 	n, entries, mtimes int
 	bytes              int64
@@ -93,6 +134,8 @@ func (v *verifier) entry(a, b, rel string) {
 		return
 	}
 	switch {
+	case sa.IsDir() && v.sub != nil:
+		v.sub <- rel
 	case sa.IsDir():
 		v.dir(a, b, rel)
 	case sa.Mode().IsRegular():
