@@ -209,7 +209,12 @@ func Diverged(o *op.Op, err error) bool {
 		// entries here.
 		return o.Kind == op.Rename
 	case unix.EPERM:
-		return o.Kind == op.Link // a hard link to what is a directory here
+		// A hard link to what is a directory here; a user.* attribute on
+		// what is a symlink or a device here.
+		switch o.Kind {
+		case op.Link, op.SetXattr, op.RemoveXattr, op.XattrSet:
+			return true
+		}
 	}
 	return false
 }

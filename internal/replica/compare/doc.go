@@ -1,0 +1,107 @@
+// Package compare is the online, compare-based resynchronisation of a
+// replicated directory: the secondary's copy converges to the primary's
+// while the application keeps writing, and only what differs travels.
+//
+// # How
+//
+// The primary's Engine asks the secondary questions with query ops
+// (op.Query) placed in the same ordered stream as the live writes: the
+// listing of a directory (names, types, owners, modes, sizes, mtimes, link
+// counts and inode numbers, symlink targets, a digest of the extended
+// attributes, and a hash of each small file's content), or the xxh3
+// hashes of a file's blocks. The secondary answers out of band (Answer,
+// Answerer), in worker goroutines, from its current copy. Once an answer
+// is in, the primary reads its own current data, compares, and, holding a
+// short freeze of the application's mutations (Options.Freeze), submits
+// ordinary ops for what differs: Write, Fallocate (punch a hole),
+// Truncate, Create, Mkdir, Symlink, Mknod, Link, RemoveTree, Chown,
+// XattrSet, Chmod, Utimens. An equal hash sends nothing.
+//
+// # Why it is correct
+//
+// Think of each byte of each file (and each attribute, and each
+// directory's set of names) as a variable, and of the stream as the one
+// order in which both nodes apply ops. Live ops are applied on the
+// primary and submitted atomically with respect to the freeze, so both
+// nodes apply the same ops in the same order; every live data op sets
+// its variables to values independent of their previous ones (a write,
+// a truncate, a hole punched) or changes them idempotently (a write
+// extending the size takes the max; chown clearing set-ID bits). So for
+// any variable, the value after an op that touched it is the same on
+// both nodes, whatever each had before.
+//
+// Let q be the query's place in the stream and f the place of the fixes,
+// submitted while mutations are frozen. The answer reflects the
+// secondary's state at some moment between q and the reply, perhaps a
+// different one for each byte (torn). The primary reads its data after
+// the reply came, so every live op after its read lies after the answer
+// too. For one variable:
+//
+//   - if the primary's value differs from the answer, the fix sends the
+//     primary's current value (read under the freeze), ordered after
+//     every live op submitted so far: the secondary ends with it;
+//   - if it is equal, either a live op touched the variable between the
+//     answer and f, and it set the same value on both nodes, or none did,
+//     and the secondary still holds the answered value, equal to the
+//     primary's.
+//
+// Either way the two nodes agree after f, and every later op keeps them
+// in agreement. The resync never writes older data over newer: what it
+// sends is the current value, placed after the live writes that produced
+// it.
+//
+// Namespace changes are not of this kind: a rename or a link moves a
+// content from one name to another, so an answer about a name may
+// describe a file that no longer lives there. The caller reports every
+// live op through Engine.Observe; the engine then (1) refuses a listing
+// answer that a namespace change made stale (a create, removal, rename or
+// link in that directory, or of one of its ancestors, since the query):
+// it asks again, and after a few tries compares that directory under one
+// freeze across the round trip; (2) abandons a file's compare whose name
+// changed meanwhile; (3) compares again, whole, every entry a rename or a
+// link put into place during the run (its content may never have been
+// compared).
+//
+// While the compare has not reached an entry, a live op may fail on the
+// secondary (a write to a file that exists only on the primary). The
+// secondary's applier then runs lenient (apply.Applier.SetLenient): it
+// skips the op and records its paths (Answerer.Skipped); the engine asks
+// for them (QuerySkipped) and compares those entries again, after the
+// skipped op. The final check asks once more with mutations frozen and
+// only then submits the SyncAll flagged op.ResyncDone: no op before it
+// was skipped, so every later op applies to identical trees.
+//
+// # Order of the fixes
+//
+// Namespace fixes of a directory are sent in batches under one freeze,
+// and only if no namespace change reached the directory since its
+// answer. A new entry is created with its owner and mode, then its
+// extended attributes (XattrSet, then Chmod again since an ACL changes
+// the mode), then its times; a regular file's data follows, then its
+// size (Truncate) and times. For an existing entry the attributes that
+// differ go owner, attributes, mode, times. A directory's own times go
+// after its entries were fixed (fixing them changed its mtime there).
+// Sparse files stay sparse: the primary's holes (SEEK_DATA/SEEK_HOLE) are
+// sent as punched holes, new files get their data regions only, and a
+// block all zeros on both sides is equal.
+//
+// Hard links: names of one primary inode must be names of one secondary
+// inode. The listings carry link counts and the secondary's inode
+// numbers: the first name of an inode met is compared as a file, the
+// others become links to it (Link) unless they are that inode already; a
+// secondary inode with more names than the primary's, or already
+// matched to another primary inode, is recreated. The data of
+// hard-linked files is compared after every listing, once the link
+// groups agree (a write through a name not linked yet would miss the
+// copy). An incremental scope searches the primary's tree for the other
+// names of the linked inodes it meets.
+//
+// # Cost
+//
+// A full compare reads every file on both nodes (hashing runs at memory
+// speed, so disks and the network bound it) and sends the differing
+// blocks. Files up to one block are hashed inside the listing answer,
+// without a query each. An incremental scope lists only the changed
+// directories and compares only the recorded zones. A repeated Run sends
+// only what still differs.
+package compare

@@ -1,0 +1,832 @@
+package compare
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tandem-ha/tandem/internal/replica/op"
+	"golang.org/x/sys/unix"
+)
+
+// Stream is the replication stream as the engine uses it. Submit appends
+// an op (it must copy what it keeps: the engine reuses Data buffers) and
+// returns its sequence number. Query appends a query op and returns the
+// channel its one Reply will arrive on; replies may come in any order.
+// Both are ordered with every other op submitted, live ones included.
+type Stream interface {
+	Submit(o *op.Op) uint64
+	Query(q *op.Op) <-chan Reply
+}
+
+// Reply is the secondary's answer to a query.
+type Reply struct {
+	Data []byte
+	Err  error
+}
+
+// Zone is a byte range of a file.
+type Zone struct{ Off, Len int64 }
+
+// Scope says what to compare.
+type Scope struct {
+	// Full compares every directory and every block of every file.
+	Full bool
+	// Dirs (incremental) are directories whose entries changed: their
+	// listings are compared (missing, extra, replaced entries, link
+	// groups, attributes of every entry). A new or replaced entry is sent
+	// whole, a new directory with its whole subtree.
+	Dirs []string
+	// Files (incremental) are files whose listed zones changed: those
+	// zones are compared (or sent, Options.TrustZones), with the size and
+	// attributes. A file whose first or last block also differs is
+	// compared whole (it was replaced, e.g. renamed over). Nil zones
+	// compare the attributes and size only.
+	Files map[string][]Zone
+	// Whole (incremental) are files to compare whole.
+	Whole []string
+}
+
+// Options configure an Engine.
+type Options struct {
+	// RootFd is the primary's replicated directory (O_PATH is enough),
+	// opened before the FUSE mount hid it. The caller keeps it open.
+	RootFd int
+	// Freeze runs fn while no application mutation is in progress or can
+	// start (the FUSE layer's namespace lock); each fn is short (at most
+	// about 1 MiB of reads, or a batch of entries). Nil: the caller
+	// guarantees nothing else writes (tests, a stopped application).
+	Freeze func(fn func())
+	// BlockSize is the unit of comparison (default 64 KiB).
+	BlockSize int64
+	// Parallel is how many files are compared at once (default 4).
+	Parallel int
+	// Bandwidth caps the file data submitted, in bytes per second (0: no
+	// cap).
+	Bandwidth int64
+	// TrustZones sends an incremental scope's zones without hashing them
+	// on both sides first. Hashing costs a read of each zone on both
+	// nodes and a round trip, and saves the transfer of zones whose
+	// content went back to the peer's (rewritten with the same bytes);
+	// when zones are known to have changed, sending is cheaper.
+	TrustZones bool
+	// PollInterval is how often the secondary is asked for the ops it
+	// skipped (default 500 ms).
+	PollInterval time.Duration
+	// FinalWait bounds the last check, made while mutations are frozen
+	// (default 5 s): past it the freeze is released and the check
+	// repeated.
+	FinalWait time.Duration
+	Logger    *slog.Logger
+}
+
+// Stats tell what a Run did.
+type Stats struct {
+	Dirs        int64         // directory listings compared
+	Files       int64         // regular files compared or sent
+	Created     int64         // entries created on the secondary
+	Removed     int64         // entries removed there
+	Linked      int64         // hard links made there
+	MetaFixed   int64         // entries whose attributes were sent
+	Examined    int64         // bytes of the primary's files hashed or read to send
+	BytesSent   int64         // file data sent (Write ops)
+	Holes       int64         // bytes of holes punched
+	Ops         int64         // ops submitted
+	Queries     int64         // queries asked
+	AnswerBytes int64         // bytes of answers received
+	Retries     int64         // listings asked again: the namespace changed meanwhile
+	Locked      int64         // listings compared under one freeze after repeated retries
+	Rechecks    int64         // entries compared again (renamed or linked into place, skipped by the secondary)
+	Freezes     int64         // times mutations were frozen
+	FrozenMax   time.Duration // longest freeze
+	FrozenTotal time.Duration
+	DoneSeq     uint64 // sequence number of the final SyncAll (op.ResyncDone)
+	Duration    time.Duration
+}
+
+// Progress is a snapshot of a Run's advance.
+type Progress struct {
+	Running  bool
+	Total    int64 // bytes to examine (grows while the scope is discovered)
+	Examined int64
+	Sent     int64 // file data submitted
+	Files    int64 // regular files compared or sent
+	Rate     float64
+	ETA      time.Duration // 0 when unknown
+	Percent  float64
+}
+
+// Engine converges the secondary's copy to the primary's, online. See the
+// package comment for why it is correct.
+type Engine struct {
+	st   Stream
+	opt  Options
+	log  *slog.Logger
+	cur  atomic.Pointer[run]
+	ns   nsLog
+	lim  *limiter
+	prog struct {
+		start    atomic.Int64 // unix nanoseconds
+		total    atomic.Int64
+		examined atomic.Int64
+		sent     atomic.Int64
+		files    atomic.Int64
+		running  atomic.Bool
+	}
+}
+
+// Defaults.
+const (
+	DefaultBlockSize = 64 << 10
+	DefaultParallel  = 4
+	sendChunk        = 1 << 20  // bytes read and sent under one freeze
+	pieceBytes       = 16 << 20 // bytes hashed per query
+	pipeline         = 4        // queries in flight per file
+	batchEntries     = 256      // entries fixed under one freeze
+	maxRetries       = 4        // listing retries before the locked compare
+	lockedPage       = 256      // entries of a locked compare's page
+)
+
+// New checks the options and returns an Engine.
+func New(st Stream, opt Options) (*Engine, error) {
+	if st == nil {
+		return nil, errors.New("compare: no stream")
+	}
+	if opt.BlockSize == 0 {
+		opt.BlockSize = DefaultBlockSize
+	}
+	if opt.BlockSize < minBlockSize || opt.BlockSize > maxBlockSize {
+		return nil, fmt.Errorf("compare: block size %d out of range %d..%d", opt.BlockSize, minBlockSize, maxBlockSize)
+	}
+	if opt.Parallel <= 0 {
+		opt.Parallel = DefaultParallel
+	}
+	if opt.Bandwidth < 0 {
+		return nil, fmt.Errorf("compare: negative bandwidth %d", opt.Bandwidth)
+	}
+	if opt.PollInterval <= 0 {
+		opt.PollInterval = 500 * time.Millisecond
+	}
+	if opt.FinalWait <= 0 {
+		opt.FinalWait = 5 * time.Second
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.Default()
+	}
+	var st0 unix.Stat_t
+	if err := unix.Fstat(opt.RootFd, &st0); err != nil || st0.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return nil, fmt.Errorf("compare: RootFd %d is not an open directory (%v)", opt.RootFd, err)
+	}
+	e := &Engine{st: st, opt: opt, log: opt.Logger}
+	if opt.Bandwidth > 0 {
+		e.lim = newLimiter(opt.Bandwidth)
+	}
+	return e, nil
+}
+
+// Observe must be called with every live op after it was submitted to the
+// stream, in the same critical section as its local apply and submission
+// (the one Freeze excludes); it is cheap for data ops. The engine learns
+// from it which answers a namespace change made stale, and which entries
+// a rename or link moved into place without their content having been
+// compared: those are compared again. Outside a Run it does nothing.
+func (e *Engine) Observe(o *op.Op) {
+	r := e.cur.Load()
+	if r == nil {
+		return
+	}
+	ev, ok := event(o)
+	if !ok {
+		return
+	}
+	e.ns.add(ev)
+	switch o.Kind {
+	case op.Rename:
+		r.recheck(o.Path2)
+		if o.Flags&unix.RENAME_EXCHANGE != 0 {
+			r.recheck(o.Path)
+		}
+	case op.Link:
+		r.recheck(o.Path2)
+	}
+}
+
+// Progress returns the current (or last) Run's progress.
+func (e *Engine) Progress() Progress {
+	p := Progress{
+		Running:  e.prog.running.Load(),
+		Total:    e.prog.total.Load(),
+		Examined: e.prog.examined.Load(),
+		Sent:     e.prog.sent.Load(),
+		Files:    e.prog.files.Load(),
+	}
+	if p.Total < p.Examined {
+		p.Total = p.Examined
+	}
+	if p.Total > 0 {
+		p.Percent = 100 * float64(p.Examined) / float64(p.Total)
+	} else if !p.Running {
+		p.Percent = 100
+	}
+	if s := e.prog.start.Load(); s > 0 {
+		if el := time.Since(time.Unix(0, s)).Seconds(); el > 0 {
+			p.Rate = float64(p.Examined) / el
+		}
+	}
+	if p.Running && p.Rate > 0 {
+		p.ETA = time.Duration(float64(p.Total-p.Examined) / p.Rate * float64(time.Second))
+	}
+	return p
+}
+
+// task is one unit of work: a directory listing (or one entry of it) or a
+// file's data.
+type task struct {
+	id   uint64
+	dir  bool
+	path string
+
+	// directory tasks
+	recurse  bool   // compare the subtree, files whole
+	only     string // just this entry (a recheck)
+	fresh    bool   // the engine created the directory empty at freshGen
+	freshGen uint64
+	late     bool // queued after the walk (a further name of a hard-linked inode)
+	metaPass bool // the attributes of a hard-linked inode, once all its names are linked
+
+	// file tasks
+	how   fileHow
+	zones []Zone
+	pKey  inoKey
+	s     *Entry // the secondary's entry when planned (nil: unknown)
+	since uint64 // ns generation from which s is valid
+	rec   *linkRec // the file is the first name of this hard-linked inode
+	heapI int
+}
+
+type fileHow int
+
+const (
+	howWhole     fileHow = iota // hash compare of every block
+	howZones                    // hash compare (or send) of the zones, probe of the ends
+	howFresh                    // created empty by the engine: send the data
+	howOverwrite                // small file known different: send it all
+)
+
+type inoKey struct{ dev, ino uint64 }
+
+// run is the state of one Run.
+type run struct {
+	e      *Engine
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	scope  Scope
+	root   int
+
+	mu          sync.Mutex
+	cond        sync.Cond
+	dirQ        taskHeap
+	fileQ       []*task
+	deferred    []*task // further names of hard-linked inodes, after the walk
+	deferData   []*task // hard-linked inodes' data and attributes, once all names are linked
+	running     int
+	fileRunning int
+	nextID      uint64
+	queued      map[string]bool // rechecks queued, not started
+	scopeFiles  map[string]*task
+	failed      error
+
+	dlMu     sync.Mutex
+	dirLocks map[string]*dirLock
+
+	lmu       sync.Mutex
+	links     map[inoKey]*linkRec
+	sOwner    map[uint64]inoKey
+	freshDirs map[string]uint64 // directories created empty, and when
+
+	st statsAtomic
+}
+
+type dirLock struct {
+	ch   chan struct{}
+	refs int
+}
+
+type statsAtomic struct {
+	dirs, files, created, removed, linked, metaFixed       atomic.Int64
+	examined, sent, holes, ops, queries, answerBytes       atomic.Int64
+	retries, locked, rechecks, freezes, frozenMax, frozenT atomic.Int64
+	doneSeq                                                atomic.Uint64
+}
+
+// Run compares the scope and sends what differs, while the application
+// goes on writing; it ends with a SyncAll op flagged op.ResyncDone, made
+// while mutations are frozen and after the secondary reported no op
+// skipped since its last check: from that op on the copies are identical
+// and every later op applies on equal trees. The caller waits for that
+// op to be durable (Stats.DoneSeq) before declaring the secondary up to
+// date.
+//
+// Cancelling ctx stops it (the secondary is then not up to date). A Run
+// may be repeated: a full compare sends only what still differs, so an
+// interrupted resynchronisation costs, when restarted, the reading of what
+// was compared already, not its transfer.
+func (e *Engine) Run(ctx context.Context, scope Scope) (Stats, error) {
+	start := time.Now()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	root, err := openNoatime(e.opt.RootFd, "", unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		return Stats{}, fmt.Errorf("compare: open the replicated directory: %w", err)
+	}
+	defer unix.Close(root)
+	r := &run{
+		e: e, ctx: ctx, cancel: cancel, scope: scope, root: root,
+		queued:     make(map[string]bool),
+		scopeFiles: make(map[string]*task),
+		dirLocks:   make(map[string]*dirLock),
+		links:      make(map[inoKey]*linkRec),
+		sOwner:     make(map[uint64]inoKey),
+		freshDirs:  make(map[string]uint64),
+	}
+	r.cond.L = &r.mu
+	if !e.cur.CompareAndSwap(nil, r) {
+		return Stats{}, errors.New("compare: a Run is in progress already")
+	}
+	defer e.cur.Store(nil)
+	e.prog.start.Store(start.UnixNano())
+	e.prog.total.Store(0)
+	e.prog.examined.Store(0)
+	e.prog.sent.Store(0)
+	e.prog.files.Store(0)
+	e.prog.running.Store(true)
+	defer e.prog.running.Store(false)
+	stop := context.AfterFunc(ctx, func() {
+		r.mu.Lock()
+		r.cond.Broadcast()
+		r.mu.Unlock()
+	})
+	defer stop()
+
+	var wg sync.WaitGroup
+	for range e.opt.Parallel + 2 {
+		wg.Go(r.worker)
+	}
+	wg.Go(r.poller)
+	if scope.Full {
+		wg.Go(r.prescan)
+	}
+	err = r.main()
+	cancel(errDone)
+	wg.Wait()
+	if err == nil {
+		if cerr := context.Cause(ctx); cerr != errDone && cerr != nil {
+			err = cerr
+		}
+	}
+	s := r.stats()
+	s.Duration = time.Since(start)
+	if err != nil {
+		e.log.Warn("resync compare stopped", "err", err, "sent", s.BytesSent, "examined", s.Examined)
+		return s, err
+	}
+	e.log.Info("resync compare done", "dirs", s.Dirs, "files", s.Files, "examined", s.Examined,
+		"sent", s.BytesSent, "created", s.Created, "removed", s.Removed, "meta", s.MetaFixed,
+		"rechecks", s.Rechecks, "retries", s.Retries, "frozen_max", s.FrozenMax, "took", s.Duration)
+	return s, nil
+}
+
+var errDone = errors.New("compare: run finished")
+
+func (r *run) stats() Stats {
+	a := &r.st
+	return Stats{
+		Dirs: a.dirs.Load(), Files: a.files.Load(), Created: a.created.Load(), Removed: a.removed.Load(),
+		Linked: a.linked.Load(), MetaFixed: a.metaFixed.Load(), Examined: a.examined.Load(),
+		BytesSent: a.sent.Load(), Holes: a.holes.Load(), Ops: a.ops.Load(), Queries: a.queries.Load(),
+		AnswerBytes: a.answerBytes.Load(), Retries: a.retries.Load(), Locked: a.locked.Load(),
+		Rechecks: a.rechecks.Load(), Freezes: a.freezes.Load(), FrozenMax: time.Duration(a.frozenMax.Load()),
+		FrozenTotal: time.Duration(a.frozenT.Load()), DoneSeq: a.doneSeq.Load(),
+	}
+}
+
+// main seeds the scope and runs the phases until the final check passes.
+func (r *run) main() error {
+	if r.scope.Full {
+		r.push(&task{dir: true, path: "", recurse: true})
+	} else {
+		for _, d := range r.scope.Dirs {
+			if err := op.CleanPath(d); err != nil {
+				return fmt.Errorf("compare: scope directory: %w", err)
+			}
+			r.push(&task{dir: true, path: d})
+		}
+		for f, z := range r.scope.Files {
+			if err := op.CleanPath(f); err != nil || f == "" {
+				return fmt.Errorf("compare: scope file %q: not a clean file path", f)
+			}
+			r.scopeFiles[f] = &task{path: f, how: howZones, zones: z}
+		}
+		for _, f := range r.scope.Whole {
+			if err := op.CleanPath(f); err != nil || f == "" {
+				return fmt.Errorf("compare: scope file %q: not a clean file path", f)
+			}
+			r.scopeFiles[f] = &task{path: f, how: howWhole}
+		}
+		var total int64
+		for _, t := range r.scopeFiles {
+			for _, z := range t.zones {
+				total += z.Len
+			}
+		}
+		r.e.prog.total.Add(total)
+	}
+	for {
+		if err := r.waitIdle(); err != nil {
+			return err
+		}
+		if r.nextPhase() {
+			continue
+		}
+		// Everything compared: ask the secondary for ops it skipped
+		// meanwhile (their paths are compared again), then once more
+		// with mutations frozen, and end.
+		n, err := r.pollSkipped(r.ctx)
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			continue
+		}
+		done, err := r.finish()
+		if err != nil {
+			return err
+		}
+		if done {
+			return nil
+		}
+	}
+}
+
+// nextPhase queues the work that waits for the walk to end: scope files
+// no listing covered, data of hard-linked files, the search of other
+// names of hard-linked inodes (incremental). False when there is none.
+func (r *run) nextPhase() bool {
+	r.mu.Lock()
+	files := r.scopeFiles
+	r.scopeFiles = map[string]*task{}
+	def := r.deferred
+	r.deferred = nil
+	data := r.deferData
+	r.deferData = nil
+	r.mu.Unlock()
+	if len(files) > 0 {
+		for _, p := range slices.Sorted(func(yield func(string) bool) {
+			for p := range files {
+				if !yield(p) {
+					return
+				}
+			}
+		}) {
+			r.push(files[p])
+		}
+		return true
+	}
+	if !r.scope.Full && r.linkScan() {
+		r.mu.Lock()
+		r.deferred = append(def, r.deferred...)
+		r.deferData = append(data, r.deferData...)
+		r.mu.Unlock()
+		return true
+	}
+	if len(def) > 0 {
+		r.mu.Lock()
+		r.deferData = append(data, r.deferData...)
+		r.mu.Unlock()
+		for _, t := range def {
+			r.push(t)
+		}
+		return true
+	}
+	for _, t := range data {
+		r.push(t)
+	}
+	return len(data) > 0
+}
+
+// finish makes the final check with mutations frozen: no work queued, no
+// op skipped by the secondary; then the SyncAll that ends the resync.
+func (r *run) finish() (bool, error) {
+	var done bool
+	var ferr error
+	r.frozen(func() {
+		r.mu.Lock()
+		busy := r.running > 0 || r.dirQ.Len() > 0 || len(r.fileQ) > 0 || len(r.deferred) > 0 || len(r.deferData) > 0 || len(r.scopeFiles) > 0
+		r.mu.Unlock()
+		if busy {
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.ctx, r.e.opt.FinalWait)
+		defer cancel()
+		n, err := r.pollSkipped(ctx)
+		if err != nil {
+			if r.ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+				r.e.log.Info("resync compare: the secondary did not answer the final check in time; checking again", "wait", r.e.opt.FinalWait)
+				return
+			}
+			ferr = err
+			return
+		}
+		if n > 0 {
+			return
+		}
+		r.st.doneSeq.Store(r.submit(&op.Op{Kind: op.SyncAll, Flags: op.ResyncDone}, 0))
+		done = true
+	})
+	return done, ferr
+}
+
+// poller asks the secondary for skipped ops every PollInterval.
+func (r *run) poller() {
+	t := time.NewTicker(r.e.opt.PollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-t.C:
+		}
+		if _, err := r.pollSkipped(r.ctx); err != nil && r.ctx.Err() == nil {
+			r.fail(err)
+			return
+		}
+	}
+}
+
+// pollSkipped asks for the paths of ops the secondary skipped and queues
+// their comparison; it returns how many.
+func (r *run) pollSkipped(ctx context.Context) (int, error) {
+	b, err := r.query(ctx, SkippedQuery())
+	if err != nil {
+		return 0, err
+	}
+	paths, overflow, err := ParseSkippedAnswer(b)
+	if err != nil {
+		return 0, fmt.Errorf("compare: %w", err)
+	}
+	for _, p := range paths {
+		r.recheck(p)
+	}
+	if overflow {
+		r.e.log.Warn("resync compare: the secondary skipped more ops than it could list; comparing everything again")
+		r.scope.Full = true
+		r.push(&task{dir: true, path: "", recurse: true})
+		return len(paths) + 1, nil
+	}
+	return len(paths), nil
+}
+
+// recheck queues the comparison of entry p (and below it) after whatever
+// was submitted so far.
+func (r *run) recheck(p string) {
+	if p == "" {
+		r.push(&task{dir: true, path: "", only: "", recurse: false})
+		return
+	}
+	r.mu.Lock()
+	if r.queued[p] {
+		r.mu.Unlock()
+		return
+	}
+	r.queued[p] = true
+	r.mu.Unlock()
+	r.st.rechecks.Add(1)
+	r.push(&task{dir: true, path: parent(p), only: base(p), recurse: true})
+}
+
+func (r *run) push(t *task) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.nextID++
+	t.id = r.nextID
+	if t.dir {
+		heap.Push(&r.dirQ, t)
+	} else {
+		r.fileQ = append(r.fileQ, t)
+	}
+	r.cond.Broadcast()
+}
+
+func (r *run) deferTask(t *task) {
+	r.mu.Lock()
+	r.deferred = append(r.deferred, t)
+	r.mu.Unlock()
+}
+
+func (r *run) deferDataTask(t *task) {
+	r.mu.Lock()
+	r.deferData = append(r.deferData, t)
+	r.mu.Unlock()
+}
+
+func (r *run) fail(err error) {
+	r.mu.Lock()
+	if r.failed == nil {
+		r.failed = err
+	}
+	r.cond.Broadcast()
+	r.mu.Unlock()
+	r.cancel(err)
+}
+
+func (r *run) take() *task {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for {
+		if r.ctx.Err() != nil {
+			return nil
+		}
+		if len(r.fileQ) > 0 && r.fileRunning < r.e.opt.Parallel {
+			t := r.fileQ[0]
+			r.fileQ[0] = nil
+			r.fileQ = r.fileQ[1:]
+			r.running++
+			r.fileRunning++
+			return t
+		}
+		if r.dirQ.Len() > 0 {
+			t := heap.Pop(&r.dirQ).(*task)
+			if t.only != "" {
+				delete(r.queued, join(t.path, t.only))
+			}
+			r.running++
+			return t
+		}
+		r.cond.Wait()
+	}
+}
+
+func (r *run) worker() {
+	for {
+		t := r.take()
+		if t == nil {
+			return
+		}
+		var err error
+		if t.dir {
+			err = r.dirTask(t)
+		} else {
+			err = r.fileTask(t)
+		}
+		if err != nil && r.ctx.Err() == nil {
+			r.fail(err)
+		}
+		r.mu.Lock()
+		r.running--
+		if !t.dir {
+			r.fileRunning--
+		}
+		r.cond.Broadcast()
+		r.mu.Unlock()
+	}
+}
+
+// waitIdle waits until no task is queued or running.
+func (r *run) waitIdle() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for r.running > 0 || r.dirQ.Len() > 0 || len(r.fileQ) > 0 {
+		if r.failed != nil {
+			return r.failed
+		}
+		if err := r.ctx.Err(); err != nil {
+			return context.Cause(r.ctx)
+		}
+		r.cond.Wait()
+	}
+	if r.failed != nil {
+		return r.failed
+	}
+	return context.Cause(r.ctx)
+}
+
+// query asks q and waits for its answer.
+func (r *run) query(ctx context.Context, q *op.Op) ([]byte, error) {
+	r.st.queries.Add(1)
+	ch := r.e.st.Query(q)
+	select {
+	case rep := <-ch:
+		if rep.Err != nil {
+			return nil, fmt.Errorf("compare: %s: %w", q, rep.Err)
+		}
+		r.st.answerBytes.Add(int64(len(rep.Data)))
+		return rep.Data, nil
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+}
+
+// submit sends o; a namespace change is logged after its submission, as
+// a live op's is (see nsLog).
+func (r *run) submit(o *op.Op, owner uint64) uint64 {
+	seq := r.e.st.Submit(o)
+	if r.e.log.Enabled(r.ctx, slog.LevelDebug) {
+		r.e.log.Debug("resync compare: fix", "seq", seq, "op", o.String(), "mode", fmt.Sprintf("%#o", o.Mode), "uid", o.Uid, "gid", o.Gid, "task", owner)
+	}
+	r.st.ops.Add(1)
+	if ev, ok := event(o); ok {
+		ev.owner = owner
+		r.e.ns.add(ev)
+	}
+	return seq
+}
+
+// frozen runs fn with mutations frozen.
+func (r *run) frozen(fn func()) {
+	r.st.freezes.Add(1)
+	var t0 time.Time
+	wrapped := func() {
+		t0 = time.Now()
+		fn()
+		d := int64(time.Since(t0))
+		r.st.frozenT.Add(d)
+		for {
+			m := r.st.frozenMax.Load()
+			if d <= m || r.st.frozenMax.CompareAndSwap(m, d) {
+				break
+			}
+		}
+	}
+	if r.e.opt.Freeze == nil {
+		wrapped()
+		return
+	}
+	r.e.opt.Freeze(wrapped)
+}
+
+// lockDir serialises the tasks that change one directory's entries.
+func (r *run) lockDir(d string) func() {
+	r.dlMu.Lock()
+	l := r.dirLocks[d]
+	if l == nil {
+		l = &dirLock{ch: make(chan struct{}, 1)}
+		r.dirLocks[d] = l
+	}
+	l.refs++
+	r.dlMu.Unlock()
+	l.ch <- struct{}{}
+	return func() {
+		<-l.ch
+		r.dlMu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(r.dirLocks, d)
+		}
+		r.dlMu.Unlock()
+	}
+}
+
+// taskHeap orders directory tasks depth-first by path (component by
+// component), so the walk advances like a sorted depth-first traversal.
+type taskHeap []*task
+
+func (h taskHeap) Len() int { return len(h) }
+func (h taskHeap) Less(i, j int) bool {
+	return pathLess(h[i].path, h[j].path) || h[i].path == h[j].path && h[i].id < h[j].id
+}
+func (h taskHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i]; h[i].heapI = i; h[j].heapI = j }
+func (h *taskHeap) Push(x any)   { t := x.(*task); t.heapI = len(*h); *h = append(*h, t) }
+func (h *taskHeap) Pop() any {
+	old := *h
+	t := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return t
+}
+
+func pathLess(a, b string) bool {
+	for a != "" && b != "" {
+		ia, ib := strings.IndexByte(a, '/'), strings.IndexByte(b, '/')
+		ca, cb := a, b
+		if ia >= 0 {
+			ca = a[:ia]
+		}
+		if ib >= 0 {
+			cb = b[:ib]
+		}
+		if ca != cb {
+			return ca < cb
+		}
+		if ia < 0 || ib < 0 {
+			return ia < 0 && ib >= 0
+		}
+		a, b = a[ia+1:], b[ib+1:]
+	}
+	return a == "" && b != ""
+}

@@ -1,0 +1,524 @@
+package compare
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"slices"
+
+	"github.com/tandem-ha/tandem/internal/replica/op"
+	"golang.org/x/sys/unix"
+)
+
+// errStale stops a file's compare: its path changed meanwhile (renamed,
+// removed, replaced). A rename or link into place queues a recheck; a
+// removal or a new file needs nothing from us.
+var errStale = errors.New("the file's path changed during its compare")
+
+type fileState struct {
+	t      *task
+	path   string
+	fd     int
+	size   int64 // when the task began
+	since  uint64
+	last   *Entry // the secondary's latest attributes
+	sent   bool   // data ops sent
+	end    int64  // fresh: end of the data sent
+	fresh  bool
+	zones  []Zone // zones mode: the recorded zones, aligned and merged
+	escal  bool   // zones mode: a block outside the zones differs
+	buf    []byte
+	h      hasher
+	hashes []uint64
+	holes  []bool
+}
+
+// fileTask compares (or sends) a regular file's data, then its size and
+// attributes.
+func (r *run) fileTask(t *task) error {
+	if t.rec != nil {
+		r.lmu.Lock()
+		t.rec.started = true
+		r.lmu.Unlock()
+	}
+	done, err := r.fileData(t)
+	if !done && err == nil {
+		if t.rec != nil {
+			r.linkLost(t.rec, t.path)
+		}
+		// Its name changed meanwhile (removed, replaced, renamed over,
+		// or created again over itself): its entry is compared again.
+		r.recheck(t.path)
+	}
+	return err
+}
+
+// linkLost: the data of a hard-linked inode was not compared through its
+// first name, which moved or went meanwhile. The other names met compare
+// it (one of them becomes the first).
+func (r *run) linkLost(rec *linkRec, path string) {
+	r.lmu.Lock()
+	var again []string
+	if rec.first == path {
+		rec.first = ""
+		for p := range rec.seen {
+			if p != path {
+				again = append(again, p)
+			}
+		}
+	}
+	r.lmu.Unlock()
+	slices.Sort(again)
+	for _, p := range again {
+		r.recheck(p)
+	}
+}
+
+// fileData does a file task; done is false when the file's path changed
+// meanwhile and nothing was concluded.
+func (r *run) fileData(t *task) (done bool, err error) {
+	fd, err := openNoatime(r.root, t.path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK)
+	if vanished(err) || err == unix.ENXIO {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("compare: open %s on the primary: %w", show(t.path), err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return false, fmt.Errorf("compare: stat %s on the primary: %w", show(t.path), err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || t.pKey != (inoKey{}) && t.pKey != (inoKey{st.Dev, st.Ino}) {
+		return false, nil // replaced on the primary: the live ops and rechecks cover it
+	}
+	fs := &fileState{t: t, path: t.path, fd: fd, size: st.Size, since: t.since, last: t.s, fresh: t.how == howFresh}
+	if t.how == howWhole || t.how == howZones {
+		fs.since = r.e.ns.now()
+	}
+	r.st.files.Add(1)
+	r.e.prog.files.Add(1)
+	if !r.scope.Full && t.how != howZones {
+		r.e.prog.total.Add(st.Size)
+	}
+	switch t.how {
+	case howFresh, howOverwrite:
+		err = r.sendRange(fs, 0, inf)
+	case howWhole:
+		err = r.compareRanges(fs, []Zone{{0, inf}})
+	case howZones:
+		err = r.compareZones(fs)
+	}
+	if err == nil {
+		err = r.fileEnd(fs)
+	}
+	r.e.log.Debug("resync compare: file", "path", t.path, "how", t.how, "sent", fs.sent, "err", err)
+	if err == errStale {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// wait takes bandwidth tokens for n bytes.
+func (r *run) wait(n int64) error { return r.e.lim.wait(r.ctx, n) }
+
+// sendRange sends the primary's current data over [from, to) (clipped to
+// its size when sent), a chunk per freeze.
+func (r *run) sendRange(fs *fileState, from, to int64) error {
+	for pos := from; ; {
+		if err := r.ctx.Err(); err != nil {
+			return context.Cause(r.ctx)
+		}
+		if err := r.wait(min(sendChunk, max(fs.size-pos, 0))); err != nil {
+			return err
+		}
+		var done bool
+		var err error
+		r.frozen(func() {
+			if r.e.ns.touched(fs.since, noOwner, matchPath(fs.path)) {
+				err = errStale
+				return
+			}
+			var st unix.Stat_t
+			if err = unix.Fstat(fs.fd, &st); err != nil {
+				err = fmt.Errorf("compare: stat %s on the primary: %w", show(fs.path), err)
+				return
+			}
+			end := min(to, st.Size)
+			if pos >= end {
+				done = true
+				return
+			}
+			stop := min(pos+sendChunk, end)
+			err = r.sendSegments(fs, pos, stop)
+			pos = stop
+		})
+		if err != nil || done {
+			return err
+		}
+	}
+}
+
+// sendSegments sends [a, b) of the primary's file, which covers it: data
+// regions as writes, holes (unless the secondary's file is new and so
+// empty there) as punched holes. It runs with mutations frozen.
+func (r *run) sendSegments(fs *fileState, a, b int64) error {
+	if fs.buf == nil {
+		fs.buf = make([]byte, sendChunk)
+	}
+	for x := a; x < b; {
+		ds, err := unix.Seek(fs.fd, x, unix.SEEK_DATA)
+		de := b
+		switch {
+		case err == unix.ENXIO:
+			ds = b
+		case err == unix.EINVAL || err == unix.EOPNOTSUPP:
+			ds = x
+		case err != nil:
+			return fmt.Errorf("compare: find data in %s on the primary from %d: %w", show(fs.path), x, err)
+		default:
+			if de, err = unix.Seek(fs.fd, ds, unix.SEEK_HOLE); err != nil {
+				return fmt.Errorf("compare: find a hole in %s on the primary from %d: %w", show(fs.path), ds, err)
+			}
+		}
+		ds, de = min(ds, b), min(max(de, ds), b)
+		if ds > x && !fs.fresh {
+			r.submit(&op.Op{Kind: op.Fallocate, Path: fs.path, Flags: unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE, Off: x, Len: ds - x}, fs.t.id)
+			r.st.holes.Add(ds - x)
+			fs.sent = true
+		}
+		for ds < de {
+			n, err := preadFull(fs.fd, fs.buf[:min(de-ds, int64(len(fs.buf)))], ds)
+			if err != nil {
+				return fmt.Errorf("compare: read %s on the primary at %d: %w", show(fs.path), ds, err)
+			}
+			if n == 0 {
+				return nil // shorter than its size said: nothing is frozen then, stop
+			}
+			r.submit(&op.Op{Kind: op.Write, Path: fs.path, Off: ds, Data: fs.buf[:n]}, fs.t.id)
+			r.st.sent.Add(int64(n))
+			r.e.prog.sent.Add(int64(n))
+			if fs.fresh || fs.t.how == howOverwrite {
+				r.st.examined.Add(int64(n))
+				r.e.prog.examined.Add(int64(n))
+			}
+			fs.sent = true
+			ds += int64(n)
+			fs.end = max(fs.end, ds)
+		}
+		x = max(de, x+1)
+		if ds >= b {
+			break
+		}
+	}
+	return nil
+}
+
+type piece struct {
+	off, n int64
+	ch     <-chan Reply
+}
+
+// compareRanges compares the file over each range (Len inf: to the end)
+// block by block: the secondary hashes its blocks, then the primary
+// hashes its own (after the answer came, so an equal block is equal when
+// the fixes are sent) and sends the blocks that differ.
+func (r *run) compareRanges(fs *fileState, ranges []Zone) error {
+	bs := r.e.opt.BlockSize
+	for _, z := range ranges {
+		pos := z.Off / bs * bs
+		zEnd := inf
+		if z.Len != inf {
+			zEnd = z.Off + z.Len
+		}
+		var pend []piece
+		for {
+			for len(pend) < pipeline {
+				var st unix.Stat_t
+				if err := unix.Fstat(fs.fd, &st); err != nil {
+					return fmt.Errorf("compare: stat %s on the primary: %w", show(fs.path), err)
+				}
+				limit := min(zEnd, st.Size)
+				if pos >= limit {
+					break
+				}
+				n := (min(pieceBytes, limit-pos) + bs - 1) / bs * bs
+				r.st.queries.Add(1)
+				pend = append(pend, piece{off: pos, n: n, ch: r.e.st.Query(HashBlocksQuery(fs.path, pos, n, bs))})
+				pos += n
+			}
+			if len(pend) == 0 {
+				break
+			}
+			pc := pend[0]
+			pend = pend[1:]
+			if err := r.comparePiece(fs, pc); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (r *run) comparePiece(fs *fileState, pc piece) error {
+	var rep Reply
+	select {
+	case rep = <-pc.ch:
+	case <-r.ctx.Done():
+		return context.Cause(r.ctx)
+	}
+	if rep.Err != nil {
+		return fmt.Errorf("compare: hash %s on the secondary: %w", show(fs.path), rep.Err)
+	}
+	r.st.answerBytes.Add(int64(len(rep.Data)))
+	ans, err := ParseHashAnswer(rep.Data)
+	if err != nil {
+		return fmt.Errorf("compare: hash %s: %w", show(fs.path), err)
+	}
+	if ans.Status != statusOK {
+		// Missing or of another type there: compared again as an entry
+		// of its directory, which replaces it.
+		r.recheck(fs.path)
+		return errStale
+	}
+	fs.last = &ans.File
+	bs := r.e.opt.BlockSize
+	var st unix.Stat_t
+	if err := unix.Fstat(fs.fd, &st); err != nil {
+		return fmt.Errorf("compare: stat %s on the primary: %w", show(fs.path), err)
+	}
+	end := min(pc.off+pc.n, st.Size)
+	var runs []Zone
+	add := func(off int64) {
+		if k := len(runs) - 1; k >= 0 && runs[k].Off+runs[k].Len == off && runs[k].Len+bs <= sendChunk {
+			runs[k].Len += bs
+			return
+		}
+		runs = append(runs, Zone{off, bs})
+	}
+	if end > pc.off {
+		err := fs.h.blocks(fs.fd, pc.off, end, bs, func(off int64, sum uint64, hole bool) {
+			i := (off - pc.off) / bs
+			differs := i < int64(len(ans.Hashes)) && sum != ans.Hashes[i] ||
+				i >= int64(len(ans.Hashes)) && !hole // beyond its end: our data (a hole comes with the size)
+			if differs {
+				add(off)
+				if fs.zones != nil && !inZones(fs.zones, off, bs) {
+					fs.escal = true
+				}
+			}
+		})
+		if err != nil {
+			return fmt.Errorf("compare: hash %s on the primary: %w", show(fs.path), err)
+		}
+		r.st.examined.Add(end - pc.off)
+		r.e.prog.examined.Add(end - pc.off)
+	}
+	for _, run := range runs {
+		if err := r.sendRange(fs, run.Off, run.Off+run.Len); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func inZones(zones []Zone, off, n int64) bool {
+	for _, z := range zones {
+		if off < z.Off+z.Len && z.Off < off+n {
+			return true
+		}
+	}
+	return false
+}
+
+// alignZones rounds zones out to blocks and merges them, sorted.
+func alignZones(zones []Zone, bs int64) []Zone {
+	var out []Zone
+	for _, z := range zones {
+		if z.Len <= 0 || z.Off < 0 {
+			continue
+		}
+		a := z.Off / bs * bs
+		b := z.Off + z.Len
+		if b < z.Off { // overflow: to the end
+			b = inf
+		} else {
+			b = (b + bs - 1) / bs * bs
+		}
+		out = append(out, Zone{a, b - a})
+	}
+	slices.SortFunc(out, func(x, y Zone) int { return int(min(max(x.Off-y.Off, -1), 1)) })
+	merged := out[:0]
+	for _, z := range out {
+		if k := len(merged) - 1; k >= 0 && z.Off <= merged[k].Off+merged[k].Len {
+			merged[k].Len = max(merged[k].Len, z.Off+z.Len-merged[k].Off)
+			continue
+		}
+		merged = append(merged, z)
+	}
+	return merged
+}
+
+// compareZones compares (or sends) a file's recorded zones. Its first and
+// last blocks are compared too: a difference there outside the zones
+// means the file was replaced, and it is compared whole. So is the tail
+// when the sizes differ.
+func (r *run) compareZones(fs *fileState) error {
+	bs := r.e.opt.BlockSize
+	fs.zones = alignZones(fs.t.zones, bs)
+	if fs.zones == nil {
+		fs.zones = []Zone{}
+	}
+	var probe []Zone
+	if fs.size > 0 {
+		probe = alignZones([]Zone{{0, 1}, {fs.size - 1, 1}}, bs)
+	}
+	if r.e.opt.TrustZones {
+		if err := r.compareRanges(fs, probe); err != nil {
+			return err
+		}
+		if fs.escal {
+			return r.compareRanges(fs, []Zone{{0, inf}})
+		}
+		var total int64
+		for _, z := range fs.zones {
+			total += min(z.Len, max(fs.size-z.Off, 0))
+		}
+		r.e.prog.examined.Add(total)
+		r.st.examined.Add(total)
+		for _, z := range fs.zones {
+			if err := r.sendRange(fs, z.Off, z.Off+z.Len); err != nil {
+				return err
+			}
+		}
+	} else {
+		if err := r.compareRanges(fs, alignZones(append(slices.Clone(fs.zones), probe...), bs)); err != nil {
+			return err
+		}
+		if fs.escal {
+			return r.compareRanges(fs, []Zone{{0, inf}})
+		}
+	}
+	if fs.last != nil && fs.last.Size != fs.size {
+		from := min(fs.last.Size, fs.size) / bs * bs
+		return r.compareRanges(fs, []Zone{{from, inf}})
+	}
+	return nil
+}
+
+// fileEnd sends the size and the attributes that differ, then the times
+// if anything was sent.
+func (r *run) fileEnd(fs *fileState) error {
+	if fs.last == nil && !fs.fresh {
+		// Nothing asked yet (an empty file, or zones sent unhashed): the
+		// secondary's attributes.
+		b, err := r.query(r.ctx, HashBlocksQuery(fs.path, 0, 0, r.e.opt.BlockSize))
+		if err != nil {
+			return err
+		}
+		ans, err := ParseHashAnswer(b)
+		if err != nil {
+			return fmt.Errorf("compare: attributes of %s: %w", show(fs.path), err)
+		}
+		if ans.Status != statusOK {
+			r.recheck(fs.path)
+			return errStale
+		}
+		fs.last = &ans.File
+	}
+	if !fs.sent && !fs.fresh {
+		var st unix.Stat_t
+		if err := unix.Fstat(fs.fd, &st); err != nil {
+			return fmt.Errorf("compare: stat %s on the primary: %w", show(fs.path), err)
+		}
+		p := &pEntry{st: st}
+		var err error
+		if p.xdig, err = xattrDigest(fs.fd, ""); err != nil {
+			return fmt.Errorf("compare: read the attributes of %s on the primary: %w", show(fs.path), err)
+		}
+		if st.Size == fs.last.Size && !metaDiffers(p, fs.last) {
+			return nil
+		}
+	}
+	var err error
+	r.frozen(func() {
+		if r.e.ns.touched(fs.since, noOwner, matchPath(fs.path)) {
+			err = errStale
+			return
+		}
+		var st unix.Stat_t
+		if err = unix.Fstat(fs.fd, &st); err != nil {
+			err = fmt.Errorf("compare: stat %s on the primary: %w", show(fs.path), err)
+			return
+		}
+		s := fs.last
+		if fs.fresh {
+			if st.Size != fs.end {
+				r.submit(&op.Op{Kind: op.Truncate, Path: fs.path, Off: st.Size}, fs.t.id)
+			}
+			// Created by us with its owner, mode and attributes.
+			dig, _ := xattrDigest(fs.fd, "")
+			s = &Entry{Mode: st.Mode, Uid: st.Uid, Gid: st.Gid, Xattrs: dig}
+		} else if fs.sent || st.Size != s.Size {
+			r.submit(&op.Op{Kind: op.Truncate, Path: fs.path, Off: st.Size}, fs.t.id)
+			fs.sent = true
+		}
+		err = r.metaOps(fs.t, fs.path, &st, s, fs.fd, "", fs.sent || fs.fresh)
+	})
+	return err
+}
+
+// linkScan (incremental) finds the primary's other names of the
+// hard-linked inodes met in the listed directories, and queues their
+// entries: the link groups are then checked as a full compare does.
+func (r *run) linkScan() bool {
+	want := map[inoKey]map[string]bool{}
+	r.lmu.Lock()
+	for k, rec := range r.links {
+		if !rec.scan && uint64(len(rec.seen)) < rec.nlink {
+			rec.scan = true
+			want[k] = maps.Clone(rec.seen)
+		}
+	}
+	r.lmu.Unlock()
+	if len(want) == 0 {
+		return false
+	}
+	found := 0
+	var walk func(fd int, dir string)
+	walk = func(fd int, dir string) {
+		f := os.NewFile(uintptr(fd), dir)
+		defer f.Close()
+		names, err := f.Readdirnames(-1)
+		if err != nil {
+			return
+		}
+		slices.Sort(names)
+		for _, n := range names {
+			if r.ctx.Err() != nil {
+				return
+			}
+			var st unix.Stat_t
+			if unix.Fstatat(fd, n, &st, unix.AT_SYMLINK_NOFOLLOW) != nil {
+				continue
+			}
+			p := join(dir, n)
+			if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+				if cfd, err := openatNoatime(fd, n, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW); err == nil {
+					walk(cfd, p)
+				}
+				continue
+			}
+			if seen, ok := want[inoKey{st.Dev, st.Ino}]; ok && !seen[p] {
+				r.push(&task{dir: true, path: dir, only: n, late: true})
+				found++
+			}
+		}
+	}
+	if fd, err := openatNoatime(r.root, ".", unix.O_RDONLY|unix.O_DIRECTORY); err == nil {
+		walk(fd, "")
+	}
+	return found > 0
+}
