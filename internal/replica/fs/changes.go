@@ -30,6 +30,16 @@ type touched struct {
 
 func (m *meta) changeKey() changelog.Key { return changelog.Key{Dev: m.key.dev, Ino: m.key.ino} }
 
+// fencedErr refuses a change once the mount is being unmounted: a lazily
+// detached mount keeps serving the files still open, and their changes
+// would reach a copy that may be a SECOND's by then, behind the stream.
+func (t *touched) fencedErr() syscall.Errno {
+	if t.f.fenced.Load() {
+		return syscall.EROFS
+	}
+	return 0
+}
+
 // record runs one Touch; an error (the record could not be written) fails
 // the request with EIO before anything changed.
 func (t *touched) record(pin changelog.Pin, err error) syscall.Errno {
@@ -44,6 +54,9 @@ func (t *touched) record(pin changelog.Pin, err error) syscall.Errno {
 
 // data records bytes [off, off+n) of m.
 func (t *touched) data(m *meta, off, n int64) syscall.Errno {
+	if e := t.fencedErr(); e != 0 {
+		return e
+	}
 	if t.f.changes == nil || n <= 0 {
 		return 0
 	}
@@ -53,6 +66,9 @@ func (t *touched) data(m *meta, off, n int64) syscall.Errno {
 // meta records m's attributes (and, with a size change, the bytes between
 // the old and the new size: the caller adds them with data).
 func (t *touched) meta(m *meta) syscall.Errno {
+	if e := t.fencedErr(); e != 0 {
+		return e
+	}
 	if t.f.changes == nil {
 		return 0
 	}
@@ -61,6 +77,9 @@ func (t *touched) meta(m *meta) syscall.Errno {
 
 // dir records directory m's entries.
 func (t *touched) dir(m *meta) syscall.Errno {
+	if e := t.fencedErr(); e != 0 {
+		return e
+	}
 	if t.f.changes == nil {
 		return 0
 	}
@@ -84,6 +103,9 @@ func (t *touched) done(changed bool, seq uint64) {
 // resize records a truncate of m (its O_PATH or open fd) to size: its
 // attributes, and the bytes between the old and the new size.
 func (t *touched) resize(m *meta, size int64) syscall.Errno {
+	if e := t.fencedErr(); e != 0 {
+		return e
+	}
 	if t.f.changes == nil {
 		return 0
 	}

@@ -61,6 +61,12 @@
 // the call then fails with EIO, never a false acknowledgement. syncfs(2) is
 // not replicated (go-fuse answers SYNCFS with ENOSYS).
 //
+// Unmount fences the mount first: from then on every change is refused
+// (EROFS) and the changes under way are waited for. A busy mount is
+// detached lazily; the files left open can still be read until closed,
+// not changed, since nothing would replicate the change and the copy may
+// be a SECOND's next.
+//
 // Freeze blocks every mutation (it takes the namespace lock exclusively)
 // while lookups, reads, getattr, readdir and xattr reads go on.
 //

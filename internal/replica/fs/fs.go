@@ -250,6 +250,12 @@ func (m *Mounted) Unmount() error {
 	if m.unmounted {
 		return nil
 	}
+	// From now on no change goes through: once lazily detached, the mount
+	// would still serve the files left open, and nothing replicates them.
+	// Wait for the changes under way (they hold the namespace lock).
+	m.fsys.fenced.Store(true)
+	m.fsys.ns.Lock()
+	m.fsys.ns.Unlock()
 	err := unix.Unmount(m.dir, 0)
 	if err == nil {
 		m.unmounted = true
@@ -264,8 +270,8 @@ func (m *Mounted) Unmount() error {
 		return fmt.Errorf("unmount replicated directory %s: busy (%v), and lazy unmount failed: %w", m.dir, err, derr)
 	}
 	m.unmounted = true
-	m.fsys.log.Warn("replicated directory busy: detached lazily; open files stay replicated until closed")
-	return fmt.Errorf("unmount replicated directory %s: %w: files still open there are served (and replicated) until closed", m.dir, ErrLazyUnmount)
+	m.fsys.log.Warn("replicated directory busy: detached lazily; files still open there are read-only until closed")
+	return fmt.Errorf("unmount replicated directory %s: %w: files still open there can be read, not changed (EROFS), until closed", m.dir, ErrLazyUnmount)
 }
 
 // CleanupStale detaches a tandem FUSE mount left at dir by a crashed agent

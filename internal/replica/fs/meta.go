@@ -19,7 +19,8 @@ import (
 // fsys is the state of one mount.
 type fsys struct {
 	rep     Replicator
-	changes Changes // nil: no change records
+	changes Changes     // nil: no change records
+	fenced  atomic.Bool // unmounting: every change is refused (EROFS)
 	sync    SyncMode
 	log     *slog.Logger
 
