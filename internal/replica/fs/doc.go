@@ -70,8 +70,10 @@
 // Freeze blocks every mutation (it takes the namespace lock exclusively)
 // while lookups, reads, getattr, readdir and xattr reads go on.
 //
-// Writes do not carry the mtime, so the file's mtime is sent (Utimens) when a
-// handle that changed data is closed, and after a truncate; creation ops
+// A write carries the mtime it gave the file (the secondary sets it after
+// applying the write), so the copies' mtimes match even for a file that
+// stays open across a failover; a truncate is followed by its mtime, and a
+// handle whose file changed otherwise sends it when closed; creation ops
 // carry the new entry's times. Explicit times and UTIME_NOW are sent as the values that
 // resulted on the primary. ctime and atime are not replicated.
 //

@@ -143,10 +143,20 @@ func (n *node) Write(ctx context.Context, fh gofs.FileHandle, data []byte, off i
 	}
 	var seq uint64
 	if done > 0 {
-		m.mtimeDirty.Store(true)
 		h.wrote.Store(true)
 		if p, named := f.pathOf(m); named {
-			seq = f.submit(m, &op.Op{Kind: op.Write, Path: p, Data: data[:done], Off: off})
+			// The write carries the mtime it gave the file, so the copies'
+			// mtimes match at once, even for a file that stays open (a
+			// failover must not leave them different).
+			o := &op.Op{Kind: op.Write, Path: p, Data: data[:done], Off: off}
+			var st unix.Stat_t
+			if unix.Fstat(h.fd, &st) == nil {
+				o.Atime = op.Time{Nsec: op.UtimeOmit}
+				o.Mtime = op.Time{Sec: st.Mtim.Sec, Nsec: st.Mtim.Nsec}
+			} else {
+				m.mtimeDirty.Store(true) // sent at close instead
+			}
+			seq = f.submit(m, o)
 		}
 		if uid != 0 {
 			if s := f.killSuid(m); s != 0 {

@@ -238,8 +238,10 @@ func applyOp(root int, o *op.Op) error {
 			return err
 		}
 		defer unix.Close(fd)
-		_, err = unix.Pwrite(fd, o.Data, o.Off)
-		return err
+		if _, err = unix.Pwrite(fd, o.Data, o.Off); err != nil || !o.Stamped() {
+			return err
+		}
+		return unix.UtimesNanoAt(fd, "", []unix.Timespec{{Sec: o.Atime.Sec, Nsec: o.Atime.Nsec}, {Sec: o.Mtime.Sec, Nsec: o.Mtime.Nsec}}, unix.AT_EMPTY_PATH)
 	case op.Truncate:
 		fd, err := openFile(root, o.Path, unix.O_WRONLY, 0)
 		if err != nil {
