@@ -60,15 +60,24 @@ func (x *replica) runCompare(ctx context.Context, d *replDir, s *wire.Sender, sc
 	defer d.rep.observe(nil)
 	done := make(chan struct{})
 	defer close(done)
-	go func() { // progress for status
+	go func() { // progress for status, here and (through the heartbeat) on the SECOND
 		t := time.NewTicker(200 * time.Millisecond)
 		defer t.Stop()
-		for {
+		for i := 0; ; i++ {
 			p := eng.Progress()
 			run.total.Store(p.Total)
-			run.done.Store(p.Examined)
+			// Trusted zones are read at once and sent at the bandwidth cap:
+			// their progress is what was sent.
+			if sc.trust {
+				run.done.Store(p.Sent)
+			} else {
+				run.done.Store(p.Examined)
+			}
 			run.sent.Store(p.Sent)
 			run.files.Store(p.Files)
+			if i%5 == 0 {
+				x.r.a.publish()
+			}
 			select {
 			case <-done:
 				return
@@ -78,7 +87,7 @@ func (x *replica) runCompare(ctx context.Context, d *replDir, s *wire.Sender, sc
 	}()
 	st, err := eng.Run(ctx, scope)
 	run.total.Store(max(st.Examined, run.total.Load()))
-	run.done.Store(st.Examined)
+	run.done.Store(run.total.Load())
 	run.sent.Store(st.BytesSent)
 	run.files.Store(st.Files)
 	if err != nil {

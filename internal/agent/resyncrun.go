@@ -115,7 +115,10 @@ func (x *replica) resyncDir(d *replDir, s *wire.Sender) error {
 		run.kind, run.reason = "full", base.Why
 	}
 	x.running.Store(run)
-	defer x.running.Store(nil)
+	defer func() {
+		x.running.Store(nil)
+		x.r.a.publish()
+	}()
 	// Zones this node recorded alone changed: sending them is cheaper than
 	// hashing both sides. Zones the SECOND may have changed (a crashed
 	// primary's writes in flight) are compared.

@@ -169,3 +169,55 @@ func TestChangeRecordsSurviveAgentCrash(t *testing.T) {
 		t.Fatalf("newfile on beta: %q %v", b, err)
 	}
 }
+
+// TestResyncProgressAndBandwidthCap: a full compare (second --full) of a
+// SECOND whose copy lacks a file runs under resync_bandwidth; while it
+// runs, status shows its progress on both nodes (kind, bytes, rate, ETA,
+// resync_percent), and the data sent respects the cap.
+func TestResyncProgressAndBandwidthCap(t *testing.T) {
+	c := newCluster(t, tcluster.Options{Directories: []string{dataDir},
+		ModuleExtra: "replication:\n  resync_bandwidth: 2MiB\n"})
+	alpha := c.Node("alpha").Host
+	c.StartPair()
+	if out, err := alpha.Run("sh", "-c", "cd "+dataDir+" && echo x > small && sync"); err != nil {
+		t.Fatalf("initial file: %v\n%s", err, out)
+	}
+	waitSame(t, c, 30*time.Second)
+	c.Sigterm("beta")
+	c.WaitState("alpha", "ALONE", 10*time.Second)
+	// 8 MiB written while beta is away: at 2 MiB/s about 4 s to resend.
+	if out, err := alpha.Run("sh", "-c", "cd "+dataDir+" && dd if=/dev/urandom of=big bs=1M count=8 status=none && sync"); err != nil {
+		t.Fatalf("changes while alone: %v\n%s", err, out)
+	}
+	since := time.Now()
+	c.Start("beta")
+	var sawPrim, sawSecond bool
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) && !(sawPrim && sawSecond) {
+		if st, err := c.Status("alpha"); err == nil && st.Resync != nil && st.Resync.BytesDone > 0 && st.Resync.RateBps > 0 {
+			t.Logf("alpha: %s resync %.1f%%: %d of %d bytes, %d left, %d sent, %.0f B/s, ETA %.1fs",
+				st.Resync.Kind, st.ResyncPercent, st.Resync.BytesDone, st.Resync.BytesTotal, st.Resync.BytesLeft, st.Resync.BytesSent, st.Resync.RateBps, st.Resync.ETASeconds)
+			if st.Sync != "resyncing" || st.ResyncPercent <= 0 || st.ResyncPercent >= 100 || st.Resync.BytesLeft <= 0 {
+				t.Errorf("alpha status during the resync: sync %q, %.1f%%, %d bytes left", st.Sync, st.ResyncPercent, st.Resync.BytesLeft)
+			}
+			sawPrim = true
+		}
+		if st, err := c.Status("beta"); err == nil && st.Resync != nil && st.State == "SECOND" && st.Sync == "resyncing" {
+			sawSecond = true
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !sawPrim || !sawSecond {
+		t.Fatalf("progress not seen in status during the resync (primary %v, SECOND %v)", sawPrim, sawSecond)
+	}
+	f := resyncDone(t, c, "alpha", since, 60*time.Second)
+	t.Logf("resync: %v", f)
+	sent, secs := num(f["bytes_sent"]), num(f["seconds"])
+	if sent < 8<<20 || secs <= 0 {
+		t.Fatalf("resync sent %.0f bytes in %.2fs: want the 8 MiB file", sent, secs)
+	}
+	if rate := sent / secs; rate > 3<<20 {
+		t.Fatalf("resync ran at %.0f B/s: the 2 MiB/s cap was not applied", rate)
+	}
+	waitSame(t, c, 30*time.Second)
+}
