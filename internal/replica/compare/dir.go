@@ -48,6 +48,8 @@ type linkRec struct {
 	seen  map[string]bool
 	scan  bool // searched for in the tree (incremental)
 	reg   bool // a regular file
+	// planner is the task that planned first last (ready once sent).
+	planner uint64
 	key   inoKey
 	// started: the inode's data (attributes) compare began; a name linked
 	// after that queues it again (a live change through a name not yet
@@ -487,11 +489,12 @@ func (r *run) linkVerdict(t *task, path string, p *pEntry, s *Entry) (verdict, *
 	r.lmu.Lock()
 	defer r.lmu.Unlock()
 	rec := r.links[p.key]
+	takeover := false
 	if rec != nil && rec.first != "" && rec.first != path && rec.ready && r.e.ns.touched(rec.gen, noOwner, matchPath(rec.first)) {
 		rec.first = "" // its first name moved or went: another one takes over
 	}
 	if p.st.Nlink > 1 && rec != nil && rec.first == "" {
-		rec.first, rec.ready = path, false
+		rec.first, rec.ready, takeover = path, false, true
 	}
 	if rec != nil {
 		rec.seen[path] = true
@@ -499,12 +502,12 @@ func (r *run) linkVerdict(t *task, path string, p *pEntry, s *Entry) (verdict, *
 	if p.st.Nlink > 1 && rec != nil && rec.first != path {
 		rec.seen[path] = true
 		if !rec.ready {
-			if !t.late {
+			if !t.late || r.isRunning(rec.planner) {
 				return vDefer, nil
 			}
-			// Its first name was never sent (it vanished): this one
-			// takes over.
-			rec.first = path
+			// Its first name was planned by a task that ended without
+			// sending it (it vanished): this one takes over.
+			rec.first, takeover = path, true
 		} else if s != nil && rec.sIno != 0 && s.Ino == rec.sIno {
 			return vSame, nil
 		} else {
@@ -526,12 +529,12 @@ func (r *run) linkVerdict(t *task, path string, p *pEntry, s *Entry) (verdict, *
 			r.links[p.key] = rec
 		}
 		old := rec.sIno
-		rec.ready = false
+		rec.ready, rec.planner = false, t.id
 		rec.sIno = 0
 		if s != nil && !recreate {
 			rec.sIno = s.Ino
 		}
-		if old != rec.sIno || recreate {
+		if old != rec.sIno || recreate || takeover {
 			for n := range rec.seen {
 				if n != path {
 					again = append(again, n)

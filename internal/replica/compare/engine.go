@@ -300,6 +300,7 @@ type run struct {
 	fileRunning int
 	nextID      uint64
 	queued      map[string]bool // rechecks queued, not started
+	runningIDs  map[uint64]bool
 	scopeFiles  map[string]*task
 	failed      error
 
@@ -350,6 +351,7 @@ func (e *Engine) Run(ctx context.Context, scope Scope) (Stats, error) {
 	r := &run{
 		e: e, ctx: ctx, cancel: cancel, scope: scope, root: root,
 		queued:     make(map[string]bool),
+		runningIDs: make(map[uint64]bool),
 		scopeFiles: make(map[string]*task),
 		dirLocks:   make(map[string]*dirLock),
 		links:      make(map[inoKey]*linkRec),
@@ -624,6 +626,12 @@ func (r *run) push(t *task) {
 	r.cond.Broadcast()
 }
 
+func (r *run) isRunning(id uint64) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.runningIDs[id]
+}
+
 func (r *run) deferTask(t *task) {
 	r.mu.Lock()
 	r.deferred = append(r.deferred, t)
@@ -659,6 +667,7 @@ func (r *run) take() *task {
 			r.fileQ = r.fileQ[1:]
 			r.running++
 			r.fileRunning++
+			r.runningIDs[t.id] = true
 			return t
 		}
 		if r.dirQ.Len() > 0 {
@@ -667,6 +676,7 @@ func (r *run) take() *task {
 				delete(r.queued, join(t.path, t.only))
 			}
 			r.running++
+			r.runningIDs[t.id] = true
 			return t
 		}
 		r.cond.Wait()
@@ -690,6 +700,7 @@ func (r *run) worker() {
 		}
 		r.mu.Lock()
 		r.running--
+		delete(r.runningIDs, t.id)
 		if !t.dir {
 			r.fileRunning--
 		}
