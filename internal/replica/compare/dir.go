@@ -50,7 +50,7 @@ type linkRec struct {
 	reg   bool // a regular file
 	// planner is the task that planned first last (ready once sent).
 	planner uint64
-	key   inoKey
+	key     inoKey
 	// started: the inode's data (attributes) compare began; a name linked
 	// after that queues it again (a live change through a name not yet
 	// linked missed the secondary's inode).

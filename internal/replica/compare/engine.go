@@ -265,8 +265,8 @@ type task struct {
 	how   fileHow
 	zones []Zone
 	pKey  inoKey
-	s     *Entry // the secondary's entry when planned (nil: unknown)
-	since uint64 // ns generation from which s is valid
+	s     *Entry   // the secondary's entry when planned (nil: unknown)
+	since uint64   // ns generation from which s is valid
 	rec   *linkRec // the file is the first name of this hard-linked inode
 	heapI int
 }
