@@ -1,6 +1,7 @@
 package changelog
 
 import (
+	"fmt"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -154,5 +155,31 @@ func TestMillionFilesCheckpoint(t *testing.T) {
 	t.Logf("1,000,000 dirty files: checkpoint %d bytes, encoded in %v (under the lock), written in %v; Open %v", len(buf), encode, all, open)
 	if st.DirtyFiles != 1_000_000 || st.DirtyZones != 1_000_000 {
 		t.Fatalf("after reopen: %+v", st)
+	}
+}
+
+// BenchmarkSequentialTouch: one writer touching 1 MiB after 1 MiB of a
+// file, acks flowing (the replicated sequential write path); reports the
+// journal syncs per GiB written.
+func BenchmarkSequentialTouch(b *testing.B) {
+	for _, zone := range []int64{64 << 10, 4 << 10} {
+		b.Run(fmt.Sprintf("zone=%dK", zone>>10), func(b *testing.B) {
+			o := Options{ZoneSize: zone, Logger: quiet}
+			l := mustOpen(b, b.TempDir(), o)
+			k := Key{1, 1}
+			s0 := l.Stats().Syncs
+			b.SetBytes(1 << 20)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				p, err := l.Touch(k, int64(i)<<20, 1<<20)
+				if err != nil {
+					b.Fatal(err)
+				}
+				l.Done(p, uint64(i+1))
+				l.Acked(uint64(i + 1))
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(l.Stats().Syncs-s0)*1024/float64(b.N), "syncs/GiB")
+		})
 	}
 }
