@@ -34,9 +34,17 @@ type Options struct {
 	// 4 KiB and 1 GiB (default 64 KiB). It may change between two Opens:
 	// recorded zones are converted (rounded outwards).
 	ZoneSize int64
-	// MaxActive bounds the active set: the zones that may hold changes the
-	// peer has not acknowledged, all reported in flight after a crash
-	// (default 4096, at least 64).
+	// ExtentSize is the granularity of the active set (crash safety), a
+	// power of two up to 64 GiB (default 4 MiB), raised to ZoneSize if
+	// smaller. Touching a new extent costs a journal sync; the zones
+	// touched inside an active extent are kept in memory only, and reach
+	// DIRTY at zone granularity when the extent leaves the active set
+	// unacknowledged. After a crash the extents still active count whole.
+	ExtentSize int64
+	// MaxActive bounds the active set: the extents (and attribute or
+	// directory slots) that may hold changes the peer has not
+	// acknowledged, all reported in flight after a crash (default 1024,
+	// at least 64).
 	MaxActive int
 	// FullWait is how long a Touch that finds the active set full of
 	// unacknowledged zones waits for acknowledgements before it moves the
@@ -50,13 +58,15 @@ type Options struct {
 }
 
 const (
-	defaultZoneSize = 64 << 10
-	defaultActive   = 4096
-	minActive       = 64
-	maxActive       = 1 << 20
-	// maxTouchZones: a Touch spanning more zones is recorded as one extent
-	// per file (its hull), so the active set never needs more than this
-	// many slots for one call.
+	defaultZoneSize   = 64 << 10
+	defaultExtentSize = 4 << 20
+	maxExtentShift    = 36
+	defaultActive     = 1024
+	minActive         = 64
+	maxActive         = 1 << 20
+	// maxTouchZones: a Touch spanning more extents is recorded as one
+	// hull per file, so the active set never needs more than this many
+	// slots for one call.
 	maxTouchZones = 1024
 )
 
@@ -64,7 +74,7 @@ const (
 // variable for tests).
 var growBytes int64 = 2 << 20
 
-// Slots of the active set beside zone indices (zones are < 2^51).
+// Slots of the active set beside extent indices (< 2^51).
 const (
 	slotDir    = ^uint64(0)
 	slotMeta   = ^uint64(0) - 1
@@ -79,10 +89,12 @@ type slotKey struct {
 // entry is one slot of the active set.
 type entry struct {
 	sk     slotKey
-	lo, hi uint64 // extent hull
-	seq    uint64 // highest seq of an op on it (0: acknowledged)
-	lsn    uint64 // logical number of its latest activation record
-	pins   int32  // Touches whose Done has not come
+	lo, hi uint64 // hull (slotExtent)
+	// fine: the zones touched in an extent slot (memory only).
+	fine zoneSet
+	seq  uint64 // highest seq of an op on it (0: acknowledged)
+	lsn  uint64 // logical number of its latest activation record
+	pins int32  // Touches whose Done has not come
 	// alone: changed while running without peer, or not acknowledged when
 	// that began: it leaves the active set only into DIRTY.
 	alone bool
@@ -96,7 +108,8 @@ type entry struct {
 // safe for concurrent use.
 type Log struct {
 	dir, path string
-	shift     uint
+	shift     uint // zone size
+	xshift    uint // zones per extent
 	opt       Options
 	log       *slog.Logger
 	lock      *os.File
@@ -153,6 +166,13 @@ func open(dir string, opt Options, recreate bool) (*Log, error) {
 	if opt.ZoneSize < 1<<minZoneShift || opt.ZoneSize > 1<<maxZoneShift || opt.ZoneSize&(opt.ZoneSize-1) != 0 {
 		return nil, fmt.Errorf("changelog %s: zone size %d: must be a power of two from 4 KiB to 1 GiB", dir, opt.ZoneSize)
 	}
+	if opt.ExtentSize == 0 {
+		opt.ExtentSize = defaultExtentSize
+	}
+	if opt.ExtentSize > 1<<maxExtentShift || opt.ExtentSize&(opt.ExtentSize-1) != 0 || opt.ExtentSize <= 0 {
+		return nil, fmt.Errorf("changelog %s: extent size %d: must be a power of two up to 64 GiB", dir, opt.ExtentSize)
+	}
+	opt.ExtentSize = max(opt.ExtentSize, opt.ZoneSize)
 	if opt.MaxActive == 0 {
 		opt.MaxActive = defaultActive
 	}
@@ -171,6 +191,7 @@ func open(dir string, opt Options, recreate bool) (*Log, error) {
 	l := &Log{
 		dir: dir, path: filepath.Join(dir, "journal"), opt: opt,
 		shift:  uint(bits.TrailingZeros64(uint64(opt.ZoneSize))),
+		xshift: uint(bits.TrailingZeros64(uint64(opt.ExtentSize)) - bits.TrailingZeros64(uint64(opt.ZoneSize))),
 		log:    opt.Logger.With("changelog", dir),
 		active: map[slotKey]*entry{}, dirty: newSet(), inflight: newSet(),
 	}
@@ -271,6 +292,15 @@ func (l *Log) recover(r *replay) {
 			l.dirty.addSlot(sk.k, slot, lo, hi, l.gen)
 		}
 	}
+	// Extents: their fine zones died with the process; count them whole.
+	for sk, x := range r.ext {
+		n++
+		lo, hi := conv(x.lo, x.hi)
+		l.inflight.addZones(sk.k, lo, hi, l.gen)
+		if r.alone {
+			l.dirty.addZones(sk.k, lo, hi, l.gen)
+		}
+	}
 	if n > 0 || r.tornAt >= 0 {
 		l.log.Info("change records recovered", "in_flight_slots", n, "alone", r.alone,
 			"torn_tail_at", r.tornAt, "dirty_files", len(l.dirty.files), "dirty_dirs", len(l.dirty.dirs))
@@ -295,13 +325,17 @@ func convert(lo, hi uint64, from, to uint) (uint64, uint64) {
 // ZoneSize is the size of a zone in bytes.
 func (l *Log) ZoneSize() int64 { return l.opt.ZoneSize }
 
+// ExtentSize is the size of an extent of the active set in bytes.
+func (l *Log) ExtentSize() int64 { return l.opt.ExtentSize }
+
 // A Pin holds the slots of one Touch in the active set until Done (or
 // Cancel) gives the op's sequence number. The zero Pin is valid and does
 // nothing.
 type Pin struct {
 	k      Key
 	kind   uint8
-	lo, hi uint64
+	lo, hi uint64 // extents (pinZones), zones (pinExtent)
+	zl, zh uint64 // zones (pinZones)
 }
 
 const (
@@ -328,9 +362,10 @@ func (l *Log) Touch(k Key, off, n int64) (Pin, error) {
 	}
 	lo := uint64(off) >> l.shift
 	hi := (uint64(off+n) + uint64(l.opt.ZoneSize) - 1) >> l.shift
-	p := Pin{k: k, kind: pinZones, lo: lo, hi: hi}
-	if hi-lo > l.touchZones() {
-		p.kind = pinExtent
+	xlo, xhi := lo>>l.xshift, (hi+1<<l.xshift-1)>>l.xshift
+	p := Pin{k: k, kind: pinZones, lo: xlo, hi: xhi, zl: lo, zh: hi}
+	if xhi-xlo > l.touchZones() {
+		p = Pin{k: k, kind: pinExtent, lo: lo, hi: hi}
 	}
 	return l.touch(p)
 }
@@ -398,6 +433,7 @@ func (l *Log) pinFast(p Pin) bool {
 				e = l.active[slotKey{p.k, z}]
 			}
 			l.pinEntry(e)
+			l.addFine(e, p)
 		}
 		return true
 	}
@@ -410,6 +446,10 @@ func (l *Log) pinFast(p Pin) bool {
 }
 
 func (l *Log) pinEntry(e *entry) {
+	if e.pins == 0 && l.acknowledged(e) && e.fine.n > 0 {
+		// Everything recorded so far reached the peer.
+		e.fine = zoneSet{}
+	}
 	e.pins++
 	if l.alone {
 		if !e.alone {
@@ -423,6 +463,12 @@ func (l *Log) pinEntry(e *entry) {
 		e.prev, e.next = l.lru.prev, &l.lru
 		l.lru.prev.next, l.lru.prev = e, e
 	}
+}
+
+// addFine records the zones of p inside extent slot e. mu held.
+func (l *Log) addFine(e *entry, p Pin) {
+	lo, hi := e.sk.slot<<l.xshift, (e.sk.slot+1)<<l.xshift
+	e.fine.add(max(lo, p.zl), min(hi, p.zh))
 }
 
 func (l *Log) touch(p Pin) (Pin, error) {
@@ -497,6 +543,7 @@ func (l *Log) touchSlow(p Pin) error {
 		for z := p.lo; z < p.hi; {
 			if e := l.active[slotKey{p.k, z}]; e != nil {
 				l.pinEntry(e)
+				l.addFine(e, p)
 				wait = max(wait, e.lsn)
 				z++
 				continue
@@ -505,9 +552,11 @@ func (l *Log) touchSlow(p Pin) error {
 			for z < p.hi && l.active[slotKey{p.k, z}] == nil {
 				z++
 			}
-			lsn := l.appendActive(p.k, start, z-start)
+			lsn := l.appendActiveExt(p.k, start, z-start)
 			for y := start; y < z; y++ {
-				l.pinEntry(l.newEntry(slotKey{p.k, y}, lsn))
+				e := l.newEntry(slotKey{p.k, y}, lsn)
+				l.pinEntry(e)
+				l.addFine(e, p)
 			}
 			wait = lsn
 		}
@@ -593,7 +642,7 @@ func (l *Log) evict(n int, spill bool, keep Pin) int {
 		if e.pins == 0 && !keep.covers(e.sk) {
 			switch {
 			case l.acknowledged(e):
-				l.appendSlot(recEvict, e.sk.k, e.sk.slot)
+				l.appendEvict(e)
 				l.removeEntry(e)
 				done++
 			case e.alone || spill:
@@ -609,6 +658,20 @@ func (l *Log) evict(n int, spill bool, keep Pin) int {
 // toDirty moves e from the active set into DIRTY. mu held.
 func (l *Log) toDirty(e *entry) {
 	l.gen++
+	if e.sk.slot < slotExtent {
+		// An extent: its touched zones, then its eviction (a torn tail
+		// keeps the extent active, counted whole).
+		rs := e.fine.ranges()
+		for _, r := range rs {
+			l.dirty.addZones(e.sk.k, r.lo, r.hi, l.gen)
+		}
+		if len(rs) > 0 {
+			l.appendRuns(recDirtyFile, e.sk.k, false, rs)
+		}
+		l.appendEvict(e)
+		l.removeEntry(e)
+		return
+	}
 	lo, hi := e.lo, e.hi
 	l.dirty.addSlot(e.sk.k, e.sk.slot, lo, hi, l.gen)
 	b, start := l.begin(recToDirty)
@@ -855,12 +918,26 @@ func (l *Log) appendSlot(t byte, k Key, slot uint64) uint64 {
 	return l.finish(b, start)
 }
 
-func (l *Log) appendActive(k Key, lo, n uint64) uint64 {
-	b, start := l.begin(recActive)
+// appendActiveExt records extents [x, x+n) of k as active.
+func (l *Log) appendActiveExt(k Key, x, n uint64) uint64 {
+	b, start := l.begin(recActiveExt)
 	b = appendKey(b, k)
-	b = binary.AppendUvarint(b, lo)
+	b = binary.AppendUvarint(b, uint64(l.xshift))
+	b = binary.AppendUvarint(b, x)
 	b = binary.AppendUvarint(b, n)
 	return l.finish(b, start)
+}
+
+// appendEvict records that e left the active set (acknowledged, or after
+// its DIRTY record).
+func (l *Log) appendEvict(e *entry) uint64 {
+	if e.sk.slot < slotExtent {
+		b, start := l.begin(recEvictExt)
+		b = appendKey(b, e.sk.k)
+		b = binary.AppendUvarint(b, e.sk.slot<<l.xshift)
+		return l.finish(b, start)
+	}
+	return l.appendSlot(recEvict, e.sk.k, e.sk.slot)
 }
 
 func (l *Log) appendExtent(k Key, lo, hi uint64) uint64 {
@@ -1117,6 +1194,15 @@ func (l *Log) encodeState(b []byte) []byte {
 	}
 	for en := l.lru.next; en != &l.lru; en = en.next {
 		var s int
+		if en.sk.slot < slotExtent {
+			b, s = e.begin(b, recActiveExt)
+			b = appendKey(b, en.sk.k)
+			b = binary.AppendUvarint(b, uint64(l.xshift))
+			b = binary.AppendUvarint(b, en.sk.slot)
+			b = binary.AppendUvarint(b, 1)
+			b = e.finish(b, s)
+			continue
+		}
 		b, s = e.begin(b, recActive)
 		b = appendKey(b, en.sk.k)
 		b = binary.AppendUvarint(b, en.sk.slot)
@@ -1124,8 +1210,6 @@ func (l *Log) encodeState(b []byte) []byte {
 		case en.sk.slot == slotExtent:
 			b = binary.AppendUvarint(b, en.lo)
 			b = binary.AppendUvarint(b, en.hi-en.lo)
-		case en.sk.slot < slotExtent:
-			b = binary.AppendUvarint(b, 1)
 		}
 		b = e.finish(b, s)
 	}

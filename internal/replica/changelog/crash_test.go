@@ -22,7 +22,7 @@ const (
 )
 
 func crashOpts() Options {
-	return Options{ZoneSize: 4096, MaxActive: 64, FullWait: 20 * time.Millisecond,
+	return Options{ZoneSize: 4096, ExtentSize: 4096, MaxActive: 64, FullWait: 20 * time.Millisecond,
 		JournalBytes: 32 << 10, Logger: quiet}
 }
 

@@ -66,6 +66,8 @@ const (
 	recInflightDir  = 12 // key
 	recInflightDrop = 13 // empty the in-flight set
 	recSizes        = 14 // dirty files, dirty dirs, in-flight files, in-flight dirs (map sizes)
+	recActiveExt    = 15 // key, log2 zones per extent, first extent, count
+	recEvictExt     = 16 // key, first zone of the extent: left the active set
 )
 
 const flagMeta = 1
@@ -150,6 +152,7 @@ type replay struct {
 	needFull  bool
 	alone     bool
 	active    map[slotKey]run // extent slots keep their hull
+	ext       map[slotKey]run // active extents by first zone: their zones
 	dirty     set
 	inflight  set
 	records   int
@@ -185,7 +188,7 @@ func decode(data []byte) (*replay, error) {
 		return nil, corrupt("journal header: zone size 2^%d out of range", shift)
 	}
 	id := binary.LittleEndian.Uint64(h[16:])
-	r := &replay{zoneShift: shift, active: map[slotKey]run{}, dirty: newSet(), inflight: newSet(), tornAt: -1, bytes: len(data)}
+	r := &replay{zoneShift: shift, active: map[slotKey]run{}, ext: map[slotKey]run{}, dirty: newSet(), inflight: newSet(), tornAt: -1, bytes: len(data)}
 	off := headerSize
 	var index uint64
 	checkpointed := false
@@ -359,6 +362,21 @@ func (r *replay) apply(body []byte, checkpointed *bool) error {
 	case recEvict:
 		k, s := d.key(), d.slot()
 		delete(r.active, slotKey{k, s})
+	case recActiveExt:
+		k, xs, x, n := d.key(), d.uvarint(), d.uvarint(), d.uvarint()
+		if d.err != nil {
+			break
+		}
+		if xs > maxExtentShift-minZoneShift || n == 0 || n > maxTouchZones || x >= d.max>>xs || n > d.max>>xs-x {
+			return fmt.Errorf("active extents %d+%d of 2^%d zones out of bounds", x, n, xs)
+		}
+		for i := x; i < x+n; i++ {
+			lo := i << xs
+			r.ext[slotKey{k, lo}] = run{lo, lo + 1<<xs}
+		}
+	case recEvictExt:
+		k, lo := d.key(), d.uvarint()
+		delete(r.ext, slotKey{k, lo})
 	case recToDirty:
 		k, s := d.key(), d.slot()
 		var lo, hi uint64

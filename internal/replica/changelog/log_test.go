@@ -15,7 +15,7 @@ import (
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 func testOpts() Options {
-	return Options{ZoneSize: 4096, MaxActive: 64, FullWait: 200 * time.Millisecond, Logger: quiet}
+	return Options{ZoneSize: 4096, ExtentSize: 4096, MaxActive: 64, FullWait: 200 * time.Millisecond, Logger: quiet}
 }
 
 func mustOpen(t testing.TB, dir string, o Options) *Log {

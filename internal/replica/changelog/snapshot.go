@@ -201,9 +201,13 @@ type Stats struct {
 	DirtyZones uint64
 	// DirtyBytes is DirtyZones times the zone size (an upper bound).
 	DirtyBytes uint64
-	// PendingZones: active slots changed alone, not yet moved to DIRTY.
-	PendingZones  int
+	// PendingZones: zones (and attribute or directory slots) changed
+	// alone, not yet moved to DIRTY.
+	PendingZones int
+	// Active counts the slots of the active set (extents, attribute and
+	// directory slots); ExtentSize is the size of an extent.
 	Active        int
+	ExtentSize    int64
 	InFlightFiles int
 	InFlightDirs  int
 	InFlightZones uint64
@@ -220,7 +224,7 @@ func (l *Log) Stats() Stats {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	st := Stats{
-		ZoneSize: l.opt.ZoneSize, DirtyFiles: len(l.dirty.files), DirtyDirs: len(l.dirty.dirs),
+		ZoneSize: l.opt.ZoneSize, ExtentSize: l.opt.ExtentSize, DirtyFiles: len(l.dirty.files), DirtyDirs: len(l.dirty.dirs),
 		DirtyZones: l.dirty.zones, DirtyBytes: l.dirty.zones * uint64(l.opt.ZoneSize),
 		Active: len(l.active), InFlightFiles: len(l.inflight.files), InFlightDirs: len(l.inflight.dirs),
 		InFlightZones: l.inflight.zones, Alone: l.alone, NeedFull: l.needFull,
@@ -228,7 +232,11 @@ func (l *Log) Stats() Stats {
 	}
 	if l.alone {
 		for e := l.lru.next; e != &l.lru; e = e.next {
-			if e.alone {
+			switch {
+			case !e.alone:
+			case e.sk.slot < slotExtent:
+				st.PendingZones += int(e.fine.n)
+			default:
 				st.PendingZones++
 			}
 		}
