@@ -36,8 +36,6 @@ type changeSpy struct {
 	events []string
 	fail   bool // Touch fails
 	before func(kind string, k changelog.Key)
-	next   int
-	pins   map[int]string // fake pin id -> description
 }
 
 func (c *changeSpy) touch(kind string, k changelog.Key, extra string) (changelog.Pin, error) {

@@ -255,6 +255,7 @@ func (m *Mounted) Unmount() error {
 	// Wait for the changes under way (they hold the namespace lock).
 	m.fsys.fenced.Store(true)
 	m.fsys.ns.Lock()
+	m.fsys.fenced.Store(true) // under the lock: no change was under way
 	m.fsys.ns.Unlock()
 	err := unix.Unmount(m.dir, 0)
 	if err == nil {
