@@ -19,11 +19,22 @@ import (
 const (
 	envCrashDir  = "CHANGELOG_CRASH_DIR"
 	envCrashSeed = "CHANGELOG_CRASH_SEED"
+	// envCrashExtent: the extent size (zones are 4 KiB).
+	envCrashExtent = "CHANGELOG_CRASH_EXTENT"
 )
 
-func crashOpts() Options {
-	return Options{ZoneSize: 4096, ExtentSize: 4096, MaxActive: 64, FullWait: 20 * time.Millisecond,
+func crashOpts(extent int64) Options {
+	return Options{ZoneSize: 4096, ExtentSize: extent, MaxActive: 64, FullWait: 20 * time.Millisecond,
 		JournalBytes: 32 << 10, Logger: quiet}
+}
+
+// crashExtent alternates the extent size between kills: zone-sized
+// extents, and 32 KiB ones (eight zones kept in memory per extent).
+func crashExtent(it int) int64 {
+	if it%2 == 0 {
+		return 4096
+	}
+	return 32 << 10
 }
 
 // TestCrashChild is the child: three goroutines Touch and Done, one acks,
@@ -36,7 +47,8 @@ func TestCrashChild(t *testing.T) {
 		t.Skip("run by TestCrashKill9")
 	}
 	seed, _ := strconv.ParseUint(os.Getenv(envCrashSeed), 10, 64)
-	l, err := Open(dir, crashOpts())
+	extent, _ := strconv.ParseInt(os.Getenv(envCrashExtent), 10, 64)
+	l, err := Open(dir, crashOpts(extent))
 	if err != nil {
 		fmt.Printf("E open: %v\n", err)
 		os.Exit(2)
@@ -167,7 +179,8 @@ type touchRec struct {
 
 // TestCrashKill9 kills the child at random moments and checks that every
 // change it reported as recorded, and that no ack covered, is in InFlight
-// or DIRTY after recovery.
+// or DIRTY after recovery (opened with the other extent size: the journal
+// does not depend on it).
 func TestCrashKill9(t *testing.T) {
 	if os.Getenv(envCrashDir) != "" {
 		t.Skip("child")
@@ -191,13 +204,13 @@ func TestCrashKill9(t *testing.T) {
 		}
 		childSeed := r.Uint64()
 		delay := time.Duration(r.IntN(60_000)) * time.Microsecond
-		lines := runChild(t, dir, childSeed, delay)
+		lines := runChild(t, dir, childSeed, delay, crashExtent(it))
 		recs, err := parseChild(lines)
 		if err != nil {
 			t.Fatalf("iteration %d (child seed %d): %v", it, childSeed, err)
 		}
 		totalTouches += len(recs.touches)
-		l, err := Open(dir, crashOpts())
+		l, err := Open(dir, crashOpts(crashExtent(it+1)))
 		if err != nil {
 			t.Fatalf("iteration %d (child seed %d): recovery: %v", it, childSeed, err)
 		}
@@ -256,10 +269,11 @@ func hasMeta(s *Snapshot, k Key) bool {
 	return false
 }
 
-func runChild(t *testing.T, dir string, seed uint64, delay time.Duration) []string {
+func runChild(t *testing.T, dir string, seed uint64, delay time.Duration, extent int64) []string {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
-	cmd.Env = append(os.Environ(), envCrashDir+"="+dir, envCrashSeed+"="+strconv.FormatUint(seed, 10))
+	cmd.Env = append(os.Environ(), envCrashDir+"="+dir, envCrashSeed+"="+strconv.FormatUint(seed, 10),
+		envCrashExtent+"="+strconv.FormatInt(extent, 10))
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
