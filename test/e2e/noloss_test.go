@@ -34,17 +34,7 @@ import (
 func TestNoLossFaultLoop(t *testing.T) {
 	c := newCluster(t, tcluster.Options{Directories: []string{dataDir}})
 	seed := testSeed(t)
-	faults := 20
-	if testing.Short() {
-		faults = 6
-	}
-	if s := os.Getenv("TANDEM_FAULTS"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 {
-			t.Fatalf("TANDEM_FAULTS=%q: want a positive number of faults", s)
-		}
-		faults = n
-	}
+	faults := faultCount(t, 20, 6)
 	rng := rand.New(rand.NewPCG(seed, 0x7a6d))
 	c.StartPair()
 	waitPair(t, c, "alpha", "beta", 30*time.Second)
@@ -122,6 +112,23 @@ func TestNoLossFaultLoop(t *testing.T) {
 		prim, sec = sec, prim
 	}
 	t.Logf("%d faults (%d kill -9, %d link cuts) in %s, seed %d", faults, kinds["kill9"], kinds["linkcut"], time.Since(began).Round(time.Second), seed)
+}
+
+// faultCount is TANDEM_FAULTS, or def (short with -short).
+func faultCount(t *testing.T, def, short int) int {
+	t.Helper()
+	n := def
+	if testing.Short() {
+		n = short
+	}
+	if s := os.Getenv("TANDEM_FAULTS"); s != "" {
+		v, err := strconv.Atoi(s)
+		if err != nil || v < 1 {
+			t.Fatalf("TANDEM_FAULTS=%q: want a positive number of faults", s)
+		}
+		n = v
+	}
+	return n
 }
 
 // testSeed returns TANDEM_SEED or a seed from the clock, logs it, and logs
@@ -231,20 +238,7 @@ func waitServing(t *testing.T, c *tcluster.Cluster, node string, seed uint64, wi
 // waitPair waits until prim is PRIM and sec a SECOND whose copy is synced.
 func waitPair(t *testing.T, c *tcluster.Cluster, prim, sec string, within time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	var p, s api.ModuleStatus
-	var perr, serr error
-	for time.Now().Before(deadline) {
-		p, perr = c.Status(prim)
-		s, serr = c.Status(sec)
-		if perr == nil && serr == nil && p.State == "PRIM" && p.Target == "" &&
-			s.State == "SECOND" && s.Target == "" && s.Sync == "synced" {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("no synced pair within %s: %s is %s (target %q, %q, err %v), %s is %s (target %q, sync %s, %q, err %v)",
-		within, prim, p.State, p.Target, p.Reason, perr, sec, s.State, s.Target, s.Sync, s.Reason, serr)
+	waitModulePair(t, c, tcluster.Module, prim, sec, within)
 }
 
 // compareCopies checks that both backing copies of the replicated

@@ -211,3 +211,11 @@ func (c *Cluster) WaitReachModule(module, want string, within time.Duration) tim
 	c.t.Fatalf("client did not reach module %s's service on %s through %s port %d within %s: last answer %q err=%v", module, want, vip, port, within, got, err)
 	return 0
 }
+
+// VIPViolations is how many samples so far found a VIP on two nodes at
+// once, and the first of them, so that a long test can stop at the step
+// that caused it.
+func (c *Cluster) VIPViolations() (int64, string) {
+	first, _ := c.violation.Load().(string)
+	return c.violations.Load(), first
+}
