@@ -8,8 +8,16 @@
 // # Two sets
 //
 // The ACTIVE set (an activity log, as DRBD's) holds at most MaxActive slots
-// (zones, a file's attributes, a directory's entries) that may hold local
-// changes the peer has not acknowledged. The FUSE layer calls Touch (or
+// (extents of a file, a file's attributes, a directory's entries) that may
+// hold local changes the peer has not acknowledged. Two granularities, as
+// DRBD's activity log extents and bitmap: the active set works in coarse
+// extents (Options.ExtentSize, 4 MiB by default), so a sequential writer
+// pays one journal sync per extent, not per zone; the zones touched inside
+// an active extent are kept in memory with it (no I/O). When an extent
+// leaves the active set acknowledged its zones are dropped; otherwise
+// (changed alone, or spilled) they are written to DIRTY at zone
+// granularity first. A Touch spanning more extents than MaxActive/16
+// (at most 1024) is recorded as one hull slot per file instead. The FUSE layer calls Touch (or
 // TouchMeta, TouchDir) before it changes anything, and Done with the op's
 // stream sequence number once the op was handed to the replicator:
 //
@@ -48,7 +56,9 @@
 // # Recovery
 //
 // Open replays the journal. Every slot still active at the crash is
-// reported by InFlight (what a crashed primary must take back from the new
+// reported by InFlight (an extent counts whole: the zones kept in memory
+// died with the process, so this is bounded by MaxActive extents; DIRTY
+// records written before keep their zone granularity) (what a crashed primary must take back from the new
 // primary, issue 4 point 3) and, if the node was alone, also added to
 // DIRTY. The in-flight set persists until ReleaseInFlight. A power cut can
 // tear only the last batch written (each batch is synced before the next
@@ -84,7 +94,9 @@
 // 0.5 s (measured on a loaded 2-CPU machine), once per some 2 million new
 // activations; Open of that journal took about 3 s.
 //
-// Memory: the active set costs about 150 bytes per slot (4096 by default).
+// Memory: the active set costs about 200 bytes per slot (1024 by default)
+// plus its touched zones (16 bytes per run, at most a 512-byte bitmap per
+// 4096 zones past 32 runs).
 // DIRTY keeps a map slot per file (about 130 bytes with one run of zones,
 // measured with 1,000,000 files) and, per file with more than one run,
 // sorted runs (16 bytes each) up to 32 runs, then chunks of 4096 zones: a

@@ -8,10 +8,15 @@ import (
 	"testing"
 )
 
-// sampleJournal builds a small journal exercising every record type.
+// sampleJournal builds a small journal exercising every record type;
+// variants 2 and 3 with 64 KiB extents (several zones of one extent moved
+// to DIRTY).
 func sampleJournal(t testing.TB, variant int) []byte {
 	dir := t.TempDir()
 	o := testOpts()
+	if variant >= 2 {
+		o.ExtentSize = 64 << 10
+	}
 	l, err := Open(dir, o)
 	if err != nil {
 		t.Fatal(err)
@@ -19,6 +24,7 @@ func sampleJournal(t testing.TB, variant int) []byte {
 	k := func(i uint64) Key { return Key{uint64(variant), i} }
 	l.SetAlone(true)
 	touch(t, l, k(1), 3, 0)
+	touch(t, l, k(1), 5, 0)
 	p, _ := l.Touch(k(2), 0, 1<<30) // extent
 	l.Done(p, 0)
 	l.Checkpoint()
@@ -33,7 +39,7 @@ func sampleJournal(t testing.TB, variant int) []byte {
 	l.Done(p, 5)
 	p, _ = l.TouchMeta(k(5))
 	l.Done(p, 6)
-	if variant > 0 {
+	if variant%2 == 1 {
 		l.Acked(5)
 		l.SetAlone(true)
 		l.Checkpoint()
@@ -50,18 +56,24 @@ func sampleJournal(t testing.TB, variant int) []byte {
 	return append(bytes.TrimRight(data, "\x00"), make([]byte, 16)...)
 }
 
-// TestWriteFuzzCorpus regenerates the checked-in seed corpus
-// (CHANGELOG_WRITE_CORPUS=1 go test -run TestWriteFuzzCorpus).
+// TestWriteFuzzCorpus writes the checked-in seed corpus
+// (CHANGELOG_WRITE_CORPUS=1 go test -run TestWriteFuzzCorpus). Existing
+// files are kept: journal0 and journal1 were written before extents, and
+// keep the older records decoded.
 func TestWriteFuzzCorpus(t *testing.T) {
 	if os.Getenv("CHANGELOG_WRITE_CORPUS") == "" {
 		t.Skip("set CHANGELOG_WRITE_CORPUS=1 to regenerate testdata/fuzz")
 	}
 	dir := filepath.Join("testdata", "fuzz", "FuzzDecode")
 	os.MkdirAll(dir, 0o755)
-	for v := 0; v < 2; v++ {
+	for v := 0; v < 4; v++ {
+		name := filepath.Join(dir, fmt.Sprintf("journal%d", v))
+		if _, err := os.Stat(name); err == nil {
+			continue
+		}
 		data := sampleJournal(t, v)
 		body := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", data)
-		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("journal%d", v)), []byte(body), 0o644); err != nil {
+		if err := os.WriteFile(name, []byte(body), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -127,7 +139,7 @@ func sameSet(a, b *set) bool {
 }
 
 func TestSampleJournalsDecode(t *testing.T) {
-	for v := 0; v < 2; v++ {
+	for v := 0; v < 4; v++ {
 		r, err := decode(sampleJournal(t, v))
 		if err != nil {
 			t.Fatalf("variant %d: %v", v, err)
@@ -146,6 +158,7 @@ func FuzzRecords(f *testing.F) {
 	f.Add([]byte{6, recToDirty, 1, 2, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 1, 1, 9}, uint8(16))
 	f.Add([]byte{8, recDirtyFile, 1, 2, 1, 2, 3, 4, 5, 6}, uint8(30))
 	f.Add([]byte{5, recSizes, 200, 1, 1, 1, 2, recDirtyDir, 1}, uint8(12))
+	f.Add([]byte{6, recActiveExt, 1, 2, 4, 3, 2, 4, recEvictExt, 1, 2, 64}, uint8(12))
 	f.Fuzz(func(t *testing.T, data []byte, shift uint8) {
 		e := encoder{id: 7}
 		b := encodeHeader(uint(shift), e.id)
