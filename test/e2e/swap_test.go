@@ -2,7 +2,10 @@ package e2e
 
 import (
 	"fmt"
+	"math"
+	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -36,7 +39,16 @@ func startAll(t *testing.T, c *tcluster.Cluster) {
 // downtime is measured twice: the longest time without an acknowledged
 // write (the application is stopped on one node, started on the other,
 // and resumes) and the longest time the VIP did not answer.
+// TANDEM_SWAPS changes the number of swaps (default 4).
 func TestSwapNoLossDowntime(t *testing.T) {
+	swaps := 4
+	if s := os.Getenv("TANDEM_SWAPS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			t.Fatalf("TANDEM_SWAPS=%q: want a positive number of swaps", s)
+		}
+		swaps = n
+	}
 	c := newCluster(t, tcluster.Options{Directories: []string{dataDir}, DefaultPrimary: tcluster.NoDefaultPrimary,
 		Scripts: writerApp(web, dataDir, tcluster.AppPort, "--rate 500")})
 	watchPrims(t, c)
@@ -49,11 +61,12 @@ func TestSwapNoLossDowntime(t *testing.T) {
 
 	prim, sec := "alpha", "beta"
 	var writeGaps, vipGaps, settles []time.Duration
-	for i := 1; i <= 4; i++ {
+	for i := 1; i <= swaps; i++ {
 		acks.WaitAcks(t, 200, 20*time.Second, fmt.Sprintf("before swap %d", i))
-		// Asked on the primary, then on the secondary.
+		// Asked on the primary twice (alpha, beta), then on the
+		// secondary twice (beta, alpha), and so on.
 		asked := prim
-		if i%2 == 0 {
+		if (i-1)/2%2 == 1 {
 			asked = sec
 		}
 		t0 := time.Now()
@@ -78,7 +91,7 @@ func TestSwapNoLossDowntime(t *testing.T) {
 		len(writeGaps), spread(writeGaps), spread(vipGaps), spread(settles))
 }
 
-// spread formats durations as "min / median / max".
+// spread formats durations as "min / p50 / p95 / max" (nearest rank).
 func spread(ds []time.Duration) string {
 	s := append([]time.Duration(nil), ds...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
@@ -86,7 +99,8 @@ func spread(ds []time.Duration) string {
 		return "none"
 	}
 	r := func(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
-	return fmt.Sprintf("min %v / median %v / max %v", r(s[0]), r(s[len(s)/2]), r(s[len(s)-1]))
+	rank := func(p float64) time.Duration { return r(s[min(len(s)-1, int(math.Ceil(p*float64(len(s))))-1)]) }
+	return fmt.Sprintf("min %v / p50 %v / p95 %v / max %v", r(s[0]), rank(0.5), rank(0.95), r(s[len(s)-1]))
 }
 
 // TestFailbackToDefaultPrimary (issue 4, point 6): module web has
