@@ -62,7 +62,9 @@ func changesDir(stateDir, module string, idx int) string {
 // aside: the log then asks for a full compare of the peer.
 func (x *replica) openChanges(d *replDir) (*changelog.Log, error) {
 	dir := changesDir(x.r.a.settings.StateDir, x.r.cfg.Name, d.idx)
-	opt := changelog.Options{ZoneSize: x.r.cfg.Replication.ZoneSize, MaxActive: activeZones,
+	// The activity log works in 4 MiB extents (one journal sync per new
+	// extent), the records of what changed alone in zone_size zones.
+	opt := changelog.Options{ZoneSize: x.r.cfg.Replication.ZoneSize,
 		Logger: x.r.a.log.With("module", x.r.cfg.Name, "dir", d.path)}
 	l, err := changelog.Open(dir, opt)
 	if errors.Is(err, changelog.ErrLost) {

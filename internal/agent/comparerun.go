@@ -25,6 +25,13 @@ func (a senderStream) Query(q *op.Op) <-chan compare.Reply {
 	return out
 }
 
+func blockSize(full bool, zone int64) int64 {
+	if full || zone <= 0 {
+		return compare.DefaultBlockSize
+	}
+	return min(zone, compare.DefaultBlockSize)
+}
+
 // runCompare runs the compare engine over sc and waits until its final
 // marker (op.ResyncDone) is durable on the SECOND.
 func (x *replica) runCompare(ctx context.Context, d *replDir, s *wire.Sender, sc compareScope, run *resyncRun) error {
@@ -36,7 +43,9 @@ func (x *replica) runCompare(ctx context.Context, d *replDir, s *wire.Sender, sc
 			defer thaw()
 			fn()
 		},
-		BlockSize:  compare.DefaultBlockSize,
+		// A full compare hashes 64 KiB blocks; an incremental one works
+		// at the records' zone size, so a 4 KiB change costs 4 KiB.
+		BlockSize:  blockSize(sc.full, cfg.ZoneSize),
 		Parallel:   cfg.ResyncParallel,
 		Bandwidth:  cfg.ResyncBandwidth,
 		TrustZones: sc.trust,

@@ -42,9 +42,6 @@ const preamblePrefix = "TANDEM-STREAM "
 // stream durable when the application does not (wire.SenderConfig.SyncEvery).
 const durableEvery = 500 * time.Millisecond
 
-// activeZones bounds the change records' active set: zones changed but
-// not yet durable on the peer (with 64 KiB zones, 1 GiB in flight).
-const activeZones = 16384
 
 func streamName(module string, idx int) string { return module + "/" + strconv.Itoa(idx) }
 

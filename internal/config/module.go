@@ -88,7 +88,7 @@ type Replication struct {
 
 // Replication defaults and limits.
 const (
-	DefaultZoneSize       int64 = 64 << 10
+	DefaultZoneSize       int64 = 4 << 10
 	DefaultResyncParallel       = 4
 	maxResyncParallel           = 64
 )
@@ -407,7 +407,7 @@ func (d *decoder) validateReplication(raw *rawModule, m *Module) {
 		case err != nil:
 			d.add(d.line("replication.zone_size"), "replication.zone_size", "%v", err)
 		case n < 4<<10 || n > 1<<30 || n&(n-1) != 0:
-			d.add(d.line("replication.zone_size"), "replication.zone_size", "%s: a power of two between 4KiB and 1GiB (default 64KiB)", raw.Replication.ZoneSize)
+			d.add(d.line("replication.zone_size"), "replication.zone_size", "%s: a power of two between 4KiB and 1GiB (default 4KiB)", raw.Replication.ZoneSize)
 		default:
 			m.Replication.ZoneSize = n
 		}

@@ -191,6 +191,15 @@ func normalize(m Machine) Machine {
 	if m.State == Prim && m.Target == "" && p.usable() && p.State == Second && p.UpToDate && p.Epoch == m.Epoch {
 		m.PeerOutdated = false // the peer holds everything we have
 	}
+	if m.State == Alone && !m.PeerOutdated {
+		// Serving alone is a new data generation, whatever view of the
+		// peer the move to ALONE was decided on (a peer stopping cleanly
+		// may still look like a synced SECOND at that moment): without it
+		// this node, restarted alone, could not prove it holds the latest
+		// data.
+		m.PeerOutdated = true
+		m.Epoch++
+	}
 	if m.Handover && (p.State.Serving() || !p.usable()) {
 		m.Handover = false
 	}

@@ -401,3 +401,31 @@ func wantIn(t *testing.T, s, sub string) {
 		t.Errorf("%q does not contain %q", s, sub)
 	}
 }
+
+// A PRIM whose SECOND announces it is leaving (still SECOND, becoming WAIT
+// or STOP) serves ALONE as a new data generation: restarted alone after a
+// crash, it must be able to prove it holds the latest data.
+func TestAloneAfterLeavingSecondIsNewGeneration(t *testing.T) {
+	for _, target := range []State{Wait, Stop} {
+		m := settled(Prim, peerSecond, nil)
+		before := m.Epoch
+		leaving := peerSecond
+		leaving.Target = target
+		next, _, err := Step(m, Event{Kind: PeerChanged, Peer: leaving})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; next.Target != "" && i < 4; i++ {
+			next, _, err = Step(next, Event{Kind: TransitionDone, OK: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if next.State != Alone {
+			t.Fatalf("peer becoming %s: state %s, want ALONE", target, next.State)
+		}
+		if !next.PeerOutdated || next.Epoch != before+1 {
+			t.Errorf("peer becoming %s: ALONE with epoch %d (was %d), peer outdated %v: want a new generation", target, next.Epoch, before, next.PeerOutdated)
+		}
+	}
+}
