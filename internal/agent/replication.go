@@ -42,7 +42,6 @@ const preamblePrefix = "TANDEM-STREAM "
 // stream durable when the application does not (wire.SenderConfig.SyncEvery).
 const durableEvery = 500 * time.Millisecond
 
-
 func streamName(module string, idx int) string { return module + "/" + strconv.Itoa(idx) }
 
 // replMux routes incoming replication connections to their stream.
