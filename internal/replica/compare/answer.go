@@ -2,6 +2,7 @@ package compare
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -261,8 +262,13 @@ func openRegular(root int, p string, st *unix.Stat_t) (fd int, regular bool, err
 }
 
 func answerHash(root int, q *op.Op) ([]byte, error) {
-	bs, n := binary.Uvarint(q.Data)
-	if n <= 0 || n != len(q.Data) || bs < minBlockSize || bs > maxBlockSize {
+	r := reader{b: q.Data}
+	bs := r.uvarint()
+	cut := int64(r.uvarint())
+	if r.err != nil || len(r.b) != 0 || cut < 0 {
+		return nil, errors.New("hashblocks: bad parameters")
+	}
+	if bs < minBlockSize || bs > maxBlockSize {
 		return nil, fmt.Errorf("hashblocks: block size must be %d..%d bytes", minBlockSize, maxBlockSize)
 	}
 	if q.Len/int64(bs) >= maxHashBlocks {
@@ -292,6 +298,9 @@ func answerHash(root int, q *op.Op) ([]byte, error) {
 		return nil, fmt.Errorf("read attributes: %w", err)
 	}
 	end := min(q.Off+q.Len, st.Size)
+	if cut > 0 {
+		end = min(end, cut) // the primary's size: its last block is that short
+	}
 	if end > q.Off {
 		var h hasher
 		a.Hashes = make([]uint64, 0, (end-q.Off+int64(bs)-1)/int64(bs))

@@ -49,7 +49,7 @@ func listAll(t testing.TB, fd int, dir string, p ListParams) []*ListAnswer {
 
 func hashQ(t testing.TB, fd int, p string, off, n, bs int64) *HashAnswer {
 	t.Helper()
-	b, err := Answer(fd, HashBlocksQuery(p, off, n, bs))
+	b, err := Answer(fd, HashBlocksQuery(p, off, n, bs, 0))
 	must(t, err)
 	a, err := ParseHashAnswer(b)
 	must(t, err)
@@ -235,11 +235,11 @@ func TestAnswerHashBlocks(t *testing.T) {
 		t.Errorf("symlink reported as %#o", a.File.Mode)
 	}
 	for _, bad := range []int64{0, 100, 1 << 30} {
-		if _, err := Answer(fd, HashBlocksQuery("f", 0, bs, bad)); err == nil {
+		if _, err := Answer(fd, HashBlocksQuery("f", 0, bs, bad, 0)); err == nil {
 			t.Errorf("block size %d accepted", bad)
 		}
 	}
-	if _, err := Answer(fd, HashBlocksQuery("f", 0, 1<<40, bs)); err == nil {
+	if _, err := Answer(fd, HashBlocksQuery("f", 0, 1<<40, bs, 0)); err == nil {
 		t.Error("too many blocks accepted")
 	}
 }
@@ -354,7 +354,7 @@ func TestAnswerConcurrent(t *testing.T) {
 				if (g+i)%2 == 0 {
 					q = ListDirQuery("", ListParams{InlineMax: 64 << 10})
 				} else {
-					q = HashBlocksQuery(fmt.Sprint(i%20), 0, 1<<20, 4096)
+					q = HashBlocksQuery(fmt.Sprint(i%20), 0, 1<<20, 4096, 0)
 				}
 				if _, err := Answer(fd, q); err != nil {
 					t.Error(err)

@@ -2,6 +2,7 @@ package compare
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"sort"
@@ -306,8 +307,18 @@ func (r *run) plan(t *task, d int, sents []Entry, pents []*pEntry, g0 uint64) ([
 				return nil, err
 			}
 		}
-		r.e.log.Debug("resync compare: plan", "path", path, "p", f.p != nil, "s", f.s != nil, "remove", f.remove, "create", f.create,
-			"link", f.link != nil, "meta", f.meta, "data", f.data != nil, "defer", f.deferred, "rec", f.rec != nil, "late", t.late)
+		if r.e.log.Enabled(r.ctx, slog.LevelDebug) {
+			var pn, pi, sn, si uint64
+			if f.p != nil {
+				pn, pi = f.p.st.Nlink, f.p.st.Ino
+			}
+			if f.s != nil {
+				sn, si = f.s.Nlink, f.s.Ino
+			}
+			r.e.log.Debug("resync compare: plan", "path", path, "p", f.p != nil, "s", f.s != nil, "remove", f.remove, "create", f.create,
+				"link", f.link != nil, "meta", f.meta, "data", f.data != nil, "defer", f.deferred, "rec", f.rec != nil, "late", t.late,
+				"pnlink", pn, "pino", pi, "snlink", sn, "sino", si, "task", t.id)
+		}
 		fixes = append(fixes, f)
 	}
 	return fixes, nil

@@ -9,6 +9,7 @@ import (
 	"slices"
 
 	"github.com/tandem-ha/tandem/internal/replica/op"
+	"github.com/zeebo/xxh3"
 	"golang.org/x/sys/unix"
 )
 
@@ -31,6 +32,17 @@ type fileState struct {
 	escal  bool   // zones mode: a block outside the zones differs
 	buf    []byte
 	h      hasher
+	// The secondary's size at its latest answer (-1: unknown). While its
+	// copy may be longer than ours, an extending write here leaves its
+	// old bytes in the gap there: so it is cut to our size as soon as
+	// seen (truncs counts those cuts), after which it is never longer
+	// again (both apply the same ops), and the range is compared again
+	// from rewind.
+	sKnown int64
+	truncs int
+	rewind int64
+	// overwrite: the first freeze cuts the secondary's copy to our size.
+	truncFirst bool
 	hashes []uint64
 	holes  []bool
 }
@@ -94,7 +106,11 @@ func (r *run) fileData(t *task) (done bool, err error) {
 	if st.Mode&unix.S_IFMT != unix.S_IFREG || t.pKey != (inoKey{}) && t.pKey != (inoKey{st.Dev, st.Ino}) {
 		return false, nil // replaced on the primary: the live ops and rechecks cover it
 	}
-	fs := &fileState{t: t, path: t.path, fd: fd, size: st.Size, since: t.since, last: t.s, fresh: t.how == howFresh}
+	fs := &fileState{t: t, path: t.path, fd: fd, size: st.Size, since: t.since, last: t.s, fresh: t.how == howFresh,
+		sKnown: -1, rewind: -1, truncFirst: t.how == howOverwrite}
+	if t.s != nil {
+		fs.sKnown = t.s.Size
+	}
 	if t.how == howWhole || t.how == howZones {
 		fs.since = r.e.ns.now()
 	}
@@ -145,6 +161,12 @@ func (r *run) sendRange(fs *fileState, from, to int64) error {
 			if err = unix.Fstat(fs.fd, &st); err != nil {
 				err = fmt.Errorf("compare: stat %s on the primary: %w", show(fs.path), err)
 				return
+			}
+			if fs.truncFirst {
+				// Its copy may be longer: cut first, so that no later
+				// extending write leaves its old bytes in a gap.
+				r.submit(&op.Op{Kind: op.Truncate, Path: fs.path, Off: st.Size}, fs.t.id)
+				fs.truncFirst, fs.sent = false, true
 			}
 			end := min(to, st.Size)
 			if pos >= end {
@@ -219,6 +241,7 @@ func (r *run) sendSegments(fs *fileState, a, b int64) error {
 type piece struct {
 	off, n int64
 	ch     <-chan Reply
+	truncs int // fs.truncs when asked
 }
 
 // compareRanges compares the file over each range (Len inf: to the end)
@@ -234,20 +257,24 @@ func (r *run) compareRanges(fs *fileState, ranges []Zone) error {
 			zEnd = z.Off + z.Len
 		}
 		var pend []piece
+		asked := false
 		for {
 			for len(pend) < pipeline {
 				var st unix.Stat_t
 				if err := unix.Fstat(fs.fd, &st); err != nil {
 					return fmt.Errorf("compare: stat %s on the primary: %w", show(fs.path), err)
 				}
-				limit := min(zEnd, st.Size)
-				if pos >= limit {
+				// Up to the longer copy: a tail of the secondary's beyond
+				// our end must be seen (and cut).
+				limit := min(zEnd, max(st.Size, fs.sKnown))
+				if pos >= limit && (asked || zEnd != inf || fs.sKnown >= 0) {
 					break
 				}
-				n := (min(pieceBytes, limit-pos) + bs - 1) / bs * bs
+				n := (max(min(pieceBytes, limit-pos), 1) + bs - 1) / bs * bs
 				r.st.queries.Add(1)
-				pend = append(pend, piece{off: pos, n: n, ch: r.e.st.Query(HashBlocksQuery(fs.path, pos, n, bs))})
+				pend = append(pend, piece{off: pos, n: n, truncs: fs.truncs, ch: r.e.st.Query(HashBlocksQuery(fs.path, pos, n, bs, st.Size))})
 				pos += n
+				asked = true
 			}
 			if len(pend) == 0 {
 				break
@@ -256,6 +283,10 @@ func (r *run) compareRanges(fs *fileState, ranges []Zone) error {
 			pend = pend[1:]
 			if err := r.comparePiece(fs, pc); err != nil {
 				return err
+			}
+			if fs.rewind >= 0 {
+				pos = min(pos, fs.rewind)
+				fs.rewind = -1
 			}
 		}
 	}
@@ -291,25 +322,46 @@ func (r *run) comparePiece(fs *fileState, pc piece) error {
 	}
 	end := min(pc.off+pc.n, st.Size)
 	var runs []Zone
-	add := func(off int64) {
-		if k := len(runs) - 1; k >= 0 && runs[k].Off+runs[k].Len == off && runs[k].Len+bs <= sendChunk {
-			runs[k].Len += bs
+	add := func(off, n int64) {
+		if k := len(runs) - 1; k >= 0 && runs[k].Off+runs[k].Len == off && runs[k].Len+n <= sendChunk {
+			runs[k].Len += n
 			return
 		}
-		runs = append(runs, Zone{off, bs})
+		runs = append(runs, Zone{off, n})
 	}
+	// The secondary's copy ends inside this block: if its bytes equal our
+	// first ones, only the rest is sent (an appended file).
+	sEnd := ans.File.Size
+	var herr error
 	if end > pc.off {
 		err := fs.h.blocks(fs.fd, pc.off, end, bs, func(off int64, sum uint64, hole bool) {
+			if herr != nil {
+				return
+			}
 			i := (off - pc.off) / bs
+			// Past the hashes: nothing there if its copy ended before the
+			// block (then a hole of ours comes with the size); if it was
+			// only cut at our size, its bytes there are unknown.
 			differs := i < int64(len(ans.Hashes)) && sum != ans.Hashes[i] ||
-				i >= int64(len(ans.Hashes)) && !hole // beyond its end: our data (a hole comes with the size)
-			if differs {
-				add(off)
-				if fs.zones != nil && !inZones(fs.zones, off, bs) {
-					fs.escal = true
+				i >= int64(len(ans.Hashes)) && (!hole || sEnd > off)
+			if !differs {
+				return
+			}
+			from := off
+			if i < int64(len(ans.Hashes)) && sEnd > off && sEnd < min(off+bs, end) {
+				var same bool
+				if same, herr = fs.samePrefix(off, sEnd, ans.Hashes[i]); same {
+					from = sEnd
 				}
 			}
+			add(from, min(off+bs, end)-from)
+			if fs.zones != nil && !inZones(fs.zones, off, bs) {
+				fs.escal = true
+			}
 		})
+		if err == nil {
+			err = herr
+		}
 		if err != nil {
 			return fmt.Errorf("compare: hash %s on the primary: %w", show(fs.path), err)
 		}
@@ -321,7 +373,42 @@ func (r *run) comparePiece(fs *fileState, pc piece) error {
 			return err
 		}
 	}
+	fs.sKnown = ans.File.Size
+	if ans.File.Size > st.Size && pc.truncs == fs.truncs {
+		// Its copy is longer than ours: cut it now (see sKnown), then
+		// compare again from our end as it was.
+		var err error
+		r.frozen(func() {
+			if r.e.ns.touched(fs.since, noOwner, matchPath(fs.path)) {
+				err = errStale
+				return
+			}
+			var now unix.Stat_t
+			if err = unix.Fstat(fs.fd, &now); err != nil {
+				err = fmt.Errorf("compare: stat %s on the primary: %w", show(fs.path), err)
+				return
+			}
+			r.submit(&op.Op{Kind: op.Truncate, Path: fs.path, Off: now.Size}, fs.t.id)
+			fs.sent = true
+			fs.sKnown = now.Size
+		})
+		if err != nil {
+			return err
+		}
+		fs.truncs++
+		fs.rewind = st.Size / bs * bs
+	}
 	return nil
+}
+
+// samePrefix: do our bytes [a, b) hash to sum?
+func (fs *fileState) samePrefix(a, b int64, sum uint64) (bool, error) {
+	buf := make([]byte, b-a)
+	n, err := preadFull(fs.fd, buf, a)
+	if err != nil {
+		return false, err
+	}
+	return n == len(buf) && xxh3.Hash(buf) == sum, nil
 }
 
 func inZones(zones []Zone, off, n int64) bool {
@@ -414,7 +501,7 @@ func (r *run) fileEnd(fs *fileState) error {
 	if fs.last == nil && !fs.fresh {
 		// Nothing asked yet (an empty file, or zones sent unhashed): the
 		// secondary's attributes.
-		b, err := r.query(r.ctx, HashBlocksQuery(fs.path, 0, 0, r.e.opt.BlockSize))
+		b, err := r.query(r.ctx, HashBlocksQuery(fs.path, 0, 0, r.e.opt.BlockSize, 0))
 		if err != nil {
 			return err
 		}

@@ -14,7 +14,8 @@ import (
 //
 //	ListDir    params: inlineMax, pageMax, after (string), only (string)
 //	           answer: status; if ok: self entry, count, entries, more (byte)
-//	HashBlocks params: blockSize (Off/Len of the op give the range)
+//	HashBlocks params: blockSize, cut (0: none; Off/Len of the op give
+//	           the range, hashed up to cut at most: the primary's size)
 //	           answer: status; unless missing: entry; if ok: count, hashes
 //	Xattrs     answer: status; if ok: the list (op.AppendXattrs)
 //	Skipped    answer: count, paths, overflow (byte)
@@ -294,11 +295,12 @@ type HashAnswer struct {
 	Hashes []uint64 // block i covers [Off+i*bs, min(Off+(i+1)*bs, size))
 }
 
-// HashBlocksQuery builds a HashBlocks query over [off, off+n). n = 0 asks
-// for the file's attributes only.
-func HashBlocksQuery(file string, off, n, blockSize int64) *op.Op {
+// HashBlocksQuery builds a HashBlocks query over [off, off+n), not past
+// cut if cut > 0 (the primary's size, so that both sides hash the same
+// bytes of its last block). n = 0 asks for the file's attributes only.
+func HashBlocksQuery(file string, off, n, blockSize, cut int64) *op.Op {
 	return &op.Op{Kind: op.Query, Flags: op.QueryHashBlocks, Path: file, Off: off, Len: n,
-		Data: binary.AppendUvarint(nil, uint64(blockSize))}
+		Data: binary.AppendUvarint(binary.AppendUvarint(nil, uint64(blockSize)), uint64(cut))}
 }
 
 func appendHashAnswer(b []byte, a *HashAnswer) []byte {

@@ -1,0 +1,132 @@
+package compare
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// writeBig writes n random-looking bytes to p in 4 MiB chunks.
+func writeBig(b testing.TB, p string, n int64, seed uint64) {
+	f, err := os.Create(p)
+	must(b, err)
+	defer f.Close()
+	chunk := randBytes(seed, 4<<20)
+	for off := int64(0); off < n; off += int64(len(chunk)) {
+		chunk[0]++ // no two chunks alike
+		_, err := f.Write(chunk[:min(int64(len(chunk)), n-off)])
+		must(b, err)
+	}
+}
+
+func benchRun(b *testing.B, pr *pair, scope Scope) Stats {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	st, err := pr.e.Run(ctx, scope)
+	if err != nil {
+		b.Fatal(err)
+	}
+	pr.f.drain()
+	return st
+}
+
+// BenchmarkFullCompare1GiB: a full compare of a 1 GiB file identical on
+// both sides (both hash it; nothing is sent). MB/s is hashing throughput
+// of the pair, page cache warm.
+func BenchmarkFullCompare1GiB(b *testing.B) {
+	pr := newPair(b, 1, 0, Options{})
+	const size = 1 << 30
+	writeBig(b, filepath.Join(pr.p, "big"), size, 1)
+	writeBig(b, filepath.Join(pr.s, "big"), size, 1)
+	sameTimes(b, pr)
+	b.SetBytes(size)
+	b.ResetTimer()
+	for b.Loop() {
+		st := benchRun(b, pr, Scope{Full: true})
+		if st.BytesSent != 0 {
+			b.Fatalf("sent %d bytes", st.BytesSent)
+		}
+	}
+}
+
+// sameTimes gives the secondary's entries the primary's attributes.
+func sameTimes(b testing.TB, pr *pair) {
+	for _, e := range walkTree(pr.p) {
+		var st unix.Stat_t
+		must(b, unix.Lstat(filepath.Join(pr.p, e.path), &st))
+		must(b, unix.UtimesNanoAt(unix.AT_FDCWD, filepath.Join(pr.s, e.path), []unix.Timespec{st.Atim, st.Mtim}, unix.AT_SYMLINK_NOFOLLOW))
+		must(b, os.Chmod(filepath.Join(pr.s, e.path), os.FileMode(st.Mode&0o777)))
+	}
+	var st unix.Stat_t
+	must(b, unix.Stat(pr.p, &st))
+	must(b, unix.UtimesNanoAt(unix.AT_FDCWD, pr.s, []unix.Timespec{st.Atim, st.Mtim}, 0))
+}
+
+// BenchmarkFullCompareSmallFiles: 10,000 files of 1-8 KiB in 100
+// directories, identical: the per-file cost (their hashes come with the
+// listings).
+func BenchmarkFullCompareSmallFiles(b *testing.B) {
+	pr := newPair(b, 2, 0, Options{})
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range 10000 {
+		data := randBytes(uint64(i), 1024+r.IntN(7*1024))
+		for _, root := range []string{pr.p, pr.s} {
+			p := filepath.Join(root, fmt.Sprintf("d%02d/f%05d", i%100, i))
+			if i < 100 {
+				must(b, os.MkdirAll(filepath.Dir(p), 0o755))
+			}
+			must(b, os.WriteFile(p, data, 0o644))
+		}
+	}
+	sameTimes(b, pr)
+	b.ResetTimer()
+	for b.Loop() {
+		st := benchRun(b, pr, Scope{Full: true})
+		if st.BytesSent != 0 || st.MetaFixed != 0 {
+			b.Fatalf("identical trees: %+v", st)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/10000, "µs/file")
+}
+
+// BenchmarkZones: an incremental compare of a 256 MiB file whose 1 % of
+// 64 KiB zones changed: hashed on both sides, or sent as they are
+// (Options.TrustZones).
+func BenchmarkZones(b *testing.B) {
+	for _, trust := range []bool{false, true} {
+		b.Run(fmt.Sprintf("trust=%v", trust), func(b *testing.B) {
+			pr := newPair(b, 3, 0, Options{TrustZones: trust})
+			const size = 256 << 20
+			writeBig(b, filepath.Join(pr.p, "f"), size, 3)
+			writeBig(b, filepath.Join(pr.s, "f"), size, 3)
+			sameTimes(b, pr)
+			r := rand.New(rand.NewPCG(4, 4))
+			var zones []Zone
+			for range size / DefaultBlockSize / 100 {
+				zones = append(zones, Zone{r.Int64N(size/DefaultBlockSize) * DefaultBlockSize, DefaultBlockSize})
+			}
+			f, err := os.OpenFile(filepath.Join(pr.p, "f"), os.O_WRONLY, 0)
+			must(b, err)
+			b.ResetTimer()
+			var sent int64
+			for b.Loop() {
+				b.StopTimer()
+				for _, z := range zones {
+					_, err := f.WriteAt([]byte{byte(r.IntN(256))}, z.Off+1)
+					must(b, err)
+				}
+				b.StartTimer()
+				st := benchRun(b, pr, Scope{Files: map[string][]Zone{"f": zones}})
+				sent += st.BytesSent
+			}
+			f.Close()
+			b.ReportMetric(float64(sent)/float64(b.N), "sent-bytes/op")
+		})
+	}
+}

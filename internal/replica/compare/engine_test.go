@@ -1,0 +1,438 @@
+package compare
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/tandem-ha/tandem/internal/replica/op"
+	"github.com/tandem-ha/tandem/internal/replica/treecmp"
+	"golang.org/x/sys/unix"
+)
+
+func write(t testing.TB, p string, data []byte) {
+	t.Helper()
+	must(t, os.MkdirAll(filepath.Dir(p), 0o755))
+	must(t, os.WriteFile(p, data, 0o644))
+}
+
+func randBytes(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, 7))
+	b := make([]byte, n)
+	for i := 0; i < n; i += 8 {
+		v := r.Uint64()
+		for j := 0; j < 8 && i+j < n; j++ {
+			b[i+j] = byte(v >> (8 * j))
+		}
+	}
+	return b
+}
+
+func fullRun(t *testing.T, pr *pair) Stats {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	return pr.run(t, ctx, Scope{Full: true})
+}
+
+// onlyKinds fails if the secondary got ops of other kinds than allowed.
+func onlyKinds(t *testing.T, f *fake, allowed ...op.Kind) {
+	t.Helper()
+	ok := map[op.Kind]bool{op.Query: true}
+	for _, k := range allowed {
+		ok[k] = true
+	}
+	for k := range f.kinds {
+		if n := f.kinds[k].Load(); n > 0 && !ok[op.Kind(k)] {
+			t.Errorf("%d %s ops sent", n, op.Kind(k))
+		}
+	}
+}
+
+func TestIdenticalSendsNothing(t *testing.T) {
+	pr := newPair(t, 1, 0, Options{})
+	g := &gen{rng: rand.New(rand.NewPCG(5, 5)), root: isRoot(), big: true}
+	g.mutate(t, pr.p, 200, true)
+	copyTree(t, pr.p, pr.s)
+	st := fullRun(t, pr)
+	sameTrees(t, pr.p, pr.s, treecmp.Options{})
+	onlyKinds(t, pr.f, op.SyncAll)
+	if st.BytesSent != 0 || st.MetaFixed != 0 || st.Created != 0 || st.Removed != 0 || st.DoneSeq == 0 {
+		t.Fatalf("identical trees: %+v", st)
+	}
+	if st.Freezes > 2 {
+		t.Errorf("%d freezes for identical trees (the final check only expected)", st.Freezes)
+	}
+	t.Logf("%d ops for %d dirs and %d files: %+v", pr.f.next, st.Dirs, st.Files, st)
+}
+
+// TestChangedBlocks: a 64 MiB file with 1% of its blocks changed sends
+// about 1% of it.
+func TestChangedBlocks(t *testing.T) {
+	pr := newPair(t, 2, 0, Options{})
+	const size = 64 << 20
+	data := randBytes(1, size)
+	write(t, filepath.Join(pr.p, "big"), data)
+	copyTree(t, pr.p, pr.s)
+	f, err := os.OpenFile(filepath.Join(pr.s, "big"), os.O_WRONLY, 0)
+	must(t, err)
+	r := rand.New(rand.NewPCG(3, 3))
+	changed := map[int64]bool{}
+	for len(changed) < size/DefaultBlockSize/100 {
+		blk := r.Int64N(size / DefaultBlockSize)
+		changed[blk] = true
+		_, err := f.WriteAt([]byte{^data[blk*DefaultBlockSize+100]}, blk*DefaultBlockSize+100)
+		must(t, err)
+	}
+	f.Close()
+	st := fullRun(t, pr)
+	sameTrees(t, pr.p, pr.s, treecmp.Options{})
+	want := int64(len(changed)) * DefaultBlockSize
+	if st.BytesSent != want {
+		t.Fatalf("sent %d bytes for %d changed blocks (%d bytes)", st.BytesSent, len(changed), want)
+	}
+	if st.Examined < size {
+		t.Errorf("examined %d bytes of %d", st.Examined, size)
+	}
+	t.Logf("%d of %d bytes sent (%.2f%%), %d answer bytes (%.3f%% overhead), %d queries", st.BytesSent, size,
+		100*float64(st.BytesSent)/size, st.AnswerBytes, 100*float64(st.AnswerBytes)/size, st.Queries)
+}
+
+func TestHardLinks(t *testing.T) {
+	pr := newPair(t, 3, 200*time.Microsecond, Options{BlockSize: 4096})
+	write(t, filepath.Join(pr.p, "a"), randBytes(1, 20000))
+	must(t, os.MkdirAll(filepath.Join(pr.p, "c"), 0o755))
+	must(t, os.Link(filepath.Join(pr.p, "a"), filepath.Join(pr.p, "b")))
+	must(t, os.Link(filepath.Join(pr.p, "a"), filepath.Join(pr.p, "c/d")))
+	write(t, filepath.Join(pr.p, "e"), []byte("single"))
+	write(t, filepath.Join(pr.p, "x"), []byte("x"))
+	write(t, filepath.Join(pr.p, "y"), []byte("y"))
+	// The secondary: a and b separate (one stale), c/d missing, x and y
+	// one inode, e shared with an extra name.
+	write(t, filepath.Join(pr.s, "a"), randBytes(1, 20000))
+	write(t, filepath.Join(pr.s, "b"), randBytes(2, 20000))
+	write(t, filepath.Join(pr.s, "x"), []byte("x"))
+	must(t, os.Link(filepath.Join(pr.s, "x"), filepath.Join(pr.s, "y")))
+	write(t, filepath.Join(pr.s, "e"), []byte("single"))
+	must(t, os.Link(filepath.Join(pr.s, "e"), filepath.Join(pr.s, "z")))
+	st := fullRun(t, pr)
+	sameTrees(t, pr.p, pr.s, treecmp.Options{IgnoreDirMtime: true})
+	if st.Linked < 2 {
+		t.Errorf("%d links made", st.Linked)
+	}
+}
+
+func TestTypeChanges(t *testing.T) {
+	pr := newPair(t, 4, 200*time.Microsecond, Options{})
+	write(t, filepath.Join(pr.p, "d/in/deep"), []byte("deep"))
+	write(t, filepath.Join(pr.p, "f"), []byte("file"))
+	must(t, os.Symlink("t1", filepath.Join(pr.p, "l")))
+	must(t, unix.Mkfifo(filepath.Join(pr.p, "p"), 0o600))
+	write(t, filepath.Join(pr.s, "d"), []byte("was a file"))
+	write(t, filepath.Join(pr.s, "f/sub/x"), []byte("was a dir"))
+	must(t, os.Symlink("t2", filepath.Join(pr.s, "l")))
+	write(t, filepath.Join(pr.s, "p"), []byte("regular"))
+	if isRoot() {
+		must(t, unix.Mknod(filepath.Join(pr.p, "n"), unix.S_IFCHR|0o600, int(unix.Mkdev(1, 3))))
+		must(t, unix.Mknod(filepath.Join(pr.s, "n"), unix.S_IFCHR|0o600, int(unix.Mkdev(1, 5))))
+	}
+	fullRun(t, pr)
+	sameTrees(t, pr.p, pr.s, treecmp.Options{})
+}
+
+func TestSizes(t *testing.T) {
+	pr := newPair(t, 5, 0, Options{})
+	data := randBytes(4, 300<<10)
+	write(t, filepath.Join(pr.p, "shrunk"), data[:100<<10])
+	write(t, filepath.Join(pr.s, "shrunk"), data)
+	write(t, filepath.Join(pr.p, "grown"), data)
+	write(t, filepath.Join(pr.s, "grown"), data[:100<<10])
+	for _, n := range []string{"shrunk", "grown"} {
+		now := time.Unix(1_700_000_000, 5)
+		must(t, os.Chtimes(filepath.Join(pr.p, n), now, now))
+	}
+	st := fullRun(t, pr)
+	sameTrees(t, pr.p, pr.s, treecmp.Options{})
+	if st.BytesSent != 200<<10 {
+		t.Fatalf("sent %d bytes, want the 200 KiB the shorter copy lacks", st.BytesSent)
+	}
+}
+
+func TestSparse(t *testing.T) {
+	pr := newPair(t, 6, 0, Options{})
+	mk := func(p string, full bool) {
+		f, err := os.Create(p)
+		must(t, err)
+		defer f.Close()
+		if full {
+			_, err = f.Write(randBytes(9, 8<<20))
+			must(t, err)
+			return
+		}
+		_, err = f.WriteAt(randBytes(8, 100<<10), 0)
+		must(t, err)
+		_, err = f.WriteAt(randBytes(7, 100<<10), 4<<20)
+		must(t, err)
+		must(t, f.Truncate(8<<20))
+	}
+	mk(filepath.Join(pr.p, "sparse"), false)
+	mk(filepath.Join(pr.s, "sparse"), true) // holes on the primary, data here
+	mk(filepath.Join(pr.p, "new"), false)   // only on the primary
+	st := fullRun(t, pr)
+	sameTrees(t, pr.p, pr.s, treecmp.Options{Holes: true})
+	if st.Holes == 0 {
+		t.Error("no hole punched")
+	}
+	if st.BytesSent > 4*(100<<10)+4*DefaultBlockSize {
+		t.Errorf("sent %d bytes for %d bytes of data", st.BytesSent, 4*(100<<10))
+	}
+}
+
+func TestMetadataOnly(t *testing.T) {
+	pr := newPair(t, 7, 0, Options{})
+	write(t, filepath.Join(pr.p, "d/f"), []byte("same"))
+	must(t, os.Symlink("t", filepath.Join(pr.p, "d/l")))
+	copyTree(t, pr.p, pr.s)
+	must(t, os.Chmod(filepath.Join(pr.p, "d/f"), 0o4711))
+	must(t, os.Chmod(filepath.Join(pr.p, "d"), 0o700))
+	must(t, os.Chmod(pr.p, 0o751))
+	if isRoot() {
+		must(t, os.Lchown(filepath.Join(pr.p, "d/l"), 1, 2))
+		must(t, os.Chown(filepath.Join(pr.p, "d/f"), 2, 1))
+	}
+	if unix.Setxattr(filepath.Join(pr.p, "d/f"), "user.k", []byte("v"), 0) == nil {
+		must(t, unix.Setxattr(filepath.Join(pr.s, "d/f"), "user.gone", []byte("v"), 0))
+		must(t, unix.Setxattr(pr.p, "user.root", []byte("r"), 0))
+	}
+	when := time.Unix(1_234_567_890, 987654321)
+	must(t, os.Chtimes(filepath.Join(pr.p, "d/f"), when, when))
+	must(t, unix.Lutimes(filepath.Join(pr.p, "d/l"), []unix.Timeval{{Sec: 5}, {Sec: 6}}))
+	st := fullRun(t, pr)
+	sameTrees(t, pr.p, pr.s, treecmp.Options{})
+	onlyKinds(t, pr.f, op.SyncAll, op.Chmod, op.Chown, op.XattrSet, op.Utimens)
+	if st.BytesSent != 0 || st.MetaFixed == 0 {
+		t.Fatalf("%+v", st)
+	}
+}
+
+// TestSkippedRechecked: an op the secondary could not apply (its file is
+// missing there) is reported, and the entry compared again, even with
+// nothing else in scope.
+func TestSkippedRechecked(t *testing.T) {
+	pr := newPair(t, 8, 0, Options{})
+	// The primary got new/f while the secondary was away; then a live
+	// write to it, which the secondary cannot apply.
+	write(t, filepath.Join(pr.p, "new/f"), []byte("created alone"))
+	if !pr.sh.do(op.Op{Kind: op.Write, Path: "new/f", Off: 5, Data: []byte("-WRITTEN-")}) {
+		t.Fatal("write on the primary failed")
+	}
+	pr.f.drain()
+	if pr.f.skipped.Load() == 0 {
+		t.Fatal("the secondary applied a write to a file it lacks")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st := pr.run(t, ctx, Scope{})
+	sameTrees(t, pr.p, pr.s, treecmp.Options{})
+	if st.Rechecks == 0 {
+		t.Fatalf("%+v", st)
+	}
+}
+
+// TestIncremental: only the listed directories and zones are compared;
+// new, removed and replaced entries there are fixed; a difference
+// outside the scope stays (it proves the scope is honoured).
+func TestIncremental(t *testing.T) {
+	pr := newPair(t, 9, 100*time.Microsecond, Options{BlockSize: 4096})
+	big := randBytes(10, 1<<20)
+	write(t, filepath.Join(pr.p, "d/zoned"), big)
+	write(t, filepath.Join(pr.p, "d/gone"), []byte("removed alone"))
+	write(t, filepath.Join(pr.p, "d/replaced"), randBytes(11, 50000))
+	write(t, filepath.Join(pr.p, "d/same"), randBytes(12, 50000))
+	write(t, filepath.Join(pr.p, "other/zoned"), big)
+	write(t, filepath.Join(pr.p, "other/untouched"), []byte("left alone"))
+	copyTree(t, pr.p, pr.s)
+	// Changes while alone, on the primary.
+	f, err := os.OpenFile(filepath.Join(pr.p, "d/zoned"), os.O_WRONLY, 0)
+	must(t, err)
+	_, err = f.WriteAt(bytes.Repeat([]byte{0xAA}, 5000), 100000)
+	must(t, err)
+	f.Close()
+	f, err = os.OpenFile(filepath.Join(pr.p, "other/zoned"), os.O_WRONLY, 0)
+	must(t, err)
+	_, err = f.WriteAt(bytes.Repeat([]byte{0xBB}, 3), 700000)
+	must(t, err)
+	f.Close()
+	must(t, os.Remove(filepath.Join(pr.p, "d/gone")))
+	write(t, filepath.Join(pr.p, "d/new"), []byte("created alone"))
+	must(t, os.Mkdir(filepath.Join(pr.p, "d/newdir"), 0o755))
+	write(t, filepath.Join(pr.p, "d/newdir/inner"), randBytes(13, 30000))
+	write(t, filepath.Join(pr.p, "d/tmp"), randBytes(14, 50000))
+	must(t, os.Rename(filepath.Join(pr.p, "d/tmp"), filepath.Join(pr.p, "d/replaced")))
+	// A difference outside the scope (e.g. a damaged secondary).
+	write(t, filepath.Join(pr.s, "other/untouched"), []byte("LEFT ALONE"))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st := pr.run(t, ctx, Scope{
+		Dirs: []string{"d"},
+		Files: map[string][]Zone{
+			"d/zoned":     {{100000, 5000}},
+			"other/zoned": {{700000, 3}},
+		},
+	})
+	diffs, err := treecmp.Compare(pr.p, pr.s, treecmp.Options{})
+	must(t, err)
+	if len(diffs) == 0 || diffs[0].Path != "other/untouched" {
+		t.Fatalf("diffs %v: only other/untouched should differ (out of scope)", diffs)
+	}
+	for _, d := range diffs {
+		if d.Path != "other/untouched" && d.Path != "other" {
+			t.Errorf("in scope: %s", d)
+		}
+	}
+	// Zones (2 and 1 blocks, plus probes), the new and replaced files.
+	if st.Examined > 3<<20/2 {
+		t.Errorf("examined %d bytes: more than the scope", st.Examined)
+	}
+	t.Logf("%+v", st)
+}
+
+// TestIncrementalProbe: a file with recorded zones that was also replaced
+// as a whole (renamed over) is compared whole.
+func TestIncrementalProbe(t *testing.T) {
+	pr := newPair(t, 10, 0, Options{BlockSize: 4096})
+	write(t, filepath.Join(pr.p, "f"), randBytes(20, 200000))
+	copyTree(t, pr.p, pr.s)
+	write(t, filepath.Join(pr.p, "tmp"), randBytes(21, 200000))
+	f, err := os.OpenFile(filepath.Join(pr.p, "tmp"), os.O_WRONLY, 0)
+	must(t, err)
+	_, err = f.WriteAt([]byte("zone"), 50000)
+	must(t, err)
+	f.Close()
+	must(t, os.Rename(filepath.Join(pr.p, "tmp"), filepath.Join(pr.p, "f")))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pr.run(t, ctx, Scope{Files: map[string][]Zone{"f": {{50000, 4}}}})
+	sameTrees(t, pr.p, pr.s, treecmp.Options{IgnoreDirMtime: true})
+}
+
+// TestTrustZones: zones are sent without hashing (all their bytes),
+// where hashing sends only those that differ.
+func TestTrustZones(t *testing.T) {
+	for _, trust := range []bool{false, true} {
+		pr := newPair(t, 11, 0, Options{TrustZones: trust})
+		write(t, filepath.Join(pr.p, "f"), randBytes(30, 4<<20))
+		copyTree(t, pr.p, pr.s)
+		// Zone 1 changed, zone 2 recorded but rewritten with the same
+		// bytes.
+		f, err := os.OpenFile(filepath.Join(pr.p, "f"), os.O_WRONLY, 0)
+		must(t, err)
+		_, err = f.WriteAt([]byte("changed"), 1<<20)
+		must(t, err)
+		f.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		st := pr.run(t, ctx, Scope{Files: map[string][]Zone{"f": {{1 << 20, 64 << 10}, {2 << 20, 64 << 10}}}})
+		cancel()
+		sameTrees(t, pr.p, pr.s, treecmp.Options{})
+		want := int64(64 << 10)
+		if trust {
+			want = 128 << 10
+		}
+		if st.BytesSent != want {
+			t.Errorf("trust %v: sent %d, want %d", trust, st.BytesSent, want)
+		}
+	}
+}
+
+// TestRestart: an interrupted full compare, run again, sends only what
+// still differs.
+func TestRestart(t *testing.T) {
+	pr := newPair(t, 12, 0, Options{Bandwidth: 20 << 20})
+	for i := range 8 {
+		write(t, filepath.Join(pr.p, "f"+string(rune('a'+i))), randBytes(uint64(40+i), 2<<20))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	_, err := pr.e.Run(ctx, Scope{Full: true})
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("interrupted run: %v", err)
+	}
+	pr.f.drain()
+	first := pr.f.writeBytes.Load()
+	if first == 0 || first >= 16<<20 {
+		t.Fatalf("first run sent %d bytes: want a part", first)
+	}
+	st := fullRun(t, pr)
+	sameTrees(t, pr.p, pr.s, treecmp.Options{})
+	// Sent once, and the block being sent when interrupted at most again.
+	if total := first + st.BytesSent; total > 16<<20+2*sendChunk*int64(DefaultParallel) {
+		t.Fatalf("sent %d + %d bytes for 16 MiB", first, st.BytesSent)
+	}
+	t.Logf("first run %d bytes, second %d", first, st.BytesSent)
+}
+
+func TestBandwidth(t *testing.T) {
+	pr := newPair(t, 13, 0, Options{Bandwidth: 16 << 20})
+	write(t, filepath.Join(pr.p, "f"), randBytes(50, 8<<20))
+	start := time.Now()
+	st := fullRun(t, pr)
+	el := time.Since(start)
+	// 8 MiB at 16 MiB/s, less the burst of 1.6 MiB.
+	if el < 350*time.Millisecond {
+		t.Fatalf("8 MiB sent in %v at a 16 MiB/s cap", el)
+	}
+	if p := pr.e.Progress(); p.Percent != 100 || p.Sent != st.BytesSent || p.Running {
+		t.Errorf("progress at the end: %+v", p)
+	}
+}
+
+func TestProgressDuringRun(t *testing.T) {
+	pr := newPair(t, 14, 0, Options{Bandwidth: 32 << 20})
+	write(t, filepath.Join(pr.p, "f"), randBytes(51, 16<<20))
+	done := make(chan Stats)
+	go func() { done <- fullRun(t, pr) }()
+	var mid Progress
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if p := pr.e.Progress(); p.Running && p.Sent > 2<<20 {
+			mid = p
+			break
+		}
+	}
+	<-done
+	if mid.Total != 16<<20 || mid.Percent <= 0 || mid.Percent >= 100 || mid.Rate <= 0 || mid.ETA <= 0 {
+		t.Fatalf("progress in the middle: %+v", mid)
+	}
+}
+
+func TestCancel(t *testing.T) {
+	pr := newPair(t, 15, 0, Options{Bandwidth: 1 << 20})
+	write(t, filepath.Join(pr.p, "f"), randBytes(52, 8<<20))
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(100*time.Millisecond, cancel)
+	start := time.Now()
+	_, err := pr.e.Run(ctx, Scope{Full: true})
+	if !errors.Is(err, context.Canceled) || time.Since(start) > 3*time.Second {
+		t.Fatalf("cancelled run: %v after %v", err, time.Since(start))
+	}
+}
+
+func TestOptionsChecked(t *testing.T) {
+	fd := rootFd(t, t.TempDir())
+	f := newFake(t, t.TempDir(), 1, 0)
+	for _, o := range []Options{{RootFd: fd, BlockSize: 100}, {RootFd: fd, Bandwidth: -1}, {RootFd: -1}} {
+		if _, err := New(f, o); err == nil {
+			t.Errorf("%+v accepted", o)
+		}
+	}
+	e, err := New(f, Options{RootFd: fd, Logger: quietLogger()})
+	must(t, err)
+	if _, err := e.Run(context.Background(), Scope{Dirs: []string{"../x"}}); err == nil {
+		t.Error("a scope leaving the root accepted")
+	}
+}
