@@ -19,19 +19,19 @@ import (
 var errStale = errors.New("the file's path changed during its compare")
 
 type fileState struct {
-	t      *task
-	path   string
-	fd     int
-	size   int64 // when the task began
-	since  uint64
-	last   *Entry // the secondary's latest attributes
-	sent   bool   // data ops sent
-	end    int64  // fresh: end of the data sent
-	fresh  bool
-	zones  []Zone // zones mode: the recorded zones, aligned and merged
-	escal  bool   // zones mode: a block outside the zones differs
-	buf    []byte
-	h      hasher
+	t     *task
+	path  string
+	fd    int
+	size  int64 // when the task began
+	since uint64
+	last  *Entry // the secondary's latest attributes
+	sent  bool   // data ops sent
+	end   int64  // fresh: end of the data sent
+	fresh bool
+	zones []Zone // zones mode: the recorded zones, aligned and merged
+	escal bool   // zones mode: a block outside the zones differs
+	buf   []byte
+	h     hasher
 	// The secondary's size at its latest answer (-1: unknown). While its
 	// copy may be longer than ours, an extending write here leaves its
 	// old bytes in the gap there: so it is cut to our size as soon as
@@ -43,8 +43,8 @@ type fileState struct {
 	rewind int64
 	// overwrite: the first freeze cuts the secondary's copy to our size.
 	truncFirst bool
-	hashes []uint64
-	holes  []bool
+	hashes     []uint64
+	holes      []bool
 }
 
 // fileTask compares (or sends) a regular file's data, then its size and
