@@ -372,7 +372,7 @@ func (r *run) planExisting(t *task, d int, f *fix, path string, g0 uint64) error
 			// The first name of a hard-linked inode: compared once every
 			// name is linked there (see queueChildren).
 			if typ == unix.S_IFREG {
-				r.takeScopeFile(path)
+				r.takeScopeFile(path, p.key)
 				f.data = &task{path: path, how: howWhole, pKey: p.key, rec: rec}
 				return nil
 			}
@@ -400,7 +400,7 @@ func (r *run) planExisting(t *task, d int, f *fix, path string, g0 uint64) error
 	}
 	f.data = &task{path: path, how: how, pKey: p.key, s: s, since: g0, rec: f.rec}
 	if how == howZones {
-		f.data.zones = r.takeScopeFile(path).zones
+		f.data.zones = r.takeScopeFile(path, p.key).zones
 	}
 	return nil
 }
@@ -418,19 +418,19 @@ func (r *run) dataNeeded(t *task, d int, f *fix, path string) (fileHow, bool, er
 		r.st.examined.Add(n)
 		r.e.prog.examined.Add(n)
 		if n == s.Size && sum == s.Hash {
-			r.takeScopeFile(path)
+			r.takeScopeFile(path, p.key)
 			return 0, false, nil
 		}
-		r.takeScopeFile(path)
+		r.takeScopeFile(path, p.key)
 		return howOverwrite, true, nil
 	}
 	if t.recurse {
-		r.takeScopeFile(path)
+		r.takeScopeFile(path, p.key)
 		return howWhole, true, nil
 	}
-	if sf := r.peekScopeFile(path); sf != nil {
+	if sf := r.peekScopeFile(path, p.key); sf != nil {
 		if sf.how == howWhole {
-			r.takeScopeFile(path)
+			r.takeScopeFile(path, p.key)
 		}
 		return sf.how, true, nil
 	}
@@ -459,19 +459,34 @@ func (r *run) hashSmall(d int, name string) (uint64, int64, error) {
 	return xxh3.Hash(buf[:n]), int64(n), nil
 }
 
-func (r *run) peekScopeFile(p string) *task {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.scopeFiles[p]
+// The scope's files are known by their primary inode (stat at the start
+// of the run): a name moved meanwhile still finds its zones.
+func (r *run) scopeFileLocked(p string, key inoKey) *task {
+	if t := r.scopeKeys[key]; t != nil {
+		return t
+	}
+	if t := r.scopeFiles[p]; t != nil && t.pKey == (inoKey{}) {
+		return t // its inode was unknown at the start
+	}
+	return nil
 }
 
-func (r *run) takeScopeFile(p string) *task {
+func (r *run) peekScopeFile(p string, key inoKey) *task {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	t := r.scopeFiles[p]
-	delete(r.scopeFiles, p)
+	return r.scopeFileLocked(p, key)
+}
+
+func (r *run) takeScopeFile(p string, key inoKey) *task {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := r.scopeFileLocked(p, key)
 	if t == nil {
-		t = &task{}
+		return &task{}
+	}
+	delete(r.scopeFiles, t.path)
+	if t.pKey != (inoKey{}) {
+		delete(r.scopeKeys, t.pKey)
 	}
 	return t
 }
@@ -505,7 +520,7 @@ func (r *run) linkVerdict(t *task, path string, p *pEntry, s *Entry) (verdict, *
 		rec.first = "" // its first name moved or went: another one takes over
 	}
 	if p.st.Nlink > 1 && rec != nil && rec.first == "" {
-		rec.first, rec.ready, takeover = path, false, true
+		rec.first, rec.ready, rec.scan, takeover = path, false, false, true
 	}
 	if rec != nil {
 		rec.seen[path] = true
@@ -518,7 +533,7 @@ func (r *run) linkVerdict(t *task, path string, p *pEntry, s *Entry) (verdict, *
 			}
 			// Its first name was planned by a task that ended without
 			// sending it (it vanished): this one takes over.
-			rec.first, takeover = path, true
+			rec.first, rec.scan, takeover = path, false, true
 		} else if s != nil && rec.sIno != 0 && s.Ino == rec.sIno {
 			return vSame, nil
 		} else {

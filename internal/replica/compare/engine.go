@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -262,13 +263,14 @@ type task struct {
 	metaPass bool // the attributes of a hard-linked inode, once all its names are linked
 
 	// file tasks
-	how   fileHow
-	zones []Zone
-	pKey  inoKey
-	s     *Entry   // the secondary's entry when planned (nil: unknown)
-	since uint64   // ns generation from which s is valid
-	rec   *linkRec // the file is the first name of this hard-linked inode
-	heapI int
+	how    fileHow
+	zones  []Zone
+	pKey   inoKey
+	s      *Entry   // the secondary's entry when planned (nil: unknown)
+	since  uint64   // ns generation from which s is valid
+	rec    *linkRec // the file is the first name of this hard-linked inode
+	scoped bool     // a scope file, pKey its inode at the start
+	heapI  int
 }
 
 type fileHow int
@@ -302,6 +304,8 @@ type run struct {
 	queued      map[string]bool // rechecks queued, not started
 	runningIDs  map[uint64]bool
 	scopeFiles  map[string]*task
+	scopeKeys   map[inoKey]*task
+	lostKeys    []inoKey // scope files whose name moved: searched for
 	failed      error
 
 	dlMu     sync.Mutex
@@ -353,6 +357,7 @@ func (e *Engine) Run(ctx context.Context, scope Scope) (Stats, error) {
 		queued:     make(map[string]bool),
 		runningIDs: make(map[uint64]bool),
 		scopeFiles: make(map[string]*task),
+		scopeKeys:  make(map[inoKey]*task),
 		dirLocks:   make(map[string]*dirLock),
 		links:      make(map[inoKey]*linkRec),
 		sOwner:     make(map[uint64]inoKey),
@@ -447,6 +452,21 @@ func (r *run) main() error {
 			for _, z := range t.zones {
 				total += z.Len
 			}
+			var st unix.Stat_t
+			if unix.Fstatat(r.root, t.path, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG {
+				t.pKey = inoKey{st.Dev, st.Ino}
+				t.scoped = true
+				if o := r.scopeKeys[t.pKey]; o != nil {
+					// Two names of one inode: one task, zones merged.
+					o.zones = append(o.zones, t.zones...)
+					if t.how == howWhole {
+						o.how = howWhole
+					}
+					delete(r.scopeFiles, t.path)
+					continue
+				}
+				r.scopeKeys[t.pKey] = t
+			}
 		}
 		r.e.prog.total.Add(total)
 	}
@@ -484,43 +504,38 @@ func (r *run) nextPhase() bool {
 	r.mu.Lock()
 	files := r.scopeFiles
 	r.scopeFiles = map[string]*task{}
-	def := r.deferred
-	r.deferred = nil
-	data := r.deferData
-	r.deferData = nil
+	clear(r.scopeKeys)
+	lost := r.lostKeys
+	r.lostKeys = nil
 	r.mu.Unlock()
+	if len(lost) > 0 && r.findNames(lost) {
+		return true
+	}
 	if len(files) > 0 {
-		for _, p := range slices.Sorted(func(yield func(string) bool) {
-			for p := range files {
-				if !yield(p) {
-					return
-				}
-			}
-		}) {
+		for _, p := range slices.Sorted(maps.Keys(files)) {
 			r.push(files[p])
 		}
 		return true
 	}
 	if !r.scope.Full && r.linkScan() {
-		r.mu.Lock()
-		r.deferred = append(def, r.deferred...)
-		r.deferData = append(data, r.deferData...)
-		r.mu.Unlock()
 		return true
 	}
-	if len(def) > 0 {
-		r.mu.Lock()
-		r.deferData = append(data, r.deferData...)
-		r.mu.Unlock()
-		for _, t := range def {
-			r.push(t)
-		}
-		return true
+	r.mu.Lock()
+	def := r.deferred
+	r.deferred = nil
+	var data []*task
+	if len(def) == 0 {
+		data = r.deferData
+		r.deferData = nil
+	}
+	r.mu.Unlock()
+	for _, t := range def {
+		r.push(t)
 	}
 	for _, t := range data {
 		r.push(t)
 	}
-	return len(data) > 0
+	return len(def)+len(data) > 0
 }
 
 // finish makes the final check with mutations frozen: no work queued, no
@@ -530,7 +545,7 @@ func (r *run) finish() (bool, error) {
 	var ferr error
 	r.frozen(func() {
 		r.mu.Lock()
-		busy := r.running > 0 || r.dirQ.Len() > 0 || len(r.fileQ) > 0 || len(r.deferred) > 0 || len(r.deferData) > 0 || len(r.scopeFiles) > 0
+		busy := r.running > 0 || r.dirQ.Len() > 0 || len(r.fileQ) > 0 || len(r.deferred) > 0 || len(r.deferData) > 0 || len(r.scopeFiles) > 0 || len(r.lostKeys) > 0
 		r.mu.Unlock()
 		if busy {
 			return

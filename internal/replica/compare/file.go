@@ -60,6 +60,13 @@ func (r *run) fileTask(t *task) error {
 		if t.rec != nil {
 			r.linkLost(t.rec, t.path)
 		}
+		if t.scoped {
+			// Its inode's recorded changes must reach whatever names it
+			// has now.
+			r.mu.Lock()
+			r.lostKeys = append(r.lostKeys, t.pKey)
+			r.mu.Unlock()
+		}
 		// Its name changed meanwhile (removed, replaced, renamed over,
 		// or created again over itself): its entry is compared again.
 		r.recheck(t.path)
@@ -514,6 +521,17 @@ func (r *run) fileEnd(fs *fileState) error {
 			return errStale
 		}
 		fs.last = &ans.File
+		var st unix.Stat_t
+		if err := unix.Fstat(fs.fd, &st); err != nil {
+			return fmt.Errorf("compare: stat %s on the primary: %w", show(fs.path), err)
+		}
+		if fs.last.Size > st.Size {
+			// Its copy is longer: compare (and cut) the tail first.
+			fs.sKnown = fs.last.Size
+			if err := r.compareRanges(fs, []Zone{{st.Size / r.e.opt.BlockSize * r.e.opt.BlockSize, inf}}); err != nil {
+				return err
+			}
+		}
 	}
 	if !fs.sent && !fs.fresh {
 		var st unix.Stat_t
@@ -557,22 +575,21 @@ func (r *run) fileEnd(fs *fileState) error {
 	return err
 }
 
-// linkScan (incremental) finds the primary's other names of the
-// hard-linked inodes met in the listed directories, and queues their
-// entries: the link groups are then checked as a full compare does.
-func (r *run) linkScan() bool {
-	want := map[inoKey]map[string]bool{}
-	r.lmu.Lock()
-	for k, rec := range r.links {
-		if !rec.scan && uint64(len(rec.seen)) < rec.nlink {
-			rec.scan = true
-			want[k] = maps.Clone(rec.seen)
-		}
+// findNames searches the primary's tree for the names of the inodes
+// keys and compares each found entry again (whole). True if any.
+func (r *run) findNames(keys []inoKey) bool {
+	want := make(map[inoKey]map[string]bool, len(keys))
+	for _, k := range keys {
+		want[k] = map[string]bool{}
 	}
-	r.lmu.Unlock()
-	if len(want) == 0 {
-		return false
-	}
+	found := r.scanTree(want, func(dir, name string) { r.recheck(join(dir, name)) })
+	return found > 0
+}
+
+// scanTree walks the primary's tree (names and stats only) and calls fn
+// for each non-directory entry whose inode is in want, unless its path is
+// in want's set already.
+func (r *run) scanTree(want map[inoKey]map[string]bool, fn func(dir, name string)) int {
 	found := 0
 	var walk func(fd int, dir string)
 	walk = func(fd int, dir string) {
@@ -599,7 +616,7 @@ func (r *run) linkScan() bool {
 				continue
 			}
 			if seen, ok := want[inoKey{st.Dev, st.Ino}]; ok && !seen[p] {
-				r.push(&task{dir: true, path: dir, only: n, late: true})
+				fn(dir, n)
 				found++
 			}
 		}
@@ -607,5 +624,26 @@ func (r *run) linkScan() bool {
 	if fd, err := openatNoatime(r.root, ".", unix.O_RDONLY|unix.O_DIRECTORY); err == nil {
 		walk(fd, "")
 	}
-	return found > 0
+	return found
+}
+
+// linkScan (incremental) finds the primary's other names of the
+// hard-linked inodes met in the listed directories, and queues their
+// entries: the link groups are then checked as a full compare does.
+func (r *run) linkScan() bool {
+	want := map[inoKey]map[string]bool{}
+	r.lmu.Lock()
+	for k, rec := range r.links {
+		if !rec.scan {
+			rec.scan = true
+			want[k] = maps.Clone(rec.seen)
+		}
+	}
+	r.lmu.Unlock()
+	if len(want) == 0 {
+		return false
+	}
+	return r.scanTree(want, func(dir, name string) {
+		r.push(&task{dir: true, path: dir, only: name, late: true})
+	}) > 0
 }
