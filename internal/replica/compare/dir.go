@@ -141,7 +141,7 @@ func (r *run) page(t *task, after string, locked bool) (res pageResult, err erro
 		if locked {
 			pm = lockedPage
 		}
-		b, err := r.query(r.ctx, ListDirQuery(t.path, ListParams{InlineMax: r.e.opt.BlockSize, PageMax: pm, After: after, Only: t.only}))
+		b, err := r.query(r.ctx, ListDirQuery(t.path, ListParams{InlineMax: r.inline(), PageMax: pm, After: after, Only: t.only}))
 		if err != nil {
 			return res, err
 		}
@@ -409,7 +409,7 @@ func (r *run) planExisting(t *task, d int, f *fix, path string, g0 uint64) error
 // false when it is known equal.
 func (r *run) dataNeeded(t *task, d int, f *fix, path string) (fileHow, bool, error) {
 	p, s := f.p, f.s
-	if s.HasHash && p.st.Size <= r.e.opt.BlockSize {
+	if s.HasHash && p.st.Size <= r.inline() {
 		// Small file: the answer carries its hash; read ours.
 		sum, n, err := r.hashSmall(d, p.name)
 		if err != nil {
@@ -442,6 +442,10 @@ func (r *run) dataNeeded(t *task, d int, f *fix, path string) (fileHow, bool, er
 	return 0, false, nil
 }
 
+// inline: files up to this size are hashed whole inside the listings
+// (one block, at most 256 KiB: the answer reads them all).
+func (r *run) inline() int64 { return min(r.e.opt.BlockSize, 256<<10) }
+
 func (r *run) hashSmall(d int, name string) (uint64, int64, error) {
 	fd, err := openatNoatime(d, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK)
 	if err != nil {
@@ -451,8 +455,9 @@ func (r *run) hashSmall(d int, name string) (uint64, int64, error) {
 		return 0, 0, err
 	}
 	defer unix.Close(fd)
-	buf := make([]byte, r.e.opt.BlockSize+1)
-	n, err := preadFull(fd, buf, 0)
+	buf := getBuf()
+	defer putBuf(buf)
+	n, err := preadFull(fd, buf[:r.inline()+1], 0)
 	if err != nil {
 		return 0, 0, err
 	}

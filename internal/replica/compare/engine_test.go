@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -434,5 +436,84 @@ func TestOptionsChecked(t *testing.T) {
 	must(t, err)
 	if _, err := e.Run(context.Background(), Scope{Dirs: []string{"../x"}}); err == nil {
 		t.Error("a scope leaving the root accepted")
+	}
+}
+
+// TestLockedCompare: a directory whose entries change faster than a
+// listing's round trip is compared under one freeze in the end.
+func TestLockedCompare(t *testing.T) {
+	pr := newPair(t, 16, 3*time.Millisecond, Options{})
+	for i := range 50 {
+		write(t, filepath.Join(pr.p, "busy", "f"+strconv.Itoa(i)), []byte("x"))
+	}
+	must(t, os.Mkdir(filepath.Join(pr.s, "busy"), 0o755))
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			p := "busy/churn" + strconv.Itoa(i%3)
+			if !pr.sh.do(op.Op{Kind: op.Create, Path: p, Mode: unix.S_IFREG | 0o644, Uid: -1, Gid: -1}) {
+				pr.sh.do(op.Op{Kind: op.Unlink, Path: p})
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := pr.e.Run(ctx, Scope{Full: true})
+	close(stop)
+	<-done
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr.f.drain()
+	pr.f.checkErrs(t)
+	sameTrees(t, pr.p, pr.s, treecmp.Options{})
+	if st.Locked == 0 {
+		t.Fatalf("no locked compare: %+v", st)
+	}
+	t.Logf("retries %d, locked %d, longest freeze %v", st.Retries, st.Locked, st.FrozenMax)
+}
+
+// TestLargeDirectory: a directory of more entries than a page, with
+// entries missing and extra on the secondary.
+func TestLargeDirectory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short")
+	}
+	pr := newPair(t, 17, 0, Options{})
+	const n = 3*maxPageEntries + 100
+	for i := range n {
+		name := fmt.Sprintf("e%06d", i)
+		if i%7 != 0 {
+			write(t, filepath.Join(pr.p, "big", name), []byte(name))
+		}
+		if i%5 != 0 {
+			write(t, filepath.Join(pr.s, "big", name), []byte(name))
+		}
+	}
+	st := fullRun(t, pr)
+	sameTrees(t, pr.p, pr.s, treecmp.Options{IgnoreMtime: true})
+	if st.Created == 0 || st.Removed == 0 {
+		t.Fatalf("%+v", st)
+	}
+}
+
+// TestBlockSizes: the smallest and a large block size converge too.
+func TestBlockSizes(t *testing.T) {
+	for _, bs := range []int64{minBlockSize, 4 << 20} {
+		pr := newPair(t, 18, 0, Options{BlockSize: bs})
+		g := &gen{rng: rand.New(rand.NewPCG(9, 9)), root: isRoot(), big: true}
+		g.mutate(t, pr.p, 80, true)
+		copyTree(t, pr.p, pr.s)
+		g.mutate(t, pr.p, 30, false)
+		fullRun(t, pr)
+		sameTrees(t, pr.p, pr.s, treecmp.Options{})
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"sync"
 	"os"
 	"slices"
 
@@ -195,7 +196,8 @@ func (r *run) sendRange(fs *fileState, from, to int64) error {
 // empty there) as punched holes. It runs with mutations frozen.
 func (r *run) sendSegments(fs *fileState, a, b int64) error {
 	if fs.buf == nil {
-		fs.buf = make([]byte, sendChunk)
+		fs.buf = getBuf()
+		defer func() { putBuf(fs.buf); fs.buf = nil }()
 	}
 	for x := a; x < b; {
 		ds, err := unix.Seek(fs.fd, x, unix.SEEK_DATA)
@@ -244,6 +246,12 @@ func (r *run) sendSegments(fs *fileState, a, b int64) error {
 	}
 	return nil
 }
+
+// bufs are the send buffers (sendChunk bytes), shared by the workers.
+var bufs = sync.Pool{New: func() any { b := make([]byte, sendChunk); return &b }}
+
+func getBuf() []byte  { return *bufs.Get().(*[]byte) }
+func putBuf(b []byte) { bufs.Put(&b) }
 
 type piece struct {
 	off, n int64
