@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"sync"
 	"os"
 	"slices"
+	"sync"
 
 	"github.com/tandem-ha/tandem/internal/replica/op"
 	"github.com/zeebo/xxh3"
