@@ -51,7 +51,7 @@ func TestActiveActive(t *testing.T) {
 	check := func(phase string, where func(aaModule) string, synced bool) {
 		t.Helper()
 		for _, m := range mods {
-			acks[m.name].WaitAcks(t, 50, 30*time.Second, fmt.Sprintf("%s: module %s", phase, m.name))
+			waitWriting(t, c, acks[m.name], where(m), m.name, 50, 30*time.Second, phase)
 		}
 		for _, m := range mods {
 			n := where(m)

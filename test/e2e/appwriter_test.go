@@ -245,14 +245,24 @@ func (w *ackWatch) Acks() int {
 	return w.acks
 }
 
-// WaitAcks waits until n more acknowledgements than now arrived.
-func (w *ackWatch) WaitAcks(t *testing.T, n int, within time.Duration, what string) {
+// waitWriting waits for n new acknowledgements of module's writer, which
+// runs on node; on failure it says whether the writer runs and shows its
+// output.
+func waitWriting(t *testing.T, c *tcluster.Cluster, w *ackWatch, node, module string, n int, within time.Duration, what string) {
 	t.Helper()
 	base := w.Acks()
 	deadline := time.Now().Add(within)
 	for w.Acks() < base+n {
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: %d new acknowledgements in %s, want %d: the application cannot write", what, w.Acks()-base, within, n)
+			st, err := c.ModuleStatus(node, module)
+			pid := writerPid(c, node, module)
+			if pid != 0 {
+				stack, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stack", pid))
+				wchan, _ := os.ReadFile(fmt.Sprintf("/proc/%d/wchan", pid))
+				t.Logf("writer pid %d on %s: wchan %s, kernel stack:\n%s", pid, node, wchan, stack)
+			}
+			t.Fatalf("%s: %d new acknowledgements of module %s in %s, want %d: its writer on %s (pid %d; module %s target %q %q, err %v) cannot write; its output:\n%s",
+				what, w.Acks()-base, module, within, n, node, pid, st.State, st.Target, st.Reason, err, writerLog(c, node, module))
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

@@ -45,7 +45,7 @@ func TestResyncFaultLoop(t *testing.T) {
 		t.Fatalf("write the ballast file: %v\n%s", err, out)
 	}
 	acks := watchAcks(t, ackLogOf(c, web))
-	acks.WaitAcks(t, 50, 20*time.Second, "start")
+	waitWriting(t, c, acks, "alpha", web, 50, 20*time.Second, "start")
 	checkWriter(t, c, "alpha", web, dataDir, true, "start")
 
 	f := &faultLoop{t: t, c: c, rng: rng, seed: seed, acks: acks, prims: prims, kinds: map[string]int{}, resyncKinds: map[string]int{}}
@@ -147,7 +147,7 @@ func (f *faultLoop) cut(node string) {
 func (f *faultLoop) failedOver(node string) {
 	f.t.Helper()
 	waitModuleServing(f.t, f.c, web, node, 15*time.Second)
-	f.acks.WaitAcks(f.t, 20, 20*time.Second, fmt.Sprintf("fault %d (seed %d): writer on %s", f.n, f.seed, node))
+	waitWriting(f.t, f.c, f.acks, node, web, 20, 20*time.Second, fmt.Sprintf("fault %d (seed %d)", f.n, f.seed))
 }
 
 // check verifies the acknowledged records on the serving node (and the

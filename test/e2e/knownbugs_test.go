@@ -39,7 +39,7 @@ func TestIsolationSlowStopPrim(t *testing.T) {
 	c.StartPair()
 	waitPair(t, c, "alpha", "beta", 30*time.Second)
 	acks := watchAcks(t, ackLogOf(c, web))
-	acks.WaitAcks(t, 200, 20*time.Second, "before the cut")
+	waitWriting(t, c, acks, "alpha", web, 200, 20*time.Second, "before the cut")
 	alpha := c.Node("alpha").Host
 	vip := c.ModuleVIP(web)
 	t0 := time.Now()

@@ -56,13 +56,13 @@ func TestSwapNoLossDowntime(t *testing.T) {
 	waitModulePair(t, c, web, "alpha", "beta", 30*time.Second)
 	acks := watchAcks(t, ackLogOf(c, web))
 	probe := probeVIP(t, c, web)
-	acks.WaitAcks(t, 200, 20*time.Second, "before the first swap")
+	waitWriting(t, c, acks, "alpha", web, 200, 20*time.Second, "before the first swap")
 	checkWriter(t, c, "alpha", web, dataDir, true, "before the first swap")
 
 	prim, sec := "alpha", "beta"
 	var writeGaps, vipGaps, settles []time.Duration
 	for i := 1; i <= swaps; i++ {
-		acks.WaitAcks(t, 200, 20*time.Second, fmt.Sprintf("before swap %d", i))
+		waitWriting(t, c, acks, prim, web, 200, 20*time.Second, fmt.Sprintf("before swap %d", i))
 		// Asked on the primary twice (alpha, beta), then on the
 		// secondary twice (beta, alpha), and so on.
 		asked := prim
@@ -75,7 +75,7 @@ func TestSwapNoLossDowntime(t *testing.T) {
 		}
 		settled := waitModulePair(t, c, web, sec, prim, 30*time.Second)
 		c.WaitReach(c.ModuleVIP(web), sec, 10*time.Second)
-		acks.WaitAcks(t, 200, 10*time.Second, fmt.Sprintf("after swap %d", i))
+		waitWriting(t, c, acks, sec, web, 200, 10*time.Second, fmt.Sprintf("after swap %d", i))
 		t1 := time.Now()
 		wg, wat := acks.LongestGap(t0, t1)
 		vg, vat := probe.LongestGap(t0, t1)
@@ -118,12 +118,12 @@ func TestFailbackToDefaultPrimary(t *testing.T) {
 	waitModulePair(t, c, web, "beta", "alpha", 30*time.Second)
 	waitModulePair(t, c, "stay", "alpha", "beta", 30*time.Second)
 	acks := watchAcks(t, ackLogOf(c, web))
-	acks.WaitAcks(t, 100, 20*time.Second, "web at home on beta")
+	waitWriting(t, c, acks, "beta", web, 100, 20*time.Second, "web at home on beta")
 
 	// web away from home: beta dies, alpha serves and writes alone.
 	c.Kill9("beta")
 	waitModuleServing(t, c, web, "alpha", 10*time.Second)
-	acks.WaitAcks(t, 300, 20*time.Second, "web on alpha")
+	waitWriting(t, c, acks, "alpha", web, 300, 20*time.Second, "web on alpha")
 	checkWriter(t, c, "alpha", web, dataDir, false, "web alone on alpha")
 
 	since := time.Now()
@@ -143,7 +143,7 @@ func TestFailbackToDefaultPrimary(t *testing.T) {
 	if d := home.Sub(synced); d < 2*time.Second {
 		t.Errorf("web went home %v after beta was synced: sooner than the settle time (3 s)", d)
 	}
-	acks.WaitAcks(t, 100, 20*time.Second, "web back on beta")
+	waitWriting(t, c, acks, "beta", web, 100, 20*time.Second, "web back on beta")
 	checkWriter(t, c, "beta", web, dataDir, true, "web home on beta")
 
 	// stay away from alpha, its first node: without default_primary it
