@@ -1,6 +1,7 @@
 package compare
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -167,6 +168,10 @@ func (r *run) page(t *task, after string, locked bool) (res pageResult, err erro
 		names = []string{t.only}
 	} else {
 		names, err = df.Readdirnames(-1)
+		if errors.Is(err, unix.ENOENT) {
+			res.vanished = true // removed since it was opened
+			return res, nil
+		}
 		if err != nil {
 			return res, fmt.Errorf("compare: read directory %s on the primary: %w", show(t.path), err)
 		}

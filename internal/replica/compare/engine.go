@@ -429,46 +429,9 @@ func (r *run) main() error {
 	if r.scope.Full {
 		r.push(&task{dir: true, path: "", recurse: true})
 	} else {
-		for _, d := range r.scope.Dirs {
-			if err := op.CleanPath(d); err != nil {
-				return fmt.Errorf("compare: scope directory: %w", err)
-			}
-			r.push(&task{dir: true, path: d})
+		if err := r.seedIncremental(); err != nil {
+			return err
 		}
-		for f, z := range r.scope.Files {
-			if err := op.CleanPath(f); err != nil || f == "" {
-				return fmt.Errorf("compare: scope file %q: not a clean file path", f)
-			}
-			r.scopeFiles[f] = &task{path: f, how: howZones, zones: z}
-		}
-		for _, f := range r.scope.Whole {
-			if err := op.CleanPath(f); err != nil || f == "" {
-				return fmt.Errorf("compare: scope file %q: not a clean file path", f)
-			}
-			r.scopeFiles[f] = &task{path: f, how: howWhole}
-		}
-		var total int64
-		for _, t := range r.scopeFiles {
-			for _, z := range t.zones {
-				total += z.Len
-			}
-			var st unix.Stat_t
-			if unix.Fstatat(r.root, t.path, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG {
-				t.pKey = inoKey{st.Dev, st.Ino}
-				t.scoped = true
-				if o := r.scopeKeys[t.pKey]; o != nil {
-					// Two names of one inode: one task, zones merged.
-					o.zones = append(o.zones, t.zones...)
-					if t.how == howWhole {
-						o.how = howWhole
-					}
-					delete(r.scopeFiles, t.path)
-					continue
-				}
-				r.scopeKeys[t.pKey] = t
-			}
-		}
-		r.e.prog.total.Add(total)
 	}
 	for {
 		if err := r.waitIdle(); err != nil {
@@ -497,6 +460,60 @@ func (r *run) main() error {
 	}
 }
 
+// seedIncremental checks the scope, notes its files by their primary
+// inodes, then queues its directories.
+func (r *run) seedIncremental() error {
+	for _, d := range r.scope.Dirs {
+		if err := op.CleanPath(d); err != nil {
+			return fmt.Errorf("compare: scope directory: %w", err)
+		}
+	}
+	files := make(map[string]*task)
+	for f, z := range r.scope.Files {
+		if err := op.CleanPath(f); err != nil || f == "" {
+			return fmt.Errorf("compare: scope file %q: not a clean file path", f)
+		}
+		files[f] = &task{path: f, how: howZones, zones: z}
+	}
+	for _, f := range r.scope.Whole {
+		if err := op.CleanPath(f); err != nil || f == "" {
+			return fmt.Errorf("compare: scope file %q: not a clean file path", f)
+		}
+		files[f] = &task{path: f, how: howWhole}
+	}
+	keys := make(map[inoKey]*task)
+	var total int64
+	for _, p := range slices.Sorted(maps.Keys(files)) {
+		t := files[p]
+		for _, z := range t.zones {
+			total += z.Len
+		}
+		var st unix.Stat_t
+		if unix.Fstatat(r.root, t.path, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+			continue
+		}
+		t.pKey, t.scoped = inoKey{st.Dev, st.Ino}, true
+		if o := keys[t.pKey]; o != nil {
+			// Two names of one inode: one task, zones merged.
+			o.zones = append(o.zones, t.zones...)
+			if t.how == howWhole {
+				o.how = howWhole
+			}
+			delete(files, p)
+			continue
+		}
+		keys[t.pKey] = t
+	}
+	r.e.prog.total.Add(total)
+	r.mu.Lock()
+	r.scopeFiles, r.scopeKeys = files, keys
+	r.mu.Unlock()
+	for _, d := range r.scope.Dirs {
+		r.push(&task{dir: true, path: d})
+	}
+	return nil
+}
+
 // nextPhase queues the work that waits for the walk to end: scope files
 // no listing covered, data of hard-linked files, the search of other
 // names of hard-linked inodes (incremental). False when there is none.
@@ -517,7 +534,7 @@ func (r *run) nextPhase() bool {
 		}
 		return true
 	}
-	if !r.scope.Full && r.linkScan() {
+	if r.linkScan() {
 		return true
 	}
 	r.mu.Lock()

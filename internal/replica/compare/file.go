@@ -635,22 +635,47 @@ func (r *run) scanTree(want map[inoKey]map[string]bool, fn func(dir, name string
 	return found
 }
 
-// linkScan (incremental) finds the primary's other names of the
+// linkScan finds the primary's other names of the
 // hard-linked inodes met in the listed directories, and queues their
 // entries: the link groups are then checked as a full compare does.
 func (r *run) linkScan() bool {
-	want := map[inoKey]map[string]bool{}
+	type cand struct {
+		key  inoKey
+		rec  *linkRec
+		seen []string
+	}
+	var cands []cand
 	r.lmu.Lock()
 	for k, rec := range r.links {
 		if !rec.scan {
 			rec.scan = true
-			want[k] = maps.Clone(rec.seen)
+			cands = append(cands, cand{k, rec, slices.Collect(maps.Keys(rec.seen))})
 		}
 	}
 	r.lmu.Unlock()
+	// An inode whose known names (those that still name it) are fewer
+	// than its links has names the compare did not meet: an incremental
+	// scope lists only some directories, and a live link may add a name
+	// to an inode met as a single file.
+	want := map[inoKey]map[string]bool{}
+	for _, c := range cands {
+		valid := map[string]bool{}
+		var nlink uint64
+		for _, p := range c.seen {
+			var st unix.Stat_t
+			if unix.Fstatat(r.root, p, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && (inoKey{st.Dev, st.Ino}) == c.key {
+				valid[p] = true
+				nlink = st.Nlink
+			}
+		}
+		if nlink > uint64(len(valid)) {
+			want[c.key] = valid
+		}
+	}
 	if len(want) == 0 {
 		return false
 	}
+	r.e.log.Debug("resync compare: searching other names of hard-linked inodes", "inodes", len(want))
 	return r.scanTree(want, func(dir, name string) {
 		r.push(&task{dir: true, path: dir, only: name, late: true})
 	}) > 0
