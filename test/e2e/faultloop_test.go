@@ -26,6 +26,8 @@ import (
 //
 // A ballast file rewritten while the peer is away, and a resync bandwidth
 // cap, make the resyncs that get interrupted last long enough to be.
+// stop_prim kills the writer at once: a graceful stop would hit the bug
+// TestIsolationSlowStopPrim reproduces on every cable cut.
 //
 // TANDEM_SEED replays a run; TANDEM_FAULTS changes the number of faults
 // (default 50, 12 with -short).
@@ -73,8 +75,8 @@ func TestResyncFaultLoop(t *testing.T) {
 		case "cut-prim":
 			f.cut(prim)
 			f.failedOver(sec)
-			// The cut-off node stops serving by itself and its writer
-			// with it, before the peer's writer resumes the ack log.
+			// The cut-off node stopped serving by itself, its writer
+			// with it (the ack log has one writer at a time).
 			waitNotServing(t, c, prim, 15*time.Second)
 			down, prim, sec = prim, sec, prim
 		case "cut-sec":
