@@ -60,10 +60,11 @@ const (
 	QueryHashBlocks = 2 // block hashes of regular file Path over [Off, Off+Len)
 	QueryXattrs     = 3 // the extended attributes of Path
 	QuerySkipped    = 4 // paths of ops the secondary skipped as diverged
-	queryEnd        = 5
+	QueryFindInode  = 5 // the names of one of the secondary's inodes
+	queryEnd        = 6
 )
 
-var queryNames = [...]string{"", "listdir", "hashblocks", "xattrs", "skipped"}
+var queryNames = [...]string{"", "listdir", "hashblocks", "xattrs", "skipped", "findinode"}
 
 // DataOnly in an Fsync op's Flags: fdatasync.
 const DataOnly = 1

@@ -59,6 +59,7 @@ func TestValidateNewKinds(t *testing.T) {
 		{Kind: Query, Flags: QueryListDir},
 		{Kind: Query, Flags: QueryHashBlocks, Path: "a/b", Off: 65536, Len: 1 << 20},
 		{Kind: Query, Flags: QuerySkipped},
+		{Kind: Query, Flags: QueryFindInode, Data: []byte{7}},
 		{Kind: RemoveTree, Path: "a/b"},
 		{Kind: XattrSet, Path: "", Data: AppendXattrs(nil, nil)},
 		{Kind: XattrSet, Path: "f", Data: AppendXattrs(nil, []Xattr{{Name: "user.x", Value: []byte("1")}})},
