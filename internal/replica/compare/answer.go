@@ -44,6 +44,8 @@ func Answer(rootFd int, q *op.Op) ([]byte, error) {
 		b, err = answerHash(rootFd, q)
 	case op.QueryXattrs:
 		b, err = answerXattrs(rootFd, q)
+	case op.QueryFindInode:
+		b, err = answerFindInode(rootFd, q)
 	default:
 		return nil, fmt.Errorf("compare: %s: not answered here (QuerySkipped needs an Answerer)", q)
 	}
@@ -340,6 +342,71 @@ func answerXattrs(root int, q *op.Op) ([]byte, error) {
 		return nil, fmt.Errorf("%d bytes of attributes, more than an answer carries (%d)", len(b), maxXattrsAnswer)
 	}
 	return b, nil
+}
+
+// answerFindInode walks the copy (names and stats only, not crossing
+// into another filesystem) for the non-directory names of one inode.
+func answerFindInode(root int, q *op.Op) ([]byte, error) {
+	ino, n := binary.Uvarint(q.Data)
+	if n <= 0 || n != len(q.Data) {
+		return nil, errors.New("findinode: bad parameters")
+	}
+	fd, err := openNoatime(root, "", unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		return nil, fmt.Errorf("open the replicated directory: %w", err)
+	}
+	var rst unix.Stat_t
+	if err := unix.Fstat(fd, &rst); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	var paths []string
+	more := false
+	var walk func(fd int, dir string) error
+	walk = func(fd int, dir string) error {
+		f := os.NewFile(uintptr(fd), dir)
+		defer f.Close()
+		names, err := f.Readdirnames(-1)
+		if err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				return nil
+			}
+			return fmt.Errorf("read directory %q: %w", dir, err)
+		}
+		slices.Sort(names)
+		for _, name := range names {
+			var st unix.Stat_t
+			if unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || st.Dev != rst.Dev {
+				continue
+			}
+			p := name
+			if dir != "" {
+				p = dir + "/" + name
+			}
+			if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+				if st.Ino == ino {
+					if len(paths) >= maxFound {
+						more = true
+						return nil
+					}
+					paths = append(paths, p)
+				}
+				continue
+			}
+			cfd, err := openatNoatime(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW)
+			if err != nil {
+				continue // vanished or replaced meanwhile
+			}
+			if err := walk(cfd, p); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := walk(fd, ""); err != nil {
+		return nil, err
+	}
+	return appendPaths(nil, paths, more), nil
 }
 
 // readXattrsNoFollow reads the attributes of path itself (l* calls).

@@ -389,3 +389,21 @@ func TestParseRejectsGarbage(t *testing.T) {
 		t.Error("a skipped path leaving the root accepted")
 	}
 }
+
+func TestAnswerFindInode(t *testing.T) {
+	dir := t.TempDir()
+	must(t, os.WriteFile(filepath.Join(dir, "a"), []byte("x"), 0o644))
+	must(t, os.MkdirAll(filepath.Join(dir, "d/e"), 0o755))
+	must(t, os.Link(filepath.Join(dir, "a"), filepath.Join(dir, "d/e/b")))
+	must(t, os.WriteFile(filepath.Join(dir, "other"), []byte("y"), 0o644))
+	var st unix.Stat_t
+	must(t, unix.Stat(filepath.Join(dir, "a"), &st))
+	fd := rootFd(t, dir)
+	b, err := Answer(fd, FindInodeQuery(st.Ino))
+	must(t, err)
+	paths, more, err := ParseSkippedAnswer(b)
+	must(t, err)
+	if strings.Join(paths, ",") != "a,d/e/b" || more {
+		t.Fatalf("names %q (more %v)", paths, more)
+	}
+}

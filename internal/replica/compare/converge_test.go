@@ -114,6 +114,18 @@ func (pr *pair) dumpIfFailed(t *testing.T, name string) {
 	}
 	dumpLinks(t, pr.p)
 	if pr.tr != nil {
+		for _, e := range walkTree(pr.p) {
+			var st unix.Stat_t
+			if unix.Lstat(filepath.Join(pr.p, e.path), &st) == nil {
+				pr.tr.printf("final primary: %s ino %d nlink %d mode %o mtime %d.%09d", e.path, st.Ino, st.Nlink, st.Mode, st.Mtim.Sec, st.Mtim.Nsec)
+			}
+		}
+		for _, e := range walkTree(pr.s) {
+			var st unix.Stat_t
+			if unix.Lstat(filepath.Join(pr.s, e.path), &st) == nil {
+				pr.tr.printf("final secondary: %s ino %d nlink %d mode %o mtime %d.%09d", e.path, st.Ino, st.Nlink, st.Mode, st.Mtim.Sec, st.Mtim.Nsec)
+			}
+		}
 		name := filepath.Join(os.TempDir(), "compare-trace-"+name+".txt")
 		pr.tr.mu.Lock()
 		_ = os.WriteFile(name, pr.tr.b.Bytes(), 0o644)
@@ -264,6 +276,15 @@ func TestConvergeIncremental(t *testing.T) {
 					o := g.op(ents, false)
 					var st unix.Stat_t
 					_ = unix.Lstat(filepath.Join(pr.p, o.Path), &st)
+					// The inode an unlink or a rename over drops a name of:
+					// if it has others, its link group changed.
+					var victim unix.Stat_t
+					switch o.Kind {
+					case op.Unlink:
+						victim = st
+					case op.Rename:
+						_ = unix.Lstat(filepath.Join(pr.p, o.Path2), &victim)
+					}
 					if a.Apply(&o) == nil {
 						if pr.tr != nil {
 							var after unix.Stat_t
@@ -271,6 +292,9 @@ func TestConvergeIncremental(t *testing.T) {
 							pr.tr.printf("alone: %s (ino %d -> %d, size %d)", &o, st.Ino, after.Ino, after.Size)
 						}
 						rc.note(&o, st.Size)
+						if victim.Nlink > 1 && victim.Mode&unix.S_IFMT != unix.S_IFDIR {
+							rc.moved[victim.Ino] = true
+						}
 						ents = walkTree(pr.p)
 					}
 				}

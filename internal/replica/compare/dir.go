@@ -30,11 +30,13 @@ type fix struct {
 	remove   bool    // RemoveTree the secondary's entry first
 	create   bool    // create the primary's entry
 	link     *linkRec
-	meta     bool  // send the attributes that differ
-	data     *task // file task queued once the fixes are sent
-	sub      *task // directory task queued once the fixes are sent
-	deferred bool  // compared again after the walk (a further name of an inode not sent yet)
-	lateMeta bool  // attributes compared again once all names are linked
+	meta     bool   // send the attributes that differ
+	data     *task  // file task queued once the fixes are sent
+	sub      *task  // directory task queued once the fixes are sent
+	deferred bool   // compared again after the walk (a further name of an inode not sent yet)
+	lateMeta bool   // attributes compared again once all names are linked
+	findIno  uint64 // the secondary's other names of this inode are compared again
+	scoped   bool   // its scope entry (recorded zones) is taken once the fixes are sent
 	rec      *linkRec
 }
 
@@ -304,7 +306,7 @@ func (r *run) plan(t *task, d int, sents []Entry, pents []*pEntry, g0 uint64) ([
 			f.remove = true
 		case f.s == nil:
 			r.planNew(t, f, path)
-		case !sameNode(f.p, f.s):
+		case !sameNode(f.p, f.s) || r.mustRecreate(path, f.p.key):
 			f.remove = true
 			r.planNew(t, f, path)
 		default:
@@ -327,6 +329,18 @@ func (r *run) plan(t *task, d int, sents []Entry, pents []*pEntry, g0 uint64) ([
 		fixes = append(fixes, f)
 	}
 	return fixes, nil
+}
+
+// mustRecreate: a file compare found the secondary's inode shared with
+// names ours lacks.
+func (r *run) mustRecreate(path string, key inoKey) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	k, ok := r.recreate[path]
+	if ok {
+		delete(r.recreate, path)
+	}
+	return ok && k == key
 }
 
 // planNew: the primary's entry is to be created on the secondary.
@@ -352,8 +366,14 @@ func (r *run) planExisting(t *task, d int, f *fix, path string, g0 uint64) error
 	typ := p.st.Mode & unix.S_IFMT
 	if typ == unix.S_IFDIR {
 		f.meta = metaDiffers(p, s)
-		if t.recurse && !r.isFreshDir(path) {
+		switch {
+		case t.recurse && !r.isFreshDir(path):
 			f.sub = &task{dir: true, path: path, recurse: true}
+		case !t.recurse && (mtimeOf(&p.st) != s.Mtime || p.st.Nlink != s.Nlink):
+			// Not recorded, yet its times or subdirectory count differ:
+			// replaced (or renamed over) while the copies were apart.
+			// Its listing is compared too.
+			f.sub = &task{dir: true, path: path}
 		}
 		return nil
 	}
@@ -377,7 +397,7 @@ func (r *run) planExisting(t *task, d int, f *fix, path string, g0 uint64) error
 			// The first name of a hard-linked inode: compared once every
 			// name is linked there (see queueChildren).
 			if typ == unix.S_IFREG {
-				r.takeScopeFile(path, p.key)
+				f.scoped = true
 				f.data = &task{path: path, how: howWhole, pKey: p.key, rec: rec}
 				return nil
 			}
@@ -405,7 +425,7 @@ func (r *run) planExisting(t *task, d int, f *fix, path string, g0 uint64) error
 	}
 	f.data = &task{path: path, how: how, pKey: p.key, s: s, since: g0, rec: f.rec}
 	if how == howZones {
-		f.data.zones = r.takeScopeFile(path, p.key).zones
+		f.data.zones = r.peekScopeFile(path, p.key).zones
 	}
 	return nil
 }
@@ -422,21 +442,18 @@ func (r *run) dataNeeded(t *task, d int, f *fix, path string) (fileHow, bool, er
 		}
 		r.st.examined.Add(n)
 		r.e.prog.examined.Add(n)
+		f.scoped = true
 		if n == s.Size && sum == s.Hash {
-			r.takeScopeFile(path, p.key)
 			return 0, false, nil
 		}
-		r.takeScopeFile(path, p.key)
 		return howOverwrite, true, nil
 	}
 	if t.recurse {
-		r.takeScopeFile(path, p.key)
+		f.scoped = true
 		return howWhole, true, nil
 	}
-	if sf := r.peekScopeFile(path, p.key); sf != nil {
-		if sf.how == howWhole {
-			r.takeScopeFile(path, p.key)
-		}
+	if sf := r.peekScopeFile(path, p.key); sf.path != "" {
+		f.scoped = true
 		return sf.how, true, nil
 	}
 	if p.st.Size != s.Size || mtimeOf(&p.st) != s.Mtime {
@@ -484,7 +501,10 @@ func (r *run) scopeFileLocked(p string, key inoKey) *task {
 func (r *run) peekScopeFile(p string, key inoKey) *task {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.scopeFileLocked(p, key)
+	if t := r.scopeFileLocked(p, key); t != nil {
+		return t
+	}
+	return &task{}
 }
 
 func (r *run) takeScopeFile(p string, key inoKey) *task {
@@ -494,6 +514,7 @@ func (r *run) takeScopeFile(p string, key inoKey) *task {
 	if t == nil {
 		return &task{}
 	}
+	r.e.log.Debug("resync compare: scope file taken", "path", t.path, "as", p)
 	delete(r.scopeFiles, t.path)
 	if t.pKey != (inoKey{}) {
 		delete(r.scopeKeys, t.pKey)
@@ -674,6 +695,15 @@ func (r *run) execute(t *task, d int, g0 uint64, fixes []*fix, locked bool) (sta
 }
 
 func (r *run) queueChildren(t *task, f *fix) {
+	if f.findIno != 0 {
+		r.push(&task{findIno: f.findIno, dir: true})
+	}
+	if f.scoped && f.p != nil {
+		r.takeScopeFile(join(t.path, f.name), f.p.key)
+		if f.data != nil {
+			f.data.scoped = true // should its name move, the inode is searched for
+		}
+	}
 	if f.deferred {
 		r.deferTask(&task{dir: true, path: t.path, only: f.name, recurse: t.recurse, late: true})
 	}
@@ -733,6 +763,9 @@ func (r *run) applyFix(t *task, d int, f *fix) (changed bool, err error) {
 		r.submit(&op.Op{Kind: op.RemoveTree, Path: path}, t.id)
 		r.st.removed.Add(1)
 		changed = true
+		if f.s != nil && f.s.Nlink > 1 && f.s.typ() != unix.S_IFDIR {
+			f.findIno = f.s.Ino
+		}
 	}
 	if f.link != nil {
 		switch r.linkState(f.link, f.p.key) {

@@ -261,6 +261,10 @@ type task struct {
 	freshGen uint64
 	late     bool // queued after the walk (a further name of a hard-linked inode)
 	metaPass bool // the attributes of a hard-linked inode, once all its names are linked
+	// findIno: find the secondary's other names of this inode (one of
+	// its names, which the primary did not share, was just replaced)
+	// and compare them again.
+	findIno uint64
 
 	// file tasks
 	how    fileHow
@@ -305,7 +309,8 @@ type run struct {
 	runningIDs  map[uint64]bool
 	scopeFiles  map[string]*task
 	scopeKeys   map[inoKey]*task
-	lostKeys    []inoKey // scope files whose name moved: searched for
+	lostKeys    []inoKey          // scope files whose name moved: searched for
+	recreate    map[string]inoKey // entries whose secondary inode has more names than ours
 	failed      error
 
 	dlMu     sync.Mutex
@@ -358,6 +363,7 @@ func (e *Engine) Run(ctx context.Context, scope Scope) (Stats, error) {
 		runningIDs: make(map[uint64]bool),
 		scopeFiles: make(map[string]*task),
 		scopeKeys:  make(map[inoKey]*task),
+		recreate:   make(map[string]inoKey),
 		dirLocks:   make(map[string]*dirLock),
 		links:      make(map[inoKey]*linkRec),
 		sOwner:     make(map[uint64]inoKey),
@@ -493,6 +499,7 @@ func (r *run) seedIncremental() error {
 			continue
 		}
 		t.pKey, t.scoped = inoKey{st.Dev, st.Ino}, true
+		r.e.log.Debug("resync compare: scope file", "path", p, "ino", st.Ino, "how", t.how)
 		if o := keys[t.pKey]; o != nil {
 			// Two names of one inode: one task, zones merged.
 			o.zones = append(o.zones, t.zones...)
@@ -525,11 +532,10 @@ func (r *run) nextPhase() bool {
 	lost := r.lostKeys
 	r.lostKeys = nil
 	r.mu.Unlock()
-	if len(lost) > 0 && r.findNames(lost) {
-		return true
-	}
-	if len(files) > 0 {
+	found := len(lost) > 0 && r.findNames(lost)
+	if len(files) > 0 || found {
 		for _, p := range slices.Sorted(maps.Keys(files)) {
+			r.e.log.Debug("resync compare: scope file not met in a listing", "path", p)
 			r.push(files[p])
 		}
 		return true
@@ -722,7 +728,9 @@ func (r *run) worker() {
 			return
 		}
 		var err error
-		if t.dir {
+		if t.findIno != 0 {
+			err = r.findTask(t)
+		} else if t.dir {
 			err = r.dirTask(t)
 		} else {
 			err = r.fileTask(t)
@@ -758,6 +766,25 @@ func (r *run) waitIdle() error {
 		return r.failed
 	}
 	return context.Cause(r.ctx)
+}
+
+// findTask asks the secondary for the names of an inode it shared
+// between an entry just replaced and names the primary does not link
+// with it: ops through the replaced name changed them too, so they are
+// compared again.
+func (r *run) findTask(t *task) error {
+	b, err := r.query(r.ctx, FindInodeQuery(t.findIno))
+	if err != nil {
+		return err
+	}
+	paths, _, err := ParseSkippedAnswer(b)
+	if err != nil {
+		return fmt.Errorf("compare: findinode answer: %w", err)
+	}
+	for _, p := range paths {
+		r.recheck(p)
+	}
+	return nil
 }
 
 // query asks q and waits for its answer.

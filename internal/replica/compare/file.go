@@ -335,6 +335,15 @@ func (r *run) comparePiece(fs *fileState, pc piece) error {
 	if err := unix.Fstat(fs.fd, &st); err != nil {
 		return fmt.Errorf("compare: stat %s on the primary: %w", show(fs.path), err)
 	}
+	if ans.File.Nlink > st.Nlink {
+		// The secondary's inode has names ours lacks (a link broken
+		// while the copies were apart): writing to it would change
+		// them too. The entry is recreated there instead.
+		r.mu.Lock()
+		r.recreate[fs.path] = inoKey{st.Dev, st.Ino}
+		r.mu.Unlock()
+		return errStale
+	}
 	end := min(pc.off+pc.n, st.Size)
 	var runs []Zone
 	add := func(off, n int64) {
@@ -668,8 +677,8 @@ func (r *run) linkScan() bool {
 				nlink = st.Nlink
 			}
 		}
-		if nlink > uint64(len(valid)) {
-			want[c.key] = valid
+		if nlink > uint64(len(valid)) || len(valid) == 0 {
+			want[c.key] = valid // no known name left: searched for too
 		}
 	}
 	if len(want) == 0 {

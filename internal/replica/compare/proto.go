@@ -19,6 +19,7 @@ import (
 //	           answer: status; unless missing: entry; if ok: count, hashes
 //	Xattrs     answer: status; if ok: the list (op.AppendXattrs)
 //	Skipped    answer: count, paths, overflow (byte)
+//	FindInode  params: inode; answer: count, paths, truncated (byte)
 //
 // An entry: name, st_mode, uid, gid, size (varint), mtime seconds
 // (varint), nanoseconds, nlink, inode, rdev, xattr digest (8 bytes),
@@ -394,4 +395,23 @@ func ParseSkippedAnswer(b []byte) (paths []string, overflow bool, err error) {
 		return nil, false, errors.New("skipped answer: truncated or trailing bytes")
 	}
 	return paths, overflow, nil
+}
+
+// FindInodeQuery asks for the names of the secondary's inode ino.
+func FindInodeQuery(ino uint64) *op.Op {
+	return &op.Op{Kind: op.Query, Flags: op.QueryFindInode, Data: binary.AppendUvarint(nil, ino)}
+}
+
+// maxFound bounds the names a FindInode answer lists.
+const maxFound = 1024
+
+func appendPaths(b []byte, paths []string, more bool) []byte {
+	b = binary.AppendUvarint(b, uint64(len(paths)))
+	for _, p := range paths {
+		b = appendString(b, p)
+	}
+	if more {
+		return append(b, 1)
+	}
+	return append(b, 0)
 }
