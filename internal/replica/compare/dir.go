@@ -514,7 +514,6 @@ func (r *run) takeScopeFile(p string, key inoKey) *task {
 	if t == nil {
 		return &task{}
 	}
-	r.e.log.Debug("resync compare: scope file taken", "path", t.path, "as", p)
 	delete(r.scopeFiles, t.path)
 	if t.pKey != (inoKey{}) {
 		delete(r.scopeKeys, t.pKey)

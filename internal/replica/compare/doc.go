@@ -96,6 +96,37 @@
 // copy). An incremental scope searches the primary's tree for the other
 // names of the linked inodes it meets.
 //
+// A secondary inode may also carry names its primary counterpart lacks (a
+// link broken while the copies were apart, or by a skipped op): writing to
+// it would change those names too. A listing that sees more links there
+// than here recreates the entry, a file compare that sees it first does the
+// same before writing, and the secondary is then asked for that inode's
+// other names (QueryFindInode), which are compared again: ops through the
+// replaced name reached them.
+//
+// # Incremental scopes
+//
+// An incremental scope names the directories whose entries changed and
+// the files whose zones changed while the copies were apart. The listed
+// directories are compared as a full compare does, entry by entry, but
+// not recursively: a new or replaced entry there is sent whole (a new
+// directory with its subtree); an existing regular file is compared on its
+// recorded zones, or whole when it is listed in Scope.Whole, or whole when
+// its size or mtime differ and it has no record (it was replaced); an
+// existing subdirectory whose mtime or link count differ is listed too.
+// Scope files are followed by their primary inode (looked up when the run
+// starts), so a name that moves during the run keeps its zones; if the
+// inode loses the name it had, its other names are searched for. A zoned
+// file is also compared on its first and last blocks, and whole if those
+// differ outside the zones (replaced), or from the shorter end if the
+// sizes differ. The records must list as Whole the files renamed or linked
+// into place and the inodes that lost a name while other names remain
+// (their content at those names is unknown to the zones).
+//
+// Resuming: a Run keeps no state between runs. An interrupted full compare
+// run again reads everything again but sends only what still differs; an
+// incremental one needs its scope plus whatever changed since.
+//
 // # Cost
 //
 // A full compare reads every file on both nodes (hashing runs at memory

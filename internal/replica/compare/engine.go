@@ -127,13 +127,18 @@ type Progress struct {
 // Engine converges the secondary's copy to the primary's, online. See the
 // package comment for why it is correct.
 type Engine struct {
-	st   Stream
-	opt  Options
-	log  *slog.Logger
-	cur  atomic.Pointer[run]
-	ns   nsLog
-	lim  *limiter
-	prog struct {
+	st  Stream
+	opt Options
+	log *slog.Logger
+	cur atomic.Pointer[run]
+	// Renames and links observed while no Run is in progress: their
+	// targets are compared by the next Run.
+	obsMu    sync.Mutex
+	pending  []string
+	overflow bool
+	ns       nsLog
+	lim      *limiter
+	prog     struct {
 		start    atomic.Int64 // unix nanoseconds
 		total    atomic.Int64
 		examined atomic.Int64
@@ -197,27 +202,47 @@ func New(st Stream, opt Options) (*Engine, error) {
 // (the one Freeze excludes); it is cheap for data ops. The engine learns
 // from it which answers a namespace change made stale, and which entries
 // a rename or link moved into place without their content having been
-// compared: those are compared again. Outside a Run it does nothing.
+// compared: those are compared again. It works from New on: the caller
+// registers it before it computes an incremental scope, so that a rename
+// between that computation and Run is not missed.
 func (e *Engine) Observe(o *op.Op) {
-	r := e.cur.Load()
-	if r == nil {
-		return
-	}
 	ev, ok := event(o)
 	if !ok {
 		return
 	}
 	e.ns.add(ev)
+	var moved []string
 	switch o.Kind {
 	case op.Rename:
-		r.recheck(o.Path2)
+		moved = append(moved, o.Path2)
 		if o.Flags&unix.RENAME_EXCHANGE != 0 {
-			r.recheck(o.Path)
+			moved = append(moved, o.Path)
 		}
 	case op.Link:
-		r.recheck(o.Path2)
+		moved = append(moved, o.Path2)
+	default:
+		return
+	}
+	e.obsMu.Lock()
+	r := e.cur.Load()
+	if r == nil {
+		if len(e.pending)+len(moved) > maxPending {
+			e.overflow = true
+		} else {
+			e.pending = append(e.pending, moved...)
+		}
+	}
+	e.obsMu.Unlock()
+	if r != nil {
+		for _, p := range moved {
+			r.recheck(p)
+		}
 	}
 }
+
+// maxPending bounds the renames remembered between runs; past it the
+// next Run compares everything.
+const maxPending = 100000
 
 // Progress returns the current (or last) Run's progress.
 func (e *Engine) Progress() Progress {
@@ -274,7 +299,6 @@ type task struct {
 	since  uint64   // ns generation from which s is valid
 	rec    *linkRec // the file is the first name of this hard-linked inode
 	scoped bool     // a scope file, pKey its inode at the start
-	heapI  int
 }
 
 type fileHow int
@@ -370,10 +394,19 @@ func (e *Engine) Run(ctx context.Context, scope Scope) (Stats, error) {
 		freshDirs:  make(map[string]uint64),
 	}
 	r.cond.L = &r.mu
+	e.obsMu.Lock()
 	if !e.cur.CompareAndSwap(nil, r) {
+		e.obsMu.Unlock()
 		return Stats{}, errors.New("compare: a Run is in progress already")
 	}
+	pending, overflow := e.pending, e.overflow
+	e.pending, e.overflow = nil, false
+	e.obsMu.Unlock()
 	defer e.cur.Store(nil)
+	if overflow && !r.scope.Full {
+		e.log.Warn("resync compare: too many renames before the run to remember; comparing everything")
+		r.scope = Scope{Full: true}
+	}
 	e.prog.start.Store(start.UnixNano())
 	e.prog.total.Store(0)
 	e.prog.examined.Store(0)
@@ -395,6 +428,11 @@ func (e *Engine) Run(ctx context.Context, scope Scope) (Stats, error) {
 	wg.Go(r.poller)
 	if scope.Full {
 		wg.Go(r.prescan)
+	}
+	for _, p := range pending {
+		if op.CleanPath(p) == nil {
+			r.recheck(p)
+		}
 	}
 	err = r.main()
 	cancel(errDone)
@@ -870,8 +908,8 @@ func (h taskHeap) Len() int { return len(h) }
 func (h taskHeap) Less(i, j int) bool {
 	return pathLess(h[i].path, h[j].path) || h[i].path == h[j].path && h[i].id < h[j].id
 }
-func (h taskHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i]; h[i].heapI = i; h[j].heapI = j }
-func (h *taskHeap) Push(x any)   { t := x.(*task); t.heapI = len(*h); *h = append(*h, t) }
+func (h taskHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *taskHeap) Push(x any)   { *h = append(*h, x.(*task)) }
 func (h *taskHeap) Pop() any {
 	old := *h
 	t := old[len(old)-1]

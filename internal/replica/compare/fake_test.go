@@ -373,7 +373,7 @@ func (g *gen) time() op.Time {
 // op returns a random op over the tree ents (which it may not fit: the
 // caller just tries it). creative favours creations.
 func (g *gen) op(ents []ent, creative bool) op.Op {
-	var dirs, files, others, all []ent
+	var dirs, files, all []ent
 	dirs = append(dirs, ent{path: "", typ: unix.S_IFDIR})
 	for _, e := range ents {
 		all = append(all, e)
@@ -382,8 +382,6 @@ func (g *gen) op(ents []ent, creative bool) op.Op {
 			dirs = append(dirs, e)
 		case unix.S_IFREG:
 			files = append(files, e)
-		default:
-			others = append(others, e)
 		}
 	}
 	d, _ := pick(g.rng, dirs)

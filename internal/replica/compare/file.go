@@ -44,8 +44,6 @@ type fileState struct {
 	rewind int64
 	// overwrite: the first freeze cuts the secondary's copy to our size.
 	truncFirst bool
-	hashes     []uint64
-	holes      []bool
 }
 
 // fileTask compares (or sends) a regular file's data, then its size and
