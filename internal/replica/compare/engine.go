@@ -214,10 +214,10 @@ func (e *Engine) Observe(o *op.Op) {
 	var moved []string
 	switch o.Kind {
 	case op.Rename:
-		moved = append(moved, o.Path2)
-		if o.Flags&unix.RENAME_EXCHANGE != 0 {
-			moved = append(moved, o.Path)
-		}
+		// The source too: renaming a name over another name of the same
+		// inode does nothing (rename(2)), where the secondary, whose names
+		// may not be linked yet, moves it.
+		moved = append(moved, o.Path2, o.Path)
 	case op.Link:
 		moved = append(moved, o.Path2)
 	default:

@@ -488,7 +488,7 @@ func TestLargeDirectory(t *testing.T) {
 		t.Skip("short")
 	}
 	pr := newPair(t, 17, 0, Options{})
-	const n = 3*maxPageEntries + 100
+	const n = 2*maxPageEntries + 100
 	for i := range n {
 		name := fmt.Sprintf("e%06d", i)
 		if i%7 != 0 {
