@@ -79,7 +79,6 @@ func (r *run) dirTask(t *task) error {
 	if t.only == "" {
 		r.st.dirs.Add(1)
 	}
-	gTask := r.e.ns.now()
 	after := ""
 	changed := false
 	var self *Entry
@@ -116,7 +115,7 @@ func (r *run) dirTask(t *task) error {
 		}
 		after = res.last
 	}
-	return r.dirMeta(t, self, changed, gTask)
+	return r.dirMeta(t, self, changed)
 }
 
 // page compares the entries after name after (one answer's worth).
@@ -950,7 +949,7 @@ func (r *run) metaOps(t *task, path string, st *unix.Stat_t, s *Entry, dfd int, 
 
 // dirMeta sends the directory's own attributes when they differ or when
 // its entries were changed (which changed its mtime there).
-func (r *run) dirMeta(t *task, self *Entry, changed bool, gTask uint64) error {
+func (r *run) dirMeta(t *task, self *Entry, changed bool) error {
 	if t.only != "" && !changed {
 		return nil // an entry's recheck: the directory was compared as a whole
 	}
@@ -978,13 +977,13 @@ func (r *run) dirMeta(t *task, self *Entry, changed bool, gTask uint64) error {
 		}
 	}
 	r.frozen(func() {
-		if r.e.ns.touched(gTask, noOwner, matchPath(t.path)) {
-			return // renamed or replaced meanwhile: its new place is compared again
-		}
-		var st unix.Stat_t
+		var st, now unix.Stat_t
 		if err = unix.Fstat(d, &st); err != nil {
 			err = fmt.Errorf("compare: stat directory %s on the primary: %w", show(t.path), err)
 			return
+		}
+		if t.path != "" && (unix.Fstatat(r.root, t.path, &now, unix.AT_SYMLINK_NOFOLLOW) != nil || now.Ino != st.Ino || now.Dev != st.Dev) {
+			return // renamed or replaced meanwhile: its new place is compared again
 		}
 		s := self
 		if s == nil {

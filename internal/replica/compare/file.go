@@ -143,6 +143,20 @@ func (r *run) fileData(t *task) (done bool, err error) {
 	return err == nil, err
 }
 
+// fileStale reports whether a namespace change reached the file's path
+// since the last check. It runs with mutations frozen (no live op comes
+// in, and the engine's own ops are sent under freezes too), so the check
+// moves on: a long compare looks only at the changes since its last
+// chunk, and never outlives the log.
+func (r *run) fileStale(fs *fileState) bool {
+	now := r.e.ns.now()
+	if r.e.ns.touched(fs.since, noOwner, matchPath(fs.path)) {
+		return true
+	}
+	fs.since = now
+	return false
+}
+
 // wait takes bandwidth tokens for n bytes.
 func (r *run) wait(n int64) error { return r.e.lim.wait(r.ctx, n) }
 
@@ -159,7 +173,7 @@ func (r *run) sendRange(fs *fileState, from, to int64) error {
 		var done bool
 		var err error
 		r.frozen(func() {
-			if r.e.ns.touched(fs.since, noOwner, matchPath(fs.path)) {
+			if r.fileStale(fs) {
 				err = errStale
 				return
 			}
@@ -401,7 +415,7 @@ func (r *run) comparePiece(fs *fileState, pc piece) error {
 		// compare again from our end as it was.
 		var err error
 		r.frozen(func() {
-			if r.e.ns.touched(fs.since, noOwner, matchPath(fs.path)) {
+			if r.fileStale(fs) {
 				err = errStale
 				return
 			}
@@ -564,7 +578,7 @@ func (r *run) fileEnd(fs *fileState) error {
 	}
 	var err error
 	r.frozen(func() {
-		if r.e.ns.touched(fs.since, noOwner, matchPath(fs.path)) {
+		if r.fileStale(fs) {
 			err = errStale
 			return
 		}
