@@ -135,7 +135,7 @@ func (r *run) page(t *task, after string, locked bool) (res pageResult, err erro
 	defer df.Close()
 	g0 := r.e.ns.now()
 	var ans *ListAnswer
-	if t.fresh && !r.e.ns.touched(t.freshGen, t.id, matchDir(t.path)) {
+	if t.fresh && !r.e.ns.touchedDir(t.freshGen, t.id, t.path) {
 		ans = &ListAnswer{Status: statusOK} // created empty by us, unchanged since
 		g0 = t.freshGen
 	} else {
@@ -545,7 +545,7 @@ func (r *run) linkVerdict(t *task, path string, p *pEntry, s *Entry) (verdict, *
 	defer r.lmu.Unlock()
 	rec := r.links[p.key]
 	takeover := false
-	if rec != nil && rec.first != "" && rec.first != path && rec.ready && r.e.ns.touched(rec.gen, noOwner, matchPath(rec.first)) {
+	if rec != nil && rec.first != "" && rec.first != path && rec.ready && r.e.ns.touchedPath(rec.gen, noOwner, rec.first) {
 		rec.first = "" // its first name moved or went: another one takes over
 	}
 	if p.st.Nlink > 1 && rec != nil && rec.first == "" {
@@ -608,7 +608,7 @@ func (r *run) isFreshDir(p string) bool {
 	r.lmu.Lock()
 	g, ok := r.freshDirs[p]
 	r.lmu.Unlock()
-	return ok && !r.e.ns.touched(g, noOwner, matchPath(p))
+	return ok && !r.e.ns.touchedPath(g, noOwner, p)
 }
 
 // execute sends the fixes, a batch of entries per freeze, unless the
@@ -624,7 +624,7 @@ func (r *run) execute(t *task, d int, g0 uint64, fixes []*fix, locked bool) (sta
 			return
 		}
 		fz(func() {
-			if !locked && r.e.ns.touched(g0, t.id, matchDir(t.path)) {
+			if !locked && r.e.ns.touchedDir(g0, t.id, t.path) {
 				stale = true
 				return
 			}
@@ -843,7 +843,7 @@ func (r *run) linkState(rec *linkRec, key inoKey) int {
 	if !ready {
 		return linkWait
 	}
-	if r.e.ns.touched(gen, noOwner, matchPath(first)) {
+	if r.e.ns.touchedPath(gen, noOwner, first) {
 		return linkGone
 	}
 	var st unix.Stat_t

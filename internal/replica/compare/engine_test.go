@@ -517,3 +517,44 @@ func TestBlockSizes(t *testing.T) {
 		sameTrees(t, pr.p, pr.s, treecmp.Options{})
 	}
 }
+
+// TestNamespaceChurn: tens of thousands of namespace changes elsewhere
+// during a long file compare: the file is sent once.
+func TestNamespaceChurn(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short")
+	}
+	pr := newPair(t, 19, 0, Options{Bandwidth: 2 << 20})
+	write(t, filepath.Join(pr.p, "big"), randBytes(60, 6<<20))
+	must(t, os.Mkdir(filepath.Join(pr.p, "churn"), 0o755))
+	must(t, os.Mkdir(filepath.Join(pr.s, "churn"), 0o755))
+	stop := make(chan struct{})
+	done := make(chan int)
+	go func() {
+		n := 0
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				done <- n
+				return
+			default:
+			}
+			p := "churn/f" + strconv.Itoa(i%50)
+			if pr.sh.do(op.Op{Kind: op.Create, Path: p, Mode: unix.S_IFREG | 0o644, Uid: -1, Gid: -1}) {
+				n++
+			}
+			if pr.sh.do(op.Op{Kind: op.Unlink, Path: p}) {
+				n++
+			}
+		}
+	}()
+	st := fullRun(t, pr)
+	close(stop)
+	n := <-done
+	pr.f.drain()
+	sameTrees(t, pr.p, pr.s, treecmp.Options{})
+	if st.BytesSent > 7<<20 {
+		t.Errorf("sent %d bytes for a 6 MiB file", st.BytesSent)
+	}
+	t.Logf("%d namespace ops during the compare; %+v", n, st)
+}

@@ -150,7 +150,7 @@ func (r *run) fileData(t *task) (done bool, err error) {
 // chunk, and never outlives the log.
 func (r *run) fileStale(fs *fileState) bool {
 	now := r.e.ns.now()
-	if r.e.ns.touched(fs.since, noOwner, matchPath(fs.path)) {
+	if r.e.ns.touchedPath(fs.since, noOwner, fs.path) {
 		return true
 	}
 	fs.since = now

@@ -15,24 +15,65 @@ type nsEvent struct {
 	owner uint64 // engine task that sent it; 0: a live op
 }
 
-// nsRing events are kept; a compare older than that counts as touched.
-const nsRing = 1 << 14
+// nsStamp is the latest change of one path: its number, who made it,
+// and the latest change by someone else (so that a task can ignore its
+// own).
+type nsStamp struct {
+	gen, others uint64
+	owner       uint64
+}
 
-// nsLog numbers the namespace changes of the stream. An event is added
-// after its op was submitted, so a compare that reads now() before sending
-// its query sees every change ordered after the query (and perhaps a few
-// before: a needless retry, never a missed change).
+func (s nsStamp) after(g, self uint64) bool {
+	if s.owner != self {
+		return s.gen > g
+	}
+	return s.others > g
+}
+
+// nsKeys bounds the paths remembered; past it the log forgets them and
+// answers "changed" for any compare that began before.
+var nsKeys = 1 << 20
+
+// nsLog numbers the namespace changes of the stream and remembers, per
+// path, the latest that made it name something else (at) or changed its
+// entries (in). An event is added after its op was submitted, so a
+// compare that reads now() before sending its query sees every change
+// ordered after the query (and perhaps a few before: a needless retry,
+// never a missed change).
 type nsLog struct {
-	mu   sync.Mutex
-	gen  uint64
-	ring [nsRing]nsEvent // event number i (from 1) at ring[(i-1)%nsRing]
+	mu    sync.Mutex
+	gen   uint64
+	floor uint64 // compares older than this count as changed
+	at    map[string]nsStamp
+	in    map[string]nsStamp
+}
+
+func stamp(m map[string]nsStamp, p string, gen, owner uint64) {
+	s := m[p]
+	if s.owner != owner {
+		s.others = s.gen
+	}
+	s.gen, s.owner = gen, owner
+	m[p] = s
 }
 
 func (l *nsLog) add(ev nsEvent) {
 	l.mu.Lock()
-	l.ring[l.gen%nsRing] = ev
+	defer l.mu.Unlock()
+	if l.at == nil || len(l.at)+len(l.in) > nsKeys {
+		l.at, l.in = make(map[string]nsStamp), make(map[string]nsStamp)
+		l.floor = l.gen
+	}
 	l.gen++
-	l.mu.Unlock()
+	for _, x := range [2]string{ev.a, ev.b} {
+		if x != "" {
+			stamp(l.at, x, l.gen, ev.owner)
+			stamp(l.in, parent(x), l.gen, ev.owner)
+		}
+	}
+	if ev.nl != "" {
+		stamp(l.in, parent(ev.nl), l.gen, ev.owner)
+	}
 }
 
 func (l *nsLog) now() uint64 {
@@ -41,20 +82,38 @@ func (l *nsLog) now() uint64 {
 	return l.gen
 }
 
-// noOwner excludes no event in touched.
+// noOwner excludes no event.
 const noOwner = ^uint64(0)
 
-// touched reports whether an event numbered after g, not sent by task
-// self, matches.
-func (l *nsLog) touched(g, self uint64, match func(*nsEvent) bool) bool {
+// touchedPath: since g, did a change not made by task self make p (or
+// one of its parents) name something else?
+func (l *nsLog) touchedPath(g, self uint64, p string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.gen-g > nsRing {
-		return true // forgotten: assume the worst
+	if g < l.floor {
+		return true
 	}
-	for i := g; i < l.gen; i++ {
-		ev := &l.ring[i%nsRing]
-		if ev.owner != self && match(ev) {
+	for q := p; q != ""; q = parent(q) {
+		if l.at[q].after(g, self) {
+			return true
+		}
+	}
+	return false
+}
+
+// touchedDir: since g, did a change not made by task self change
+// directory d's entries, or what d (or one of its parents) names?
+func (l *nsLog) touchedDir(g, self uint64, d string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if g < l.floor {
+		return true
+	}
+	if l.in[d].after(g, self) {
+		return true
+	}
+	for q := d; q != ""; q = parent(q) {
+		if l.at[q].after(g, self) {
 			return true
 		}
 	}
@@ -93,21 +152,4 @@ func join(dir, name string) string {
 // within reports whether p is x or below x (x non-empty).
 func within(p, x string) bool {
 	return x != "" && (p == x || strings.HasPrefix(p, x) && p[len(x)] == '/')
-}
-
-// matchDir: the event changes directory d's entries, or what d names.
-func matchDir(d string) func(*nsEvent) bool {
-	return func(ev *nsEvent) bool {
-		for _, x := range [3]string{ev.a, ev.b, ev.nl} {
-			if x != "" && (parent(x) == d || within(d, x)) {
-				return true
-			}
-		}
-		return false
-	}
-}
-
-// matchPath: the event changes what path p names.
-func matchPath(p string) func(*nsEvent) bool {
-	return func(ev *nsEvent) bool { return within(p, ev.a) || within(p, ev.b) }
 }
