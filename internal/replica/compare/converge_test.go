@@ -234,7 +234,7 @@ func (rc *recorder) scope() Scope {
 			}
 		}
 	}
-	sc := Scope{Files: map[string][]Zone{}}
+	sc := Scope{Files: map[string][]Zone{}, Ino: map[string]uint64{}}
 	for i := range rc.dirs {
 		if p, ok := paths[i]; ok {
 			sc.Dirs = append(sc.Dirs, p)
@@ -243,11 +243,13 @@ func (rc *recorder) scope() Scope {
 	for i, z := range rc.files {
 		if p, ok := paths[i]; ok && p != "" && !rc.moved[i] {
 			sc.Files[p] = z
+			sc.Ino[p] = i
 		}
 	}
 	for i := range rc.moved {
 		if p, ok := paths[i]; ok && p != "" {
 			sc.Whole = append(sc.Whole, p)
+			sc.Ino[p] = i
 		}
 	}
 	return sc
@@ -321,6 +323,8 @@ func TestConvergeIncremental(t *testing.T) {
 				sc := rc.scope()
 				if pr.tr != nil {
 					pr.tr.printf("scope: %+v", sc)
+					pr.tr.printf("recorded: files %v moved %v", rc.files, rc.moved)
+
 				}
 				st := pr.run(t, ctx, sc)
 				time.Sleep(5 * time.Millisecond)

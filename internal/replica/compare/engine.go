@@ -53,6 +53,11 @@ type Scope struct {
 	Files map[string][]Zone
 	// Whole (incremental) are files to compare whole.
 	Whole []string
+	// Ino optionally gives, for paths of Files and Whole, the primary's
+	// inode number the records named (they key files by inode): should
+	// the name change before or during the run, the inode's other names
+	// are found. Absent: the inode is looked up when the run starts.
+	Ino map[string]uint64
 }
 
 // Options configure an Engine.
@@ -527,13 +532,19 @@ func (r *run) seedIncremental() error {
 	}
 	keys := make(map[inoKey]*task)
 	var total int64
+	var rst unix.Stat_t
+	if err := unix.Fstat(r.root, &rst); err != nil {
+		return fmt.Errorf("compare: stat the replicated directory: %w", err)
+	}
 	for _, p := range slices.Sorted(maps.Keys(files)) {
 		t := files[p]
 		for _, z := range t.zones {
 			total += z.Len
 		}
 		var st unix.Stat_t
-		if unix.Fstatat(r.root, t.path, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		if ino := r.scope.Ino[p]; ino != 0 {
+			st.Dev, st.Ino = rst.Dev, ino
+		} else if unix.Fstatat(r.root, t.path, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
 			continue
 		}
 		t.pKey, t.scoped = inoKey{st.Dev, st.Ino}, true
