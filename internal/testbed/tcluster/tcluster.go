@@ -93,8 +93,9 @@ type Options struct {
 	Directories []string
 	// ModuleExtra is appended to module.yaml (e.g. "sync: write\n").
 	ModuleExtra string
-	// DefaultPrimary is the test module's default_primary: "" keeps alpha,
-	// NoDefaultPrimary writes none (the module stays where it runs).
+	// DefaultPrimary is the test module's default_primary: "" and
+	// NoDefaultPrimary write none (alpha, listed first, wins ties; the
+	// module stays where it runs).
 	DefaultPrimary string
 	// Modules are extra mirror modules beside Module (see ModuleSpec).
 	Modules []ModuleSpec
@@ -227,10 +228,10 @@ func New(t testbed.TB, bins Binaries, o Options) *Cluster {
 	must(t, os.MkdirAll(filepath.Join(mdir, "bin"), 0o755))
 	var m strings.Builder
 	m.WriteString("kind: mirror\nnodes: [alpha, beta]\n")
+	// No default_primary unless asked: alpha, listed first, still wins
+	// ties, and no automatic failback moves the module under a test.
 	switch o.DefaultPrimary {
-	case "":
-		m.WriteString("default_primary: alpha\n")
-	case NoDefaultPrimary:
+	case "", NoDefaultPrimary:
 	default:
 		fmt.Fprintf(&m, "default_primary: %s\n", o.DefaultPrimary)
 	}
