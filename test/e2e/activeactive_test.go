@@ -30,7 +30,7 @@ func TestActiveActive(t *testing.T) {
 		{"b2", "beta", "/srv/b2-data", "192.0.2.103/24", tcluster.AppPort + 3},
 	}
 	const rate = "--rate 150"
-	o := tcluster.Options{Directories: []string{dataDir}, VIPs: []string{mods[0].vip}, Scripts: writerApp(web, dataDir, tcluster.AppPort, rate)}
+	o := tcluster.Options{Directories: []string{dataDir}, DefaultPrimary: mods[0].home, VIPs: []string{mods[0].vip}, Scripts: writerApp(web, dataDir, tcluster.AppPort, rate)}
 	for _, m := range mods[1:] {
 		o.Modules = append(o.Modules, tcluster.ModuleSpec{Name: m.name, DefaultPrimary: m.home, VIPs: []string{m.vip},
 			Directories: []string{m.dir}, Port: m.port, Scripts: writerApp(m.name, m.dir, m.port, rate)})

@@ -23,7 +23,7 @@ import (
 // The tandem binary against real agents: exit codes of `state`, an agent
 // that is not running, the status JSON fields of SPEC §3, logs and logs -f.
 func TestCLI(t *testing.T) {
-	c := newCluster(t, tcluster.Options{})
+	c := newCluster(t, tcluster.Options{DefaultPrimary: "alpha"})
 	c.StartPair()
 	sockA := c.Node("alpha").API().Socket
 	sockB := c.Node("beta").API().Socket
