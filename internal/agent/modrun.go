@@ -194,10 +194,17 @@ func (r *modRunner) apply(ctx context.Context, ev module.Event) error {
 			transition = append(transition, act)
 		}
 	}
-	if prev.State.Serving() && next.Target != "" && !next.Target.Serving() {
+	switch {
+	case prev.State.Serving() && next.Target != "" && !next.Target.Serving():
 		// Leaving the serving role: an unacknowledged durable write fails.
 		for _, d := range r.repl.dirs {
 			d.rep.demoting.Store(true)
+		}
+	case next.State.Serving() && next.Target == "":
+		// Serving on (a fence during a transition the node did not leave
+		// by): the data here is the reference again.
+		for _, d := range r.repl.dirs {
+			d.rep.demoting.Store(false)
 		}
 	}
 	if len(transition) > 0 {
@@ -258,6 +265,10 @@ func (r *modRunner) execute(ctx context.Context, acts []module.Action, from modu
 			}
 		case module.RemoveVIPs:
 			r.removeVIPs()
+		case module.FenceData:
+			if len(r.cfg.Directories) > 0 {
+				r.repl.fence()
+			}
 		case module.MountData, module.UnmountData, module.StartReceiver, module.StopReceiver:
 			if err := r.replica(act.Kind); err != nil {
 				r.post(module.Event{Kind: module.TransitionDone, OK: false, Reason: err.Error()})

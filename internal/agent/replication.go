@@ -393,6 +393,23 @@ func (x *replica) unmount() {
 	}
 }
 
+// fence cuts every stream at once (the node is isolated and leaves the
+// service): pending and later durable calls fail with EIO instead of
+// waiting replication.timeout for a peer that cannot answer, so the
+// application can exit and stop_prim end before the peer takes over.
+// What the peer did not acknowledge goes to the change records.
+func (x *replica) fence() {
+	for _, d := range x.dirs {
+		d.rep.demoting.Store(true)
+		had := d.rep.current() != nil
+		d.rep.detach()
+		if had {
+			x.goAlone(d)
+			x.r.log.Add("warn", "replication of "+d.path+" to "+x.r.peer+" cut: this node is isolated; durable calls "+x.r.peer+" did not acknowledge fail with EIO", "dir", d.path)
+		}
+	}
+}
+
 // closeChanges closes a directory's change records (a clean close: nothing
 // is left in flight).
 func (x *replica) closeChanges(d *replDir) {

@@ -303,6 +303,12 @@ const (
 	// (directories read-only to everything but the agent).
 	StartReceiver
 	StopReceiver
+	// FenceData: cut the replication streams at once and fail (EIO) every
+	// durable call the peer has not acknowledged, now and until
+	// UnmountData. An isolated node cannot reach its peer, which takes
+	// over after its heartbeat timeout: waiting for acks is pointless,
+	// and an application blocked in fsync would hold stop_prim up.
+	FenceData
 )
 
 // Action is one side effect. The actions of a transition are carried out in
@@ -341,6 +347,8 @@ func (a Action) String() string {
 		return "start-receiver"
 	case StopReceiver:
 		return "stop-receiver"
+	case FenceData:
+		return "fence-data"
 	}
 	return fmt.Sprintf("action(%d)", int(a.Kind))
 }

@@ -145,6 +145,20 @@ func Step(m Machine, ev Event) (Machine, []Action, error) {
 		m.Isolated = ev.Isolated
 		if ev.Isolated {
 			acts = append(acts, logf("warn", "every cluster network of %s is down: this node is isolated", m.Node))
+			if m.Target != "" && m.State.Serving() {
+				// A transition runs (a restart, a swap...): the node leaves
+				// the service when it ends, but the peer may take over
+				// before. The VIPs go now, and no durable call waits for
+				// a peer it cannot reach (carried out at once: no done).
+				// The cut stream lost ops the peer will never get: a node
+				// that goes on serving (the network came back before the
+				// transition ended) serves ALONE and resynchronises it.
+				if !m.ReplBroken {
+					m.ReplBroken, m.ReplReason = true, "cut: "+m.Node+" was isolated"
+				}
+				acts = append(acts, logf("warn", "isolated while %s -> %s runs: VIPs removed and replication cut now", m.State, m.Target),
+					Action{Kind: RemoveVIPs}, Action{Kind: FenceData})
+			}
 		} else {
 			acts = append(acts, logf("info", "a cluster network of %s is back", m.Node))
 		}
@@ -652,7 +666,7 @@ func transition(m Machine, to State, acts []Action) (Machine, []Action, error) {
 		acts = append(acts, script("start_both", from, to, "start", false))
 		acts = append(acts, enterRole(from, to)...)
 	case from.Running() && !to.Running():
-		acts = append(acts, leaveRole(from, to)...)
+		acts = append(acts, leaveRole(from, to, m.Isolated)...)
 		acts = append(acts, script("stop_both", from, to, "stop", true))
 		if to == Stop {
 			acts = append(acts, script("poststop", from, to, "stop", true))
@@ -660,7 +674,7 @@ func transition(m Machine, to State, acts []Action) (Machine, []Action, error) {
 	case from.Serving() && to.Serving():
 		// PRIM <-> ALONE: the application keeps running.
 	case from.Running() && to.Running():
-		acts = append(acts, leaveRole(from, to)...)
+		acts = append(acts, leaveRole(from, to, m.Isolated)...)
 		acts = append(acts, enterRole(from, to)...)
 	case from == Wait && to == Stop:
 		acts = append(acts, script("poststop", from, to, "stop", true))
@@ -691,7 +705,15 @@ func enterRole(from, to State) []Action {
 	return []Action{{Kind: StartReceiver}, script("start_second", from, to, "start", false)}
 }
 
-func leaveRole(from, to State) []Action {
+// leaveRole stops a role. A serving node normally stops the application
+// before its VIPs go (clients see a clean stop). An isolated one removes
+// them first and fences the data: the peer takes over after its heartbeat
+// timeout, whatever stop_prim waits for (an application blocked in fsync
+// waits for a peer it cannot reach), and no client reaches this node anyway.
+func leaveRole(from, to State, isolated bool) []Action {
+	if from.Serving() && isolated {
+		return []Action{{Kind: RemoveVIPs}, {Kind: FenceData}, script("stop_prim", from, to, "stop", true), {Kind: UnmountData}}
+	}
 	if from.Serving() {
 		return []Action{script("stop_prim", from, to, "stop", true), {Kind: RemoveVIPs}, {Kind: UnmountData}}
 	}

@@ -125,10 +125,20 @@ func checkInvariants(t *testing.T, name string, m, next Machine, acts []Action, 
 			t.Errorf("%s: start_prim before the VIP: %v", name, ks)
 		}
 	}
-	if slices.Contains(ks, "remove-vips") {
+	if slices.Contains(ks, "remove-vips") && !next.Isolated {
 		if i, j := slices.Index(ks, "stop_prim"), slices.Index(ks, "remove-vips"); i >= 0 && i > j {
 			t.Errorf("%s: VIP removed before stop_prim: %v", name, ks)
 		}
+	}
+	if next.Isolated && slices.Contains(ks, "stop_prim") {
+		// Isolated: the VIPs go and the durable waits fail before
+		// stop_prim, which may wait for the application.
+		if i, j, k := slices.Index(ks, "remove-vips"), slices.Index(ks, "fence-data"), slices.Index(ks, "stop_prim"); i < 0 || j < 0 || i > k || j > k {
+			t.Errorf("%s: isolated, stop_prim before the VIPs go and the data is fenced: %v", name, ks)
+		}
+	}
+	if slices.Contains(ks, "fence-data") && !next.Isolated {
+		t.Errorf("%s: data fenced while not isolated: %v", name, ks)
 	}
 	if next.Target.Serving() && !m.State.Serving() && !m.Target.Serving() && next.Epoch < m.Epoch {
 		t.Errorf("%s: epoch went backwards", name)
@@ -300,7 +310,38 @@ func TestRules(t *testing.T) {
 			ev:        Event{Kind: PeerChanged, Peer: Peer{Alive: true, Known: true, State: Alone, Epoch: 5, UpToDate: true, Started: true}},
 			wantState: Alone},
 		{name: "isolation stops serving at once", m: settled(Prim, peerSecond, nil), ev: Event{Kind: IsolationChanged, Isolated: true},
-			wantState: Prim, target: Wait, acts: "stop_prim remove-vips unmount-data stop_both done"},
+			wantState: Prim, target: Wait, acts: "remove-vips fence-data stop_prim unmount-data stop_both done"},
+		{name: "isolation of an ALONE node: VIPs first too", m: settled(Alone, peerDown, nil), ev: Event{Kind: IsolationChanged, Isolated: true},
+			wantState: Alone, target: Wait, acts: "remove-vips fence-data stop_prim unmount-data stop_both done"},
+		{name: "isolation during a restart: VIPs and stream cut at once", m: func() Machine {
+			m := settled(Prim, peerSecond, nil)
+			m.Target = Prim
+			return m
+		}(), ev: Event{Kind: IsolationChanged, Isolated: true}, wantState: Prim, target: Prim, acts: "remove-vips fence-data",
+			check: func(t *testing.T, m Machine) {
+				if !m.ReplBroken {
+					t.Error("a cut stream must be marked broken: the SECOND lacks ops")
+				}
+				m2, acts, _ := Step(m, Event{Kind: TransitionDone, OK: true})
+				if m2.Target != Wait || strings.Join(kinds(acts), " ") != "remove-vips fence-data stop_prim unmount-data stop_both done" {
+					t.Errorf("after the restart: -> %s %v", m2.Target, kinds(acts))
+				}
+			}},
+		{name: "isolation healed during a restart: serves ALONE, the SECOND resynchronises", m: func() Machine {
+			m := settled(Prim, peerSecond, nil)
+			m.Target = Prim
+			m, _, _ = Step(m, Event{Kind: IsolationChanged, Isolated: true})
+			m, _, _ = Step(m, Event{Kind: IsolationChanged, Isolated: false})
+			return m
+		}(), ev: Event{Kind: TransitionDone, OK: true}, wantState: Prim, target: Alone,
+			check: func(t *testing.T, m Machine) { wantIn(t, m.Reason, "isolated") }},
+		{name: "isolation during a swap: VIPs and stream cut at once", m: func() Machine {
+			m := settled(Prim, peerSecond, nil)
+			m.Target, m.Handover = Second, true
+			return m
+		}(), ev: Event{Kind: IsolationChanged, Isolated: true}, wantState: Prim, target: Second, acts: "remove-vips fence-data"},
+		{name: "isolation of a SECOND: nothing to fence", m: settled(Second, peerPrim, nil), ev: Event{Kind: IsolationChanged, Isolated: true},
+			wantState: Second, target: Wait, acts: "stop_second stop-receiver stop_both done"},
 		{name: "restart re-runs role scripts", m: settled(Prim, peerSecond, nil), ev: Event{Kind: Restart},
 			wantState: Prim, target: Prim, acts: "stop_prim start_prim done"},
 		{name: "start script failure -> STOP with reason", m: func() Machine {
