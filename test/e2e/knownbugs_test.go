@@ -20,54 +20,6 @@ func knownBug(t *testing.T, what string) {
 	}
 }
 
-// TestIsolationSlowStopPrim: the primary's cables are pulled while its
-// application waits in fdatasync for the secondary, and its stop_prim
-// stops the application gracefully (SIGTERM, then waits for it to exit),
-// as stop scripts of databases do. The isolated node must stop serving
-// (VIP removed) before the peer's heartbeat timeout lets the peer take the
-// VIP (design.md, "Isolation").
-//
-// Found by TestResyncFaultLoop: the durable wait that is blocked when the
-// node starts leaving the serving role is not released (EIO) then, only
-// when replication.timeout (3 s) fails the stream; until then the writer
-// cannot exit, stop_prim waits for it, and the VIPs, removed only after
-// stop_prim, stay on the isolated node ~2.5 s after the peer added them.
-func TestIsolationSlowStopPrim(t *testing.T) {
-	knownBug(t, "on isolation a blocked durable wait is released (EIO) only after replication.timeout, and the VIPs go only after stop_prim")
-	c := newCluster(t, tcluster.Options{Directories: []string{dataDir}, DefaultPrimary: tcluster.NoDefaultPrimary,
-		Scripts: writerApp(web, dataDir, tcluster.AppPort, "")})
-	c.StartPair()
-	waitPair(t, c, "alpha", "beta", 30*time.Second)
-	acks := watchAcks(t, ackLogOf(c, web))
-	waitWriting(t, c, acks, "alpha", web, 200, 20*time.Second, "before the cut")
-	alpha := c.Node("alpha").Host
-	vip := c.ModuleVIP(web)
-	t0 := time.Now()
-	for _, n := range []string{"lan", "backup"} {
-		must(t, alpha.LinkDown(n))
-	}
-	var writerGone, vipGone, betaServes time.Duration
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) && (writerGone == 0 || vipGone == 0 || betaServes == 0) {
-		el := time.Since(t0)
-		if writerGone == 0 && writerPid(c, "alpha", web) == 0 {
-			writerGone = el
-		}
-		if ok, err := alpha.HasAddr(vip); vipGone == 0 && err == nil && !ok {
-			vipGone = el
-		}
-		if ok, err := c.Node("beta").Host.HasAddr(vip); betaServes == 0 && err == nil && ok {
-			betaServes = el
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	t.Logf("after the cut: alpha's writer gone after %v, alpha's VIP removed after %v; beta added the VIP after %v",
-		writerGone.Round(time.Millisecond), vipGone.Round(time.Millisecond), betaServes.Round(time.Millisecond))
-	if vipGone == 0 || betaServes == 0 || vipGone > betaServes {
-		t.Errorf("the isolated alpha kept the VIP until %v, beta added it at %v: both held it", vipGone.Round(time.Millisecond), betaServes.Round(time.Millisecond))
-	}
-}
-
 // TestResyncFileComparedTwice: the returning node was a crashed primary
 // (so the primary compares rather than trusts the recorded zones), the
 // writer creates and removes checkpoints meanwhile (so directories are in
