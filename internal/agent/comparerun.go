@@ -95,8 +95,10 @@ func (x *replica) runCompare(ctx context.Context, d *replDir, s *wire.Sender, sc
 		}
 	}()
 	st, err := eng.Run(ctx, scope)
-	run.total.Store(max(st.Examined, run.total.Load()))
-	run.done.Store(run.total.Load())
+	// What was examined, not the estimate (zones of files that turned
+	// out equal at the probe, or gone, are not read).
+	run.total.Store(st.Examined)
+	run.done.Store(st.Examined)
 	run.sent.Store(st.BytesSent)
 	run.files.Store(st.Files)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -129,4 +130,36 @@ func BenchmarkZones(b *testing.B) {
 			b.ReportMetric(float64(sent)/float64(b.N), "sent-bytes/op")
 		})
 	}
+}
+
+// BenchmarkFullCompareManyFiles: many identical small files (512-1535
+// bytes, 1000 per directory; TANDEM_COMPARE_BENCH_FILES, default 100,000),
+// the shape of bench/resync's case (c). Reports files/s.
+func BenchmarkFullCompareManyFiles(b *testing.B) {
+	n := 100000
+	if v, err := strconv.Atoi(os.Getenv("TANDEM_COMPARE_BENCH_FILES")); err == nil && v > 0 {
+		n = v
+	}
+	pr := newPair(b, 5, 0, Options{})
+	r := rand.New(rand.NewPCG(5, 6))
+	buf := randBytes(7, 2048)
+	for i := range n {
+		data := buf[i%512 : i%512+512+r.IntN(1024)]
+		for _, root := range []string{pr.p, pr.s} {
+			p := filepath.Join(root, fmt.Sprintf("d%04d/f%06d", i/1000, i))
+			if i%1000 == 0 {
+				must(b, os.MkdirAll(filepath.Dir(p), 0o755))
+			}
+			must(b, os.WriteFile(p, data, 0o644))
+		}
+	}
+	sameTimes(b, pr)
+	b.ResetTimer()
+	for b.Loop() {
+		st := benchRun(b, pr, Scope{Full: true})
+		if st.BytesSent != 0 || st.MetaFixed != 0 {
+			b.Fatalf("identical trees: %+v", st)
+		}
+	}
+	b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "files/s")
 }

@@ -37,6 +37,7 @@ type fix struct {
 	lateMeta bool   // attributes compared again once all names are linked
 	findIno  uint64 // the secondary's other names of this inode are compared again
 	scoped   bool   // its scope entry (recorded zones) is taken once the fixes are sent
+	covered  bool   // a scope file whose task was queued already
 	rec      *linkRec
 }
 
@@ -419,7 +420,9 @@ func (r *run) planExisting(t *task, d int, f *fix, path string, g0 uint64) error
 		return err
 	}
 	if !ok {
-		f.meta = metaDiffers(p, s)
+		// A scope file whose task is queued or done already: that task
+		// sends its attributes after its data.
+		f.meta = !f.covered && metaDiffers(p, s)
 		return nil
 	}
 	f.data = &task{path: path, how: how, pKey: p.key, s: s, since: g0, rec: f.rec}
@@ -454,6 +457,15 @@ func (r *run) dataNeeded(t *task, d int, f *fix, path string) (fileHow, bool, er
 	if sf := r.peekScopeFile(path, p.key); sf.path != "" {
 		f.scoped = true
 		return sf.how, true, nil
+	}
+	if r.scopeTaken(p.key) {
+		// Its recorded zones were queued by an earlier listing of this
+		// directory (listed twice, or asked again after a stale page):
+		// its size and mtime differ for that reason, and comparing it
+		// whole as well would hash it all and, both tasks running at
+		// once, send its changed blocks twice.
+		f.covered = true
+		return 0, false, nil
 	}
 	if p.st.Size != s.Size || mtimeOf(&p.st) != s.Mtime {
 		// Not recorded as changed, yet it differs: replaced (renamed
@@ -513,11 +525,22 @@ func (r *run) takeScopeFile(p string, key inoKey) *task {
 	if t == nil {
 		return &task{}
 	}
+	r.scopeDone[key] = true
+	if t.pKey != (inoKey{}) {
+		r.scopeDone[t.pKey] = true
+	}
 	delete(r.scopeFiles, t.path)
 	if t.pKey != (inoKey{}) {
 		delete(r.scopeKeys, t.pKey)
 	}
 	return t
+}
+
+// scopeTaken: the scope task of the primary's inode key was queued.
+func (r *run) scopeTaken(key inoKey) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.scopeDone[key]
 }
 
 type verdict int

@@ -338,6 +338,7 @@ type run struct {
 	runningIDs  map[uint64]bool
 	scopeFiles  map[string]*task
 	scopeKeys   map[inoKey]*task
+	scopeDone   map[inoKey]bool   // inodes whose scope task was queued
 	lostKeys    []inoKey          // scope files whose name moved: searched for
 	recreate    map[string]inoKey // entries whose secondary inode has more names than ours
 	failed      error
@@ -392,6 +393,7 @@ func (e *Engine) Run(ctx context.Context, scope Scope) (Stats, error) {
 		runningIDs: make(map[uint64]bool),
 		scopeFiles: make(map[string]*task),
 		scopeKeys:  make(map[inoKey]*task),
+		scopeDone:  make(map[inoKey]bool),
 		recreate:   make(map[string]inoKey),
 		dirLocks:   make(map[string]*dirLock),
 		links:      make(map[inoKey]*linkRec),
@@ -538,9 +540,6 @@ func (r *run) seedIncremental() error {
 	}
 	for _, p := range slices.Sorted(maps.Keys(files)) {
 		t := files[p]
-		for _, z := range t.zones {
-			total += z.Len
-		}
 		var st unix.Stat_t
 		if ino := r.scope.Ino[p]; ino != 0 {
 			st.Dev, st.Ino = rst.Dev, ino
@@ -560,11 +559,23 @@ func (r *run) seedIncremental() error {
 		}
 		keys[t.pKey] = t
 	}
+	// The progress total: the zones to compare, merged (both nodes'
+	// records may name the same ones), within the files' sizes.
+	for _, t := range files {
+		var st unix.Stat_t
+		if unix.Fstatat(r.root, t.path, &st, unix.AT_SYMLINK_NOFOLLOW) != nil {
+			continue
+		}
+		for _, z := range alignZones(t.zones, r.e.opt.BlockSize) {
+			total += max(min(z.Off+z.Len, st.Size)-z.Off, 0)
+		}
+	}
 	r.e.prog.total.Add(total)
 	r.mu.Lock()
 	r.scopeFiles, r.scopeKeys = files, keys
 	r.mu.Unlock()
-	for _, d := range r.scope.Dirs {
+	// Both nodes' records may name a directory: listed once.
+	for _, d := range slices.Compact(slices.Sorted(slices.Values(r.scope.Dirs))) {
 		r.push(&task{dir: true, path: d})
 	}
 	return nil
@@ -578,6 +589,11 @@ func (r *run) nextPhase() bool {
 	files := r.scopeFiles
 	r.scopeFiles = map[string]*task{}
 	clear(r.scopeKeys)
+	for _, t := range files {
+		if t.pKey != (inoKey{}) {
+			r.scopeDone[t.pKey] = true
+		}
+	}
 	lost := r.lostKeys
 	r.lostKeys = nil
 	r.mu.Unlock()

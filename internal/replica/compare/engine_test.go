@@ -558,3 +558,48 @@ func TestNamespaceChurn(t *testing.T) {
 	}
 	t.Logf("%d namespace ops during the compare; %+v", n, st)
 }
+
+// TestScopeFileComparedOnce: a file with recorded zones in a directory
+// listed twice (named by both nodes' records, or queued again by its
+// parent's listing since its mtime differs) is compared once, on its
+// zones: the second listing must not compare it whole because its mtime
+// differs (that is what its zone task is for), which would hash it all
+// and, the two tasks running at once, send its changed blocks twice.
+func TestScopeFileComparedOnce(t *testing.T) {
+	for _, dirs := range [][]string{{"d", "d"}, {"", "d"}, {"d", "", "d"}} {
+		for _, trust := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%q/trust=%v", dirs, trust), func(t *testing.T) {
+				pr := newPair(t, 12, 0, Options{TrustZones: trust})
+				const size = 8 << 20
+				write(t, filepath.Join(pr.p, "d/f"), randBytes(31, size))
+				write(t, filepath.Join(pr.p, "d/g"), []byte("unchanged"))
+				copyTree(t, pr.p, pr.s)
+				f, err := os.OpenFile(filepath.Join(pr.p, "d/f"), os.O_WRONLY, 0)
+				must(t, err)
+				zones := []Zone{{1 << 20, 64 << 10}, {3 << 20, 64 << 10}}
+				for _, z := range zones {
+					_, err = f.WriteAt(randBytes(uint64(z.Off), int(z.Len)), z.Off)
+					must(t, err)
+				}
+				f.Close()
+				// Its directory's mtime differs too (entries changed).
+				must(t, os.Chtimes(filepath.Join(pr.p, "d"), time.Now(), time.Unix(1e9, 0)))
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				st := pr.run(t, ctx, Scope{Dirs: dirs, Files: map[string][]Zone{"d/f": zones}})
+				sameTrees(t, pr.p, pr.s, treecmp.Options{})
+				// The zones, and the probes of the first and last blocks.
+				if max := int64(4 * 64 << 10); st.Examined > max+100 {
+					t.Errorf("examined %d bytes, want at most %d (the zones and probes)", st.Examined, max)
+				}
+				if want := int64(2 * 64 << 10); st.BytesSent != want {
+					t.Errorf("sent %d bytes, want %d", st.BytesSent, want)
+				}
+				if st.Files != 1 {
+					t.Errorf("%d file compares, want 1", st.Files)
+				}
+				t.Logf("%+v", st)
+			})
+		}
+	}
+}
