@@ -630,11 +630,24 @@ func (s *Sender) sendFrame(f *frame) bool {
 	s.notifyLocked() // a Submit may wait for room in the ready queue
 	s.mu.Unlock()
 	if err != nil {
+		// A secondary that failed to apply an op (a full disk) sends its
+		// reason and closes: our next write may break first. The reader
+		// gets a moment to report the peer's reason rather than ours.
+		t := time.NewTimer(sendFailGrace)
+		select {
+		case <-s.done:
+		case <-t.C:
+		}
+		t.Stop()
 		s.fail(fmt.Errorf("send: %w", err))
 		return false
 	}
 	return true
 }
+
+// sendFailGrace is how long a failed send waits for the reader to report
+// why the peer closed the connection.
+const sendFailGrace = 200 * time.Millisecond
 
 func (s *Sender) reader() {
 	defer s.wg.Done()
