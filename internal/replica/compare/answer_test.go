@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -405,5 +406,60 @@ func TestAnswerFindInode(t *testing.T) {
 	must(t, err)
 	if strings.Join(paths, ",") != "a,d/e/b" || more {
 		t.Fatalf("names %q (more %v)", paths, more)
+	}
+}
+
+// TestXattrRoutes: the descriptor calls (flistxattr, listxattrat,
+// getxattrat) and the /proc route they fall back on read the same
+// attributes, of a file, a directory and a symlink itself.
+func TestXattrRoutes(t *testing.T) {
+	dir := t.TempDir()
+	f, d, l := filepath.Join(dir, "f"), filepath.Join(dir, "d"), filepath.Join(dir, "l")
+	must(t, os.WriteFile(f, []byte("x"), 0o644))
+	must(t, os.Mkdir(d, 0o755))
+	must(t, os.Symlink("f", l))
+	if unix.Setxattr(f, "user.b", []byte("2"), 0) != nil {
+		t.Skip("no user xattrs here")
+	}
+	must(t, unix.Setxattr(f, "user.a", bytes.Repeat([]byte("1"), 3000), 0))
+	must(t, unix.Setxattr(d, "user.d", []byte("dir"), 0))
+	trusted := unix.Lsetxattr(l, "trusted.l", []byte("link"), 0) == nil // root only
+	dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	must(t, err)
+	defer unix.Close(dfd)
+	ffd, err := unix.Open(f, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	must(t, err)
+	defer unix.Close(ffd)
+	pfd, err := unix.Open(d, unix.O_PATH|unix.O_CLOEXEC, 0)
+	must(t, err)
+	defer unix.Close(pfd)
+	read := func(fd int, name string) string {
+		t.Helper()
+		list, err := readXattrs(fd, name)
+		must(t, err)
+		var s []string
+		for _, x := range list {
+			s = append(s, x.Name+"="+strconv.Itoa(len(x.Value)))
+		}
+		return strings.Join(s, ",")
+	}
+	want := map[string]string{"f": "user.a=3000,user.b=1", "d": "user.d=3", "l": ""}
+	if trusted {
+		want["l"] = "trusted.l=4"
+	}
+	defer noXattrAt.Store(false)
+	for _, proc := range []bool{false, true} {
+		noXattrAt.Store(proc)
+		for name, w := range want {
+			if got := read(dfd, name); got != w {
+				t.Errorf("proc %v: %s by name: %q, want %q", proc, name, got, w)
+			}
+		}
+		if got := read(ffd, ""); got != want["f"] {
+			t.Errorf("proc %v: f by descriptor: %q, want %q", proc, got, want["f"])
+		}
+		if got := read(pfd, ""); got != want["d"] {
+			t.Errorf("proc %v: d by O_PATH descriptor: %q, want %q", proc, got, want["d"])
+		}
 	}
 }

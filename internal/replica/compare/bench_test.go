@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -140,26 +141,79 @@ func BenchmarkFullCompareManyFiles(b *testing.B) {
 	if v, err := strconv.Atoi(os.Getenv("TANDEM_COMPARE_BENCH_FILES")); err == nil && v > 0 {
 		n = v
 	}
-	pr := newPair(b, 5, 0, Options{})
-	r := rand.New(rand.NewPCG(5, 6))
-	buf := randBytes(7, 2048)
-	for i := range n {
-		data := buf[i%512 : i%512+512+r.IntN(1024)]
-		for _, root := range []string{pr.p, pr.s} {
-			p := filepath.Join(root, fmt.Sprintf("d%04d/f%06d", i/1000, i))
-			if i%1000 == 0 {
-				must(b, os.MkdirAll(filepath.Dir(p), 0o755))
+	// TANDEM_COMPARE_BENCH_DIR keeps the trees there between runs.
+	base := os.Getenv("TANDEM_COMPARE_BENCH_DIR")
+	if base != "" {
+		base = filepath.Join(base, strconv.Itoa(n))
+	}
+	var pr *pair
+	if _, err := os.Stat(filepath.Join(base, "done")); base != "" && err == nil {
+		pr = newPairIn(b, base, 5, 0, Options{})
+	} else {
+		if base == "" {
+			pr = newPair(b, 5, 0, Options{})
+		} else {
+			must(b, os.RemoveAll(base))
+			must(b, os.MkdirAll(filepath.Join(base, "primary"), 0o755))
+			must(b, os.MkdirAll(filepath.Join(base, "secondary"), 0o755))
+			pr = newPairIn(b, base, 5, 0, Options{})
+		}
+		r := rand.New(rand.NewPCG(5, 6))
+		buf := randBytes(7, 2048)
+		for i := range n {
+			data := buf[i%512 : i%512+512+r.IntN(1024)]
+			for _, root := range []string{pr.p, pr.s} {
+				p := filepath.Join(root, fmt.Sprintf("d%04d/f%06d", i/1000, i))
+				if i%1000 == 0 {
+					must(b, os.MkdirAll(filepath.Dir(p), 0o755))
+				}
+				must(b, os.WriteFile(p, data, 0o644))
 			}
-			must(b, os.WriteFile(p, data, 0o644))
+		}
+		sameTimes(b, pr)
+		if base != "" {
+			must(b, os.WriteFile(filepath.Join(base, "done"), nil, 0o644))
 		}
 	}
-	sameTimes(b, pr)
+	// TANDEM_COMPARE_BENCH_COLD=1 (root) drops the page cache before
+	// each run, as bench/resync does.
+	cold := os.Getenv("TANDEM_COMPARE_BENCH_COLD") == "1"
+	var cpu time.Duration // both sides' CPU time (user and system)
 	b.ResetTimer()
 	for b.Loop() {
+		if cold {
+			b.StopTimer()
+			unix.Sync()
+			must(b, os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0))
+			b.StartTimer()
+		}
+		c0 := cpuTime(b)
 		st := benchRun(b, pr, Scope{Full: true})
+		cpu += cpuTime(b) - c0
 		if st.BytesSent != 0 || st.MetaFixed != 0 {
 			b.Fatalf("identical trees: %+v", st)
 		}
 	}
 	b.ReportMetric(float64(n)*float64(b.N)/b.Elapsed().Seconds(), "files/s")
+	b.ReportMetric(float64(cpu.Microseconds())/float64(n*b.N), "cpu-µs/file")
+	if os.Getenv("TANDEM_COMPARE_BENCH_RSYNC") == "1" {
+		// The reference of bench/resync (c), on the same trees.
+		b.StopTimer()
+		if cold {
+			unix.Sync()
+			must(b, os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0))
+		}
+		t0 := time.Now()
+		out, err := exec.Command("rsync", "-a", "-n", "-i", pr.p+"/", pr.s+"/").CombinedOutput()
+		if err != nil {
+			b.Fatalf("rsync: %v\n%s", err, out)
+		}
+		b.ReportMetric(float64(n)/time.Since(t0).Seconds(), "rsync-files/s")
+	}
+}
+
+func cpuTime(b *testing.B) time.Duration {
+	var ru unix.Rusage
+	must(b, unix.Getrusage(unix.RUSAGE_SELF, &ru))
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -534,12 +534,19 @@ type pair struct {
 func newPair(t testing.TB, seed uint64, delay time.Duration, opt Options) *pair {
 	t.Helper()
 	base := t.TempDir()
-	pr := &pair{p: filepath.Join(base, "primary"), s: filepath.Join(base, "secondary")}
-	for _, d := range []string{pr.p, pr.s} {
-		if err := os.Mkdir(d, 0o755); err != nil {
+	for _, d := range []string{"primary", "secondary"} {
+		if err := os.Mkdir(filepath.Join(base, d), 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return newPairIn(t, base, seed, delay, opt)
+}
+
+// newPairIn is newPair on the trees base/primary and base/secondary,
+// which exist.
+func newPairIn(t testing.TB, base string, seed uint64, delay time.Duration, opt Options) *pair {
+	t.Helper()
+	pr := &pair{p: filepath.Join(base, "primary"), s: filepath.Join(base, "secondary")}
 	pr.f = newFake(t, pr.s, seed, delay)
 	pr.sh = newShim(t, pr.p, pr.f)
 	fd, err := unix.Open(pr.p, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
