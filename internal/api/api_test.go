@@ -571,3 +571,21 @@ func TestHealth(t *testing.T) {
 		t.Errorf("unknown module: %d, want 404", code)
 	}
 }
+
+// TestPprof: the agent's Go profiles are served on the control socket.
+func TestPprof(t *testing.T) {
+	_, sock := startServer(t, newFake(t))
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+		}}}
+	resp, err := hc.Get("http://agent/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), "goroutine profile:") {
+		t.Fatalf("GET /debug/pprof/goroutine: %d\n%.300s", resp.StatusCode, b)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"slices"
@@ -159,6 +160,14 @@ func newHandler(b Backend) http.Handler {
 	mux.HandleFunc("GET /v1/status/{module}", h.status)
 	mux.HandleFunc("POST /v1/modules/{module}/{verb}", h.command)
 	mux.HandleFunc("GET /v1/modules/{module}/logs", h.logs)
+	// Go profiles of the agent, for whoever measures it: on the control
+	// socket only (root), e.g.
+	// curl --unix-socket /run/tandem.sock http://x/debug/pprof/profile?seconds=10
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return mux
 }
 
