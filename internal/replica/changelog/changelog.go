@@ -46,6 +46,11 @@ type Options struct {
 	// acknowledged, all reported in flight after a crash (default 1024,
 	// at least 64).
 	MaxActive int
+	// ReadAhead is how many extents past the one it touches a sequential
+	// writer activates with the same journal sync (default 15, negative:
+	// none). The extents activated ahead count as in flight after a
+	// crash, like any active extent.
+	ReadAhead int
 	// FullWait is how long a Touch that finds the active set full of
 	// unacknowledged zones waits for acknowledgements before it moves the
 	// oldest of them to DIRTY (default 2s).
@@ -62,6 +67,7 @@ const (
 	defaultExtentSize = 4 << 20
 	maxExtentShift    = 36
 	defaultActive     = 1024
+	defaultReadAhead  = 15
 	minActive         = 64
 	maxActive         = 1 << 20
 	// maxTouchZones: a Touch spanning more extents is recorded as one
@@ -178,6 +184,9 @@ func open(dir string, opt Options, recreate bool) (*Log, error) {
 	}
 	if opt.MaxActive < minActive || opt.MaxActive > maxActive {
 		return nil, fmt.Errorf("changelog %s: max active zones %d: must be between %d and %d", dir, opt.MaxActive, minActive, maxActive)
+	}
+	if opt.ReadAhead == 0 {
+		opt.ReadAhead = defaultReadAhead
 	}
 	if opt.FullWait <= 0 {
 		opt.FullWait = 2 * time.Second
@@ -552,11 +561,14 @@ func (l *Log) touchSlow(p Pin) error {
 			for z < p.hi && l.active[slotKey{p.k, z}] == nil {
 				z++
 			}
-			lsn := l.appendActiveExt(p.k, start, z-start)
-			for y := start; y < z; y++ {
+			end := l.readAhead(p, start, z)
+			lsn := l.appendActiveExt(p.k, start, end-start)
+			for y := start; y < end; y++ {
 				e := l.newEntry(slotKey{p.k, y}, lsn)
-				l.pinEntry(e)
-				l.addFine(e, p)
+				if y < z {
+					l.pinEntry(e)
+					l.addFine(e, p)
+				}
 			}
 			wait = lsn
 		}
@@ -586,6 +598,32 @@ func (l *Log) touchSlow(p Pin) error {
 		return err
 	}
 	return nil
+}
+
+// readAhead extends the missing run [start, z) of p past the Touch when
+// the file is written sequentially (the run ends the Touch and follows an
+// active extent of the file), while the active set has room: a stream then
+// costs one journal sync per ReadAhead+1 extents instead of one per extent. Extents
+// activated ahead and never touched hold no zones; they leave the active
+// set like acknowledged ones, and after a crash they count as in flight
+// like any active extent (a few more MiB to compare). mu held.
+func (l *Log) readAhead(p Pin, start, z uint64) uint64 {
+	if l.opt.ReadAhead <= 0 || z != p.hi || start == 0 || l.active[slotKey{p.k, start - 1}] == nil {
+		return z
+	}
+	// Bounds: the room in the active set (acknowledged slots leave to
+	// make it, as for any Touch), one record's extent count, the
+	// journal's extent indices.
+	n := min(l.opt.ReadAhead, l.opt.MaxActive/4, maxTouchZones-int(z-start))
+	if free := l.opt.MaxActive - len(l.active) - int(z-start); free < n {
+		n = free + l.evict(n-free, false, p)
+	}
+	limit := uint64(1) << (63 - l.shift) >> l.xshift
+	end := z
+	for ; n > 0 && end < limit && l.active[slotKey{p.k, end}] == nil; n-- {
+		end++
+	}
+	return end
 }
 
 func (l *Log) wake() {

@@ -12,7 +12,9 @@
 // hold local changes the peer has not acknowledged. Two granularities, as
 // DRBD's activity log extents and bitmap: the active set works in coarse
 // extents (Options.ExtentSize, 4 MiB by default), so a sequential writer
-// pays one journal sync per extent, not per zone; the zones touched inside
+// pays one journal sync per extent, not per zone (and one per
+// ReadAhead+1 extents: a Touch past an active extent of the file activates
+// the next ones with it); the zones touched inside
 // an active extent are kept in memory with it (no I/O). When an extent
 // leaves the active set acknowledged its zones are dropped; otherwise
 // (changed alone, or spilled) they are written to DIRTY at zone
