@@ -63,7 +63,7 @@ func newFarmPair(t *testing.T, drain time.Duration) *farmPair {
 	t.Helper()
 	fp := &farmPair{agents: map[string]*Agent{}, runner: map[string]*farmRunner{}, dps: map[string]*fakeDP{}, alive: map[string]bool{"alpha": true, "beta": true}}
 	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
+	var wg sync.WaitGroup
 	for _, node := range []string{"alpha", "beta"} {
 		c := &config.Cluster{Name: "c", Networks: []string{"lan"},
 			Heartbeat: config.Heartbeat{Interval: 10 * time.Millisecond, Timeout: 30 * time.Millisecond}}
@@ -90,9 +90,14 @@ func newFarmPair(t *testing.T, drain time.Duration) *farmPair {
 			return d, nil
 		}
 		r.cleanup = func(string, netip.Addr, string) error { return nil }
-		go r.loop(ctx)
+		wg.Add(1)
+		go func() { defer wg.Done(); r.loop(ctx) }()
 	}
-	go fp.heartbeats(ctx)
+	wg.Add(1)
+	go func() { defer wg.Done(); fp.heartbeats(ctx) }()
+	// Registered after the TempDirs, so it runs before their removal: the
+	// loops write state files until they end.
+	t.Cleanup(func() { cancel(); wg.Wait() })
 	for _, r := range fp.runner {
 		r.boot()
 	}
