@@ -124,7 +124,9 @@ func checkWriter(t *testing.T, c *tcluster.Cluster, node, module, dir string, sa
 	t.Helper()
 	pid := writerPid(c, node, module)
 	if pid == 0 {
-		t.Fatalf("%s: module %s's writer does not run on %s, which serves; its output:\n%s", what, module, node, writerLog(c, node, module))
+		evs, _ := c.ModuleEvents(node, module)
+		t.Fatalf("%s: module %s's writer does not run on %s, which serves; its output:\n%s\nmodule log of %s (last 20 events):\n%s",
+			what, module, node, writerLog(c, node, module), node, formatEvents(evs, 20))
 	}
 	must(t, syscall.Kill(pid, syscall.SIGSTOP))
 	defer syscall.Kill(pid, syscall.SIGCONT)
