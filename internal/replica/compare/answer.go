@@ -151,85 +151,150 @@ func answerList(root int, q *op.Op) ([]byte, error) {
 	}
 	size := 0
 	var h hasher
+	// Small files are opened with their entry and read in batches
+	// (hashSmallFiles); idx is each one's entry.
+	var small []smallFile
+	var idx []int
+	flush := func() error {
+		hashSmallFiles(small)
+		var err error
+		for i := range small {
+			e := &a.Entries[idx[i]]
+			if small[i].ok {
+				e.Size, e.Hash, e.HasHash = small[i].size, small[i].sum, true
+			} else if err == nil {
+				err = hashOpen(small[i].fd, e, p.InlineMax, &h)
+			}
+			unix.Close(small[i].fd)
+		}
+		small, idx = small[:0], idx[:0]
+		return err
+	}
+	defer func() {
+		for _, f := range small {
+			unix.Close(f.fd)
+		}
+	}()
 	for i, name := range names {
 		if len(a.Entries) >= p.PageMax || size >= maxPageBytes {
 			a.More = i < len(names)
 			break
 		}
 		e := Entry{Name: name}
-		ok, err := statEntry(fd, name, &e, p.InlineMax, &h)
+		ok, sf, err := statEntry(fd, name, &e, p.InlineMax, &h, true)
 		if err != nil {
 			return nil, err
 		}
 		if !ok {
 			continue // vanished since the listing
 		}
+		if sf.fd >= 0 {
+			small, idx = append(small, sf), append(idx, len(a.Entries))
+		}
 		a.Entries = append(a.Entries, e)
 		size += 64 + len(name) + len(e.Target)
+		if len(small) >= ringEntries {
+			if err := flush(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return nil, err
 	}
 	return appendListAnswer(make([]byte, 0, size+128), a), nil
 }
 
 // statEntry fills e for name inside dfd: attributes, xattr digest, symlink
 // target, and the content hash of a regular file up to inline bytes.
-// False when the entry vanished meanwhile.
-func statEntry(dfd int, name string, e *Entry, inline int64, h *hasher) (bool, error) {
+// False when the entry vanished meanwhile. With later, a small regular
+// file is left open and unread (sf.fd ≥ 0, its size expected): the caller
+// reads it (in a batch) and closes it; else sf.fd is -1.
+func statEntry(dfd int, name string, e *Entry, inline int64, h *hasher, later bool) (ok bool, sf smallFile, err error) {
+	sf.fd = -1
 	var st unix.Stat_t
 	if err := unix.Fstatat(dfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		if err == unix.ENOENT {
-			return false, nil
+			return false, sf, nil
 		}
-		return false, fmt.Errorf("stat %q: %w", name, err)
+		return false, sf, fmt.Errorf("stat %q: %w", name, err)
 	}
 	fillEntry(e, &st)
-	var err error
-	if e.Xattrs, err = xattrDigest(dfd, name); err != nil {
-		if err == unix.ENOENT {
-			return false, nil
-		}
-		return false, fmt.Errorf("read the attributes of %q: %w", name, err)
-	}
-	switch st.Mode & unix.S_IFMT {
-	case unix.S_IFLNK:
-		t, err := readTarget(dfd, name)
-		if err == unix.ENOENT {
-			return false, nil
-		}
-		if err != nil {
-			return false, fmt.Errorf("read symlink %q: %w", name, err)
-		}
-		e.Target, e.hasTarget = t, true
-	case unix.S_IFREG:
-		if st.Size > inline {
-			break
-		}
+	if st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size <= inline {
 		// O_NONBLOCK: should a fifo have replaced the file, the open does
 		// not hang (and the fstat refuses it).
 		ffd, err := openatNoatime(dfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK)
 		if err == unix.ENOENT {
-			return false, nil
+			return false, sf, nil
 		}
 		if err != nil {
-			return false, fmt.Errorf("open %q: %w", name, err)
+			return false, sf, fmt.Errorf("open %q: %w", name, err)
 		}
-		defer unix.Close(ffd)
+		keep := false
+		defer func() {
+			if !keep {
+				unix.Close(ffd)
+			}
+		}()
 		if err := unix.Fstat(ffd, &st); err != nil {
-			return false, fmt.Errorf("stat %q: %w", name, err)
+			return false, sf, fmt.Errorf("stat %q: %w", name, err)
 		}
-		if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size > inline {
-			break
+		if st.Mode&unix.S_IFMT == unix.S_IFREG {
+			// The attributes of what was opened: the descriptor's call
+			// is cheaper than one by name.
+			fillEntry(e, &st)
+			if e.Xattrs, err = xattrDigest(ffd, ""); err != nil {
+				return false, sf, fmt.Errorf("read the attributes of %q: %w", name, err)
+			}
+			if st.Size > inline {
+				return true, sf, nil
+			}
+			if later {
+				keep = true
+				return true, smallFile{fd: ffd, size: st.Size}, nil
+			}
+			return true, sf, hashOpen(ffd, e, inline, h)
 		}
-		sum, n, err := h.whole(ffd, inline)
-		if err != nil {
-			return false, fmt.Errorf("read %q: %w", name, err)
+		// Replaced meanwhile by another type: described by name below.
+		if err := unix.Fstatat(dfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			if err == unix.ENOENT {
+				return false, sf, nil
+			}
+			return false, sf, fmt.Errorf("stat %q: %w", name, err)
 		}
-		if n <= inline {
-			// The hash covers exactly n bytes: report that size, so the
-			// compare sees a difference if the file changed meanwhile.
-			e.Size, e.Hash, e.HasHash = n, sum, true
-		}
+		fillEntry(e, &st)
 	}
-	return true, nil
+	if e.Xattrs, err = xattrDigest(dfd, name); err != nil {
+		if err == unix.ENOENT {
+			return false, sf, nil
+		}
+		return false, sf, fmt.Errorf("read the attributes of %q: %w", name, err)
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		t, err := readTarget(dfd, name)
+		if err == unix.ENOENT {
+			return false, sf, nil
+		}
+		if err != nil {
+			return false, sf, fmt.Errorf("read symlink %q: %w", name, err)
+		}
+		e.Target, e.hasTarget = t, true
+	}
+	return true, sf, nil
+}
+
+// hashOpen hashes the small regular file open as ffd (its entry e) whole.
+func hashOpen(ffd int, e *Entry, inline int64, h *hasher) error {
+	sum, n, err := h.whole(ffd, inline)
+	if err != nil {
+		return fmt.Errorf("read %q: %w", e.Name, err)
+	}
+	if n <= inline {
+		// The hash covers exactly n bytes: report that size, so the
+		// compare sees a difference if the file changed meanwhile.
+		e.Size, e.Hash, e.HasHash = n, sum, true
+	}
+	return nil
 }
 
 // openRegular opens p beneath root for reading if it is a regular file:

@@ -20,6 +20,54 @@ type pEntry struct {
 	key    inoKey
 	target string
 	xdig   uint64
+	hashed bool   // sum is the hash of its first hashN bytes, all it had (hashSmallP)
+	sum    uint64
+	hashN  int64
+}
+
+// hashSmallP reads, in batches (hashSmallFiles), the small files whose
+// answer came with a hash: plan compares them (after the answer came, as
+// the package comment wants). Those not read so are read one by one.
+func (r *run) hashSmallP(d int, sents []Entry, pents []*pEntry) {
+	inline := r.inline()
+	var small []smallFile
+	var which []*pEntry
+	flush := func() {
+		hashSmallFiles(small)
+		for i, f := range small {
+			if f.ok {
+				which[i].hashed, which[i].sum, which[i].hashN = true, f.sum, f.size
+			}
+			unix.Close(f.fd)
+		}
+		small, which = small[:0], which[:0]
+	}
+	j := 0
+	for _, p := range pents {
+		if p.st.Mode&unix.S_IFMT != unix.S_IFREG || p.st.Nlink > 1 || p.st.Size > inline {
+			continue
+		}
+		for j < len(sents) && sents[j].Name < p.name {
+			j++
+		}
+		if j == len(sents) || sents[j].Name != p.name || !sents[j].HasHash || sents[j].Nlink > 1 {
+			continue
+		}
+		fd, err := openatNoatime(d, p.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK)
+		if err != nil {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Fstat(fd, &st) != nil || (inoKey{st.Dev, st.Ino}) != p.key || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size > inline {
+			unix.Close(fd)
+			continue
+		}
+		small, which = append(small, smallFile{fd: fd, size: st.Size}), append(which, p)
+		if len(small) >= ringEntries {
+			flush()
+		}
+	}
+	flush()
 }
 
 // fix is what the compare of one entry decided.
@@ -198,6 +246,7 @@ func (r *run) page(t *task, after string, locked bool) (res pageResult, err erro
 			pents = append(pents, p)
 		}
 	}
+	r.hashSmallP(d, ans.Entries, pents)
 	fixes, err := r.plan(t, d, ans.Entries, pents, g0)
 	if err != nil {
 		return res, err
@@ -437,8 +486,12 @@ func (r *run) planExisting(t *task, d int, f *fix, path string, g0 uint64) error
 func (r *run) dataNeeded(t *task, d int, f *fix, path string) (fileHow, bool, error) {
 	p, s := f.p, f.s
 	if s.HasHash && p.st.Size <= r.inline() {
-		// Small file: the answer carries its hash; read ours.
-		sum, n, err := r.hashSmall(d, p.name)
+		// Small file: the answer carries its hash; read ours (perhaps
+		// read already, hashSmallP).
+		sum, n, err := p.sum, p.hashN, error(nil)
+		if !p.hashed {
+			sum, n, err = r.hashSmall(d, p.name)
+		}
 		if err != nil {
 			return 0, false, fmt.Errorf("compare: read %s on the primary: %w", show(path), err)
 		}
