@@ -20,7 +20,7 @@ type pEntry struct {
 	key    inoKey
 	target string
 	xdig   uint64
-	hashed bool   // sum is the hash of its first hashN bytes, all it had (hashSmallP)
+	hashed bool // sum is the hash of its first hashN bytes, all it had (hashSmallP)
 	sum    uint64
 	hashN  int64
 }
