@@ -20,7 +20,14 @@
 // Durability: an Fsync op fsyncs the file and every directory on its path
 // that had namespace changes (create, rename, ...) since it was last
 // synced, so a file made durable on the primary is durable, with its name,
-// on the secondary. SyncAll runs syncfs.
+// on the secondary. SyncAll fsyncs what changed since the last SyncAll:
+// the files written, truncated, allocated or created (tracked by open
+// descriptor, so renames do not lose them) and the directories whose
+// entries changed; it runs syncfs only when more changed than is tracked
+// or after an op on attributes alone (chmod, chown, times, xattrs,
+// symlinks, device nodes, links). syncfs would flush every unrelated
+// writer of the filesystem too: on a busy system disk it can take longer
+// than the peer's timeout.
 //
 // A failed op may leave a partial effect only where the kernel gives no
 // way to undo it (a write cut short by ENOSPC leaves the part that fitted);
@@ -60,6 +67,7 @@ const (
 	fileCacheSize = 64
 	dirCacheSize  = 64
 	maxDirty      = 1024 // directories tracked before falling back to syncfs
+	maxDirtyFiles = 256  // files (descriptors) tracked for SyncAll
 )
 
 const resolveFlags = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS
@@ -80,9 +88,14 @@ type Applier struct {
 	dirs     fdCache // O_PATH directories
 	dirty    map[string]struct{}
 	overflow bool // more dirty directories than tracked: next fsync is a syncfs
-	closed   bool
-	noOpen2  bool // openat2 unavailable: walk component by component
-	lenient  func(o *op.Op, err error)
+	// Files changed since the last SyncAll: inode -> own descriptor.
+	dirtyFiles map[fileID]int
+	// SyncAll must run syncfs: too many files changed, or an op changed
+	// attributes that are not tracked.
+	syncAllFS bool
+	closed    bool
+	noOpen2   bool // openat2 unavailable: walk component by component
+	lenient   func(o *op.Op, err error)
 }
 
 // New opens root and returns an Applier working below it.
@@ -109,7 +122,7 @@ func NewFromFd(fd int) (*Applier, error) {
 }
 
 func newApplier(fd int) *Applier {
-	a := &Applier{root: fd, umask: readUmask(), dirty: make(map[string]struct{})}
+	a := &Applier{root: fd, umask: readUmask(), dirty: make(map[string]struct{}), dirtyFiles: make(map[fileID]int)}
 	a.files.init(fileCacheSize)
 	a.dirs.init(dirCacheSize)
 	return a
@@ -142,6 +155,7 @@ func (a *Applier) Close() error {
 		return nil
 	}
 	a.closed = true
+	a.forgetFiles()
 	a.files.closeAll()
 	a.dirs.closeAll()
 	return unix.Close(a.root)
@@ -164,7 +178,163 @@ func (a *Applier) Apply(o *op.Op) error {
 	if err := a.stamp(o); err != nil {
 		return a.failed(o, fmt.Errorf("apply %s: set times: %w", o, err))
 	}
+	a.track(o)
 	return nil
+}
+
+// fileID names an inode of the tree.
+type fileID struct{ dev, ino uint64 }
+
+// track notes what a SyncAll must flush for o, applied.
+func (a *Applier) track(o *op.Op) {
+	switch o.Kind {
+	case op.Write, op.Truncate, op.Fallocate, op.Create, op.Chmod, op.Chown, op.Utimens, op.SetXattr, op.RemoveXattr, op.XattrSet:
+		if o.Path == "" {
+			a.markDirty("")
+			return
+		}
+		fd, err := a.fileFD(o.Path)
+		if errors.Is(err, ErrNotRegular) && a.isDir(o.Path) {
+			a.markDirty(o.Path) // a directory's own attributes
+			return
+		}
+		if err != nil {
+			a.syncAllFS = true
+			return
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			a.syncAllFS = true
+			return
+		}
+		id := fileID{st.Dev, st.Ino}
+		if _, ok := a.dirtyFiles[id]; ok {
+			return
+		}
+		if len(a.dirtyFiles) >= maxDirtyFiles {
+			a.syncAllFS = true
+			return
+		}
+		dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			a.syncAllFS = true
+			return
+		}
+		a.dirtyFiles[id] = dup
+	case op.Mkdir:
+		a.markDirty(o.Path) // its own inode; its parent is marked
+	case op.Rmdir:
+		delete(a.dirty, o.Path) // gone: nothing to flush; its parent is marked
+	case op.Rename:
+		a.renameDirty(o.Path, o.Path2, o.Flags&unix.RENAME_EXCHANGE != 0)
+	case op.Unlink, op.Fsync, op.SyncAll, op.Query:
+		// Entries: the parents are marked. Syncs: nothing new.
+	default: // symlinks, device nodes, links, removed trees
+		a.syncAllFS = true
+	}
+}
+
+// renameDirty moves the changed directories at or below from to their
+// new names (and back for an exchange).
+func (a *Applier) renameDirty(from, to string, exchange bool) {
+	moved := map[string]string{}
+	for d := range a.dirty {
+		if r, ok := below(d, from); ok {
+			moved[d] = join(to, r)
+		} else if r, ok := below(d, to); ok && exchange {
+			moved[d] = join(from, r)
+		}
+	}
+	for d := range moved {
+		delete(a.dirty, d)
+	}
+	for _, d := range moved {
+		a.dirty[d] = struct{}{}
+	}
+}
+
+// below says whether p is dir or inside it, and the rest of p.
+func below(p, dir string) (string, bool) {
+	if dir == "" {
+		return p, true
+	}
+	if p == dir {
+		return "", true
+	}
+	if strings.HasPrefix(p, dir) && p[len(dir)] == '/' {
+		return p[len(dir)+1:], true
+	}
+	return "", false
+}
+
+func join(dir, rest string) string {
+	if rest == "" {
+		return dir
+	}
+	if dir == "" {
+		return rest
+	}
+	return dir + "/" + rest
+}
+
+func (a *Applier) isDir(p string) bool {
+	dir, base := split(p)
+	dfd, err := a.dirFD(dir)
+	if err != nil {
+		return false
+	}
+	var st unix.Stat_t
+	return unix.Fstatat(dfd, base, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR
+}
+
+// syncAll makes every op applied so far durable.
+func (a *Applier) syncAll() error {
+	if !a.syncAllFS && !a.overflow {
+		err := a.syncTracked()
+		if err == nil {
+			return nil
+		}
+		// A directory renamed or removed since it changed: the whole
+		// filesystem then. Other errors (EIO, ENOSPC) are the answer.
+		if !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTDIR) {
+			return err
+		}
+	}
+	if err := syncfs(a.root); err != nil {
+		return err
+	}
+	a.forgetFiles()
+	clear(a.dirty)
+	a.overflow, a.syncAllFS = false, false
+	return nil
+}
+
+// syncfs is a variable for the tests.
+var syncfs = unix.Syncfs
+
+// syncTracked fsyncs the changed files, then the changed directories.
+func (a *Applier) syncTracked() error {
+	for id, fd := range a.dirtyFiles {
+		if err := ignoringEINTR(func() error { return unix.Fsync(fd) }); err != nil {
+			return err
+		}
+		unix.Close(fd)
+		delete(a.dirtyFiles, id)
+	}
+	for d := range a.dirty {
+		if err := a.syncDir(d); err != nil {
+			return err
+		}
+		delete(a.dirty, d)
+	}
+	return nil
+}
+
+func (a *Applier) forgetFiles() {
+	for id, fd := range a.dirtyFiles {
+		unix.Close(fd)
+		delete(a.dirtyFiles, id)
+	}
 }
 
 // SetLenient makes Apply skip an op that fails because the tree diverged
@@ -415,12 +585,7 @@ func (a *Applier) apply(o *op.Op) error {
 	case op.Fsync:
 		return a.fsync(o)
 	case op.SyncAll:
-		if err := unix.Syncfs(a.root); err != nil {
-			return err
-		}
-		clear(a.dirty)
-		a.overflow = false
-		return nil
+		return a.syncAll()
 	case op.Query:
 		return nil // answered out of band (replica/compare); nothing to change
 	case op.RemoveTree:
@@ -576,8 +741,9 @@ func (a *Applier) fsync(o *op.Op) error {
 		if err := unix.Syncfs(a.root); err != nil {
 			return err
 		}
+		a.forgetFiles()
 		clear(a.dirty)
-		a.overflow = false
+		a.overflow, a.syncAllFS = false, false
 		return nil
 	}
 	if len(a.dirty) == 0 || o.Path == "" {
