@@ -162,7 +162,7 @@ func newHandler(b Backend) http.Handler {
 	mux.HandleFunc("GET /v1/modules/{module}/logs", h.logs)
 	// Go profiles of the agent, for whoever measures it: on the control
 	// socket only (root), e.g.
-	// curl --unix-socket /run/tandem.sock http://x/debug/pprof/profile?seconds=10
+	// curl --unix-socket /run/tandem/tandem.sock http://x/debug/pprof/profile?seconds=10
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
