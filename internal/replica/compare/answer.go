@@ -182,6 +182,14 @@ func answerList(root int, q *op.Op) ([]byte, error) {
 		}
 		e := Entry{Name: name}
 		ok, sf, err := statEntry(fd, name, &e, p.InlineMax, &h, true)
+		if (errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE)) && len(small) > 0 {
+			// The files held for the batch count: read them, try again.
+			if err := flush(); err != nil {
+				return nil, err
+			}
+			e = Entry{Name: name}
+			ok, sf, err = statEntry(fd, name, &e, p.InlineMax, &h, true)
+		}
 		if err != nil {
 			return nil, err
 		}

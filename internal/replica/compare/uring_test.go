@@ -85,3 +85,35 @@ func TestSmallFilesWithoutUring(t *testing.T) {
 		}
 	}
 }
+
+// TestAnswerFewDescriptors: with few descriptors left, the listing reads
+// the small files it holds open and goes on (no "too many open files").
+func TestAnswerFewDescriptors(t *testing.T) {
+	dir := t.TempDir()
+	for i := range 300 {
+		must(t, os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%03d", i)), randBytes(uint64(i), 100), 0o644))
+	}
+	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	must(t, err)
+	defer unix.Close(fd)
+	open, err := os.ReadDir("/proc/self/fd")
+	must(t, err)
+	var old unix.Rlimit
+	must(t, unix.Getrlimit(unix.RLIMIT_NOFILE, &old))
+	lim := old
+	lim.Cur = uint64(len(open)) + 40
+	must(t, unix.Setrlimit(unix.RLIMIT_NOFILE, &lim))
+	b, err := Answer(fd, ListDirQuery("", ListParams{InlineMax: 4096}))
+	must(t, unix.Setrlimit(unix.RLIMIT_NOFILE, &old))
+	must(t, err)
+	a, err := ParseListAnswer(b)
+	must(t, err)
+	if len(a.Entries) != 300 {
+		t.Fatalf("%d entries, want 300", len(a.Entries))
+	}
+	for _, e := range a.Entries {
+		if !e.HasHash || e.Size != 100 {
+			t.Fatalf("%s: hash %v, size %d", e.Name, e.HasHash, e.Size)
+		}
+	}
+}
