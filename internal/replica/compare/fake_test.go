@@ -190,11 +190,12 @@ func (f *fake) loop() {
 	}
 }
 
-// drain waits until every op submitted so far is applied and every
-// answer given.
+// drain waits until every op submitted before the call is applied (not
+// those submitted meanwhile: a test's churn could outrun the applier) and
+// every answer given.
 func (f *fake) drain() {
 	f.mu.Lock()
-	for f.applied < f.next {
+	for target := f.next; f.applied < target; {
 		f.cond.Wait()
 	}
 	f.mu.Unlock()
