@@ -43,6 +43,10 @@ func TestIncrementalResyncAfterPeerAway(t *testing.T) {
 		t.Fatalf("initial tree: %v\n%s", err, out)
 	}
 	waitSame(t, c, 30*time.Second)
+	// Identical is not yet durable on beta: the periodic SyncAll (every
+	// 0.5 s) acknowledges the tree; killed before, beta would rightly get
+	// the unacknowledged extents again.
+	time.Sleep(1500 * time.Millisecond)
 
 	c.Kill9("beta")
 	c.WaitState("alpha", "ALONE", 5*time.Second)

@@ -67,7 +67,9 @@ const (
 	fileCacheSize = 64
 	dirCacheSize  = 64
 	maxDirty      = 1024 // directories tracked before falling back to syncfs
-	maxDirtyFiles = 256  // files (descriptors) tracked for SyncAll
+	// Files (descriptors) a SyncAll fsyncs one by one; past that one syncfs
+	// (a flush for all) is cheaper than a flush per file.
+	maxDirtyFiles = 32
 )
 
 const resolveFlags = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS
