@@ -89,7 +89,7 @@ type Replication struct {
 // Replication defaults and limits.
 const (
 	DefaultZoneSize       int64 = 4 << 10
-	DefaultResyncParallel       = 4
+	DefaultResyncParallel       = 16
 	maxResyncParallel           = 64
 )
 
