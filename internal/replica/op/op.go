@@ -69,13 +69,9 @@ var queryNames = [...]string{"", "listdir", "hashblocks", "xattrs", "skipped", "
 // DataOnly in an Fsync op's Flags: fdatasync.
 const DataOnly = 1
 
-// ResyncDone in a SyncAll op's Flags: the full resynchronisation that came
+// ResyncDone in a SyncAll op's Flags: the resynchronisation that came
 // before it is complete; once it is durable the secondary is up to date.
 const ResyncDone = 1
-
-// ResyncStart in a SyncAll op's Flags: a full resynchronisation follows; the
-// secondary empties its copy first.
-const ResyncStart = 2
 
 var kindNames = [...]string{"invalid", "write", "truncate", "create", "mknod", "mkdir", "unlink", "rmdir",
 	"rename", "link", "symlink", "chmod", "chown", "utimens", "setxattr", "removexattr", "fallocate", "fsync", "syncall",
