@@ -538,12 +538,17 @@ func (r *run) seedIncremental() error {
 	if err := unix.Fstat(r.root, &rst); err != nil {
 		return fmt.Errorf("compare: stat the replicated directory: %w", err)
 	}
+	sizes := make(map[*task]int64) // for the progress total
 	for _, p := range slices.Sorted(maps.Keys(files)) {
 		t := files[p]
 		var st unix.Stat_t
+		statErr := unix.Fstatat(r.root, t.path, &st, unix.AT_SYMLINK_NOFOLLOW)
+		if statErr == nil {
+			sizes[t] = st.Size
+		}
 		if ino := r.scope.Ino[p]; ino != 0 {
 			st.Dev, st.Ino = rst.Dev, ino
-		} else if unix.Fstatat(r.root, t.path, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		} else if statErr != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
 			continue
 		}
 		t.pKey, t.scoped = inoKey{st.Dev, st.Ino}, true
@@ -562,12 +567,12 @@ func (r *run) seedIncremental() error {
 	// The progress total: the zones to compare, merged (both nodes'
 	// records may name the same ones), within the files' sizes.
 	for _, t := range files {
-		var st unix.Stat_t
-		if unix.Fstatat(r.root, t.path, &st, unix.AT_SYMLINK_NOFOLLOW) != nil {
+		size, ok := sizes[t]
+		if !ok {
 			continue
 		}
 		for _, z := range alignZones(t.zones, r.e.opt.BlockSize) {
-			total += max(min(z.Off+z.Len, st.Size)-z.Off, 0)
+			total += max(min(z.Off+z.Len, size)-z.Off, 0)
 		}
 	}
 	r.e.prog.total.Add(total)

@@ -42,7 +42,13 @@ func hashSmallFiles(files []smallFile) {
 	}
 	defer putRing(r)
 	buf := getBuf()
-	defer putBuf(buf)
+	defer func() {
+		// A broken ring may have reads the kernel still completes into
+		// buf: it is never reused then.
+		if !r.broken {
+			putBuf(buf)
+		}
+	}()
 	for len(files) > 0 {
 		var batch []smallFile
 		used := 0
