@@ -92,6 +92,13 @@
 // EIO, so read and write opens of one file could not coexist safely. Reads
 // are spliced from the real file instead.
 //
+// Direct I/O (direct.go): a write-only handle, or one opened O_SYNC or
+// O_DSYNC, is FOPEN_DIRECT_IO: its writes reach the daemon from the
+// caller's buffer without a copy into the mount's page cache (the kernel
+// invalidates the range for cached readers), and an O_DSYNC/O_SYNC write is
+// made durable inside its WRITE request, since the kernel sends no FSYNC
+// after a direct write. Read handles keep the page cache.
+//
 // Shared writable mmap works without writeback cache: dirty pages reach the
 // daemon as WRITE requests on msync, fsync, close or background writeback,
 // and are replicated like any write (msync(MS_SYNC) then waits durable).

@@ -93,7 +93,15 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 			return nil, 0, errno(err)
 		}
 	}
-	return h, fuse.FOPEN_KEEP_CACHE, 0
+	return h, n.f.openFlags(flags), 0
+}
+
+// openFlags is the FUSE open reply for a handle opened with flags.
+func (f *fsys) openFlags(flags uint32) uint32 {
+	if f.direct && wantDirect(flags) {
+		return fuse.FOPEN_DIRECT_IO | fuse.FOPEN_KEEP_CACHE // no invalidation at open
+	}
+	return fuse.FOPEN_KEEP_CACHE
 }
 
 func (n *node) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {

@@ -96,6 +96,7 @@ type Mounted struct {
 	dir    string
 	rootFd int
 	fsys   *fsys
+	direct *directFS // nil with the writeback cache
 	server *fuse.Server
 	done   chan struct{}
 
@@ -183,12 +184,17 @@ func Mount(dir string, opts Options) (*Mounted, error) {
 		Debug:             opts.Debug,
 		Logger:            log.New(slogWriter{logger, slog.LevelInfo}, "", 0), // only used with Debug
 	}
-	gopts.MountOptions.ExtraCapabilities |= capHandleKillprivV2
+	gopts.MountOptions.ExtraCapabilities |= capHandleKillprivV2 | fuse.CAP_DIRECT_IO_ALLOW_MMAP
 	if opts.writeback {
 		gopts.MountOptions.ExtraCapabilities |= fuse.CAP_WRITEBACK_CACHE
 	}
 	root := &node{f: f, m: f.root}
-	rawFS := gofs.NewNodeFS(root, gopts)
+	var rawFS fuse.RawFileSystem = gofs.NewNodeFS(root, gopts)
+	var direct *directFS
+	if !opts.writeback {
+		direct = newDirectFS(rawFS)
+		rawFS = direct
+	}
 	// go-fuse opens /dev/fuse without O_CLOEXEC when it mounts directly. A
 	// child process that inherits it (a module script) would keep the
 	// connection alive after an agent crash: the mount would hang instead of
@@ -203,7 +209,7 @@ func Mount(dir string, opts Options) (*Mounted, error) {
 		f.close()
 		return nil, fmt.Errorf("mount replicated directory %s: %w", dir, err)
 	}
-	m := &Mounted{dir: dir, rootFd: rootFd, fsys: f, server: server, done: make(chan struct{})}
+	m := &Mounted{dir: dir, rootFd: rootFd, fsys: f, direct: direct, server: server, done: make(chan struct{})}
 	go func() {
 		server.Serve()
 		// The kernel connection is gone: no request can reach a meta fd.

@@ -22,6 +22,7 @@ type fsys struct {
 	changes Changes     // nil: no change records
 	fenced  atomic.Bool // unmounting: every change is refused (EROFS)
 	sync    SyncMode
+	direct  bool // write-only and O_DSYNC handles are FOPEN_DIRECT_IO (direct.go)
 	log     *slog.Logger
 
 	root    *meta
@@ -110,6 +111,7 @@ func newFsys(rootFd int, opts Options, logger *slog.Logger) (*fsys, error) {
 		rep:     opts.Replicator,
 		changes: opts.Changes,
 		sync:    opts.Sync,
+		direct:  !opts.writeback,
 		log:     logger,
 		rootDev: st.Dev,
 		metas:   make(map[devIno]*meta),

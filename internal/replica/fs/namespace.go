@@ -161,7 +161,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 			cm.dataMu.Unlock()
 		}
 	}
-	return ch, f.newHandle(cm, fd, flags), fuse.FOPEN_KEEP_CACHE, 0
+	return ch, f.newHandle(cm, fd, flags), f.openFlags(flags), 0
 }
 
 // mayOpen is a plain owner/group/other check for the rare open of a file
