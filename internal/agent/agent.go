@@ -52,6 +52,15 @@ type Agent struct {
 	peerViews map[string]peerInfo // node name -> last decoded view
 	isolated  bool
 	netIfaces []string
+
+	vipMu sync.Mutex // VIP additions and removals of every module
+}
+
+// isIsolated: every cluster network's interface lost its carrier.
+func (a *Agent) isIsolated() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.isolated
 }
 
 type peerInfo struct {

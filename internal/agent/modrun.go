@@ -288,6 +288,17 @@ func (r *modRunner) vipIface(v config.VIP) (string, error) {
 }
 
 func (r *modRunner) addVIPs() error {
+	// An isolated node must not take an address its peer may hold: a
+	// transition toward service that was under way when every cluster
+	// network went down adds nothing, and the node leaves the service when
+	// it ends. vipMu orders this check against the removal the isolation
+	// triggers.
+	r.a.vipMu.Lock()
+	defer r.a.vipMu.Unlock()
+	if r.a.isIsolated() {
+		r.log.Add("warn", "VIPs not added: every cluster network of this node is down (isolated)")
+		return nil
+	}
 	for _, v := range r.cfg.VIPs {
 		ifname, err := r.vipIface(v)
 		if err != nil {
@@ -305,6 +316,8 @@ func (r *modRunner) addVIPs() error {
 }
 
 func (r *modRunner) removeVIPs() {
+	r.a.vipMu.Lock()
+	defer r.a.vipMu.Unlock()
 	for _, v := range r.cfg.VIPs {
 		ifname, err := r.vipIface(v)
 		if err != nil {

@@ -145,11 +145,13 @@ func Step(m Machine, ev Event) (Machine, []Action, error) {
 		m.Isolated = ev.Isolated
 		if ev.Isolated {
 			acts = append(acts, logf("warn", "every cluster network of %s is down: this node is isolated", m.Node))
-			if m.Target != "" && m.State.Serving() {
-				// A transition runs (a restart, a swap...): the node leaves
-				// the service when it ends, but the peer may take over
-				// before. The VIPs go now, and no durable call waits for
-				// a peer it cannot reach (carried out at once: no done).
+			if m.Target != "" && (m.State.Serving() || m.Target.Serving()) {
+				// A transition runs (a restart, a swap, a start toward
+				// PRIM...): the node leaves the service when it ends, but
+				// the peer may take over before. The VIPs go now (the
+				// agent adds none while isolated), and no durable call
+				// waits for a peer it cannot reach (carried out at once:
+				// no done).
 				// The cut stream lost ops the peer will never get: a node
 				// that goes on serving (the network came back before the
 				// transition ended) serves ALONE and resynchronises it.

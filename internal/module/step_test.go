@@ -340,6 +340,17 @@ func TestRules(t *testing.T) {
 			m.Target, m.Handover = Second, true
 			return m
 		}(), ev: Event{Kind: IsolationChanged, Isolated: true}, wantState: Prim, target: Second, acts: "remove-vips fence-data"},
+		{name: "isolation during a start toward service: VIPs removed, and the node waits once it ends", m: func() Machine {
+			m := settled(Wait, peerDown, nil)
+			m.Target = Alone
+			return m
+		}(), ev: Event{Kind: IsolationChanged, Isolated: true}, wantState: Wait, target: Alone, acts: "remove-vips fence-data",
+			check: func(t *testing.T, m Machine) {
+				m2, acts, _ := Step(m, Event{Kind: TransitionDone, OK: true})
+				if m2.Target != Wait || strings.Join(kinds(acts), " ") != "remove-vips fence-data stop_prim unmount-data stop_both done" {
+					t.Errorf("after the start: -> %s %v", m2.Target, kinds(acts))
+				}
+			}},
 		{name: "isolation of a SECOND: nothing to fence", m: settled(Second, peerPrim, nil), ev: Event{Kind: IsolationChanged, Isolated: true},
 			wantState: Second, target: Wait, acts: "stop_second stop-receiver stop_both done"},
 		{name: "restart re-runs role scripts", m: settled(Prim, peerSecond, nil), ev: Event{Kind: Restart},
