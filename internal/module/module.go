@@ -196,8 +196,17 @@ func New(node, peer string, preferred bool, p Persistent) Machine {
 	if m.Persistent.State == "" {
 		m.Persistent.State = Stop
 	}
-	// Until Boot runs, show what ran last (Boot cleans it up after a crash).
+	// Until Boot runs, show what ran last on its way to where Boot takes
+	// it (it cleans up after a crash): a node that served before the crash
+	// must not look serving before its boot step (status, the peer's view).
 	m.State = m.Persistent.State
+	if m.State.Running() {
+		m.Target = Stop
+		if m.Started {
+			m.Target = Wait
+		}
+		m.Reason = "recovering from an agent crash"
+	}
 	return m
 }
 

@@ -481,3 +481,35 @@ func TestAloneAfterLeavingSecondIsNewGeneration(t *testing.T) {
 		}
 	}
 }
+
+// TestNewBeforeBoot: between the agent's start and its boot step, a module
+// that served before a crash shows its old state on its way out, never as
+// serving (the status and the peer's view of a restarted agent).
+func TestNewBeforeBoot(t *testing.T) {
+	for _, c := range []struct {
+		p      Persistent
+		target State
+	}{
+		{Persistent{State: Prim, Started: true}, Wait},
+		{Persistent{State: Alone, Started: true}, Wait},
+		{Persistent{State: Prim}, Stop},
+		{Persistent{State: Second, Started: true}, Wait},
+		{Persistent{State: Stop, Started: true}, ""},
+	} {
+		m := New("a", "b", true, c.p)
+		if m.State != c.p.State || m.Target != c.target {
+			t.Errorf("New after %s (started %v): %s -> %q, want %s -> %q", c.p.State, c.p.Started, m.State, m.Target, c.p.State, c.target)
+		}
+		if m.State.Serving() && m.Target == "" {
+			t.Errorf("New after %s: looks serving before boot", c.p.State)
+		}
+		// Boot is not refused as busy, and runs the crash clean-up.
+		m2, acts, err := Step(m, Event{Kind: Boot})
+		if err != nil {
+			t.Fatalf("Boot after %s: %v", c.p.State, err)
+		}
+		if c.p.State.Running() && (m2.Target != c.target || len(acts) == 0) {
+			t.Errorf("Boot after %s: -> %q %v", c.p.State, m2.Target, kinds(acts))
+		}
+	}
+}

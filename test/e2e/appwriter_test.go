@@ -357,12 +357,8 @@ func (p *vipProbe) LongestGap(from, to time.Time) (time.Duration, time.Time) {
 // PRIM or ALONE with no transition, or entering one of them. Samples go
 // A, B, A, so a node that changed role between two reads is not blamed.
 //
-// Known status bug: an agent restarted after a crash answers status (and
-// the health probe) with its last state, PRIM with no transition
-// (module.New: "until Boot runs, show what ran last"), from the moment
-// its socket listens until its boot step ran, while it serves nothing. Such a sample (a "primary" without its
-// VIP whose status is younger than 2 s) is counted apart and fails the
-// test only with TANDEM_KNOWN_BUGS=1.
+// A restarted agent shows its old role on its way out until its boot step
+// ran (module.New), so it never counts as primary then.
 type primWatch struct {
 	stop chan struct{}
 	done chan struct{}
@@ -370,7 +366,6 @@ type primWatch struct {
 	mu         sync.Mutex
 	samples    int
 	violations []string
-	preBoot    []string
 }
 
 func isPrim(st api.ModuleStatus, err error) bool {
@@ -403,14 +398,6 @@ func watchPrims(t *testing.T, c *tcluster.Cluster) *primWatch {
 		w.Stop()
 		w.mu.Lock()
 		defer w.mu.Unlock()
-		if len(w.preBoot) > 0 {
-			msg := fmt.Sprintf("KNOWN BUG (status before boot): %d samples found a restarted agent reporting PRIM before its boot step while the peer served; first: %s", len(w.preBoot), w.preBoot[0])
-			if os.Getenv("TANDEM_KNOWN_BUGS") != "" {
-				t.Error(msg)
-			} else {
-				t.Log(msg)
-			}
-		}
 		if len(w.violations) > 0 {
 			t.Errorf("a module was primary on both nodes at once in %d samples; first: %s", len(w.violations), w.violations[0])
 		} else {
@@ -441,16 +428,8 @@ func (w *primWatch) sample(c *tcluster.Cluster, m string) {
 	at := time.Now()
 	desc := fmt.Sprintf("module %s at %s: %s %s->%q (%q), %s %s->%q (%q), %s again %s->%q",
 		m, at.Format("15:04:05.000"), first, s1.State, s1.Target, s1.Reason, second, s2.State, s2.Target, s2.Reason, first, s3.State, s3.Target)
-	preBoot := func(n string, st api.ModuleStatus) bool {
-		has, err := c.Node(n).Host.HasAddr(c.ModuleVIP(m))
-		return err == nil && !has && st.Target == "" && at.Sub(st.Since) < 2*time.Second
-	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if preBoot(second, s2) || (preBoot(first, s1) && preBoot(first, s3)) {
-		w.preBoot = append(w.preBoot, desc)
-		return
-	}
 	w.violations = append(w.violations, desc)
 }
 
@@ -469,8 +448,7 @@ func (w *primWatch) Stop() {
 	<-w.done
 }
 
-// Violations is how many samples found two primaries so far (the known
-// status bug apart).
+// Violations is how many samples found two primaries so far.
 func (w *primWatch) Violations() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
