@@ -151,75 +151,70 @@ func answerList(root int, q *op.Op) ([]byte, error) {
 	}
 	size := 0
 	var h hasher
-	// Small files are opened with their entry and read in batches
+	// Small regular files are read after the page's stats, in batches
 	// (hashSmallFiles); idx is each one's entry.
+	later := uringOn()
 	var small []smallFile
 	var idx []int
-	flush := func() error {
-		hashSmallFiles(small)
-		var err error
-		for i := range small {
-			e := &a.Entries[idx[i]]
-			if small[i].ok {
-				e.Size, e.Hash, e.HasHash = small[i].size, small[i].sum, true
-			} else if err == nil {
-				err = hashOpen(small[i].fd, e, p.InlineMax, &h)
-			}
-			unix.Close(small[i].fd)
-		}
-		small, idx = small[:0], idx[:0]
-		return err
-	}
-	defer func() {
-		for _, f := range small {
-			unix.Close(f.fd)
-		}
-	}()
 	for i, name := range names {
 		if len(a.Entries) >= p.PageMax || size >= maxPageBytes {
 			a.More = i < len(names)
 			break
 		}
 		e := Entry{Name: name}
-		ok, sf, err := statEntry(fd, name, &e, p.InlineMax, &h, true)
-		if (errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE)) && len(small) > 0 {
-			// The files held for the batch count: read them, try again.
-			if err := flush(); err != nil {
-				return nil, err
-			}
-			e = Entry{Name: name}
-			ok, sf, err = statEntry(fd, name, &e, p.InlineMax, &h, true)
-		}
+		ok, sf, err := statEntry(fd, name, &e, p.InlineMax, &h, later)
 		if err != nil {
 			return nil, err
 		}
 		if !ok {
 			continue // vanished since the listing
 		}
-		if sf.fd >= 0 {
+		if sf.name != "" {
 			small, idx = append(small, sf), append(idx, len(a.Entries))
 		}
 		a.Entries = append(a.Entries, e)
 		size += 64 + len(name) + len(e.Target)
-		if len(small) >= ringEntries {
-			if err := flush(); err != nil {
+	}
+	if len(small) > 0 {
+		if testHookBeforeBatch != nil {
+			testHookBeforeBatch()
+		}
+		hashSmallFiles(small)
+		gone := false
+		for i := range small {
+			e := &a.Entries[idx[i]]
+			if small[i].ok {
+				e.Hash, e.HasHash = small[i].sum, true
+				continue
+			}
+			// Changed, replaced or removed since its stat, or no
+			// io_uring: described again, one by one.
+			*e = Entry{Name: e.Name}
+			ok, _, err := statEntry(fd, e.Name, e, p.InlineMax, &h, false)
+			if err != nil {
 				return nil, err
 			}
+			if !ok {
+				e.Name, gone = "", true
+			}
 		}
-	}
-	if err := flush(); err != nil {
-		return nil, err
+		if gone {
+			a.Entries = slices.DeleteFunc(a.Entries, func(e Entry) bool { return e.Name == "" })
+		}
 	}
 	return appendListAnswer(make([]byte, 0, size+128), a), nil
 }
 
+// testHookBeforeBatch, if set, runs between a listing's stats and the
+// batched reads of its small files.
+var testHookBeforeBatch func()
+
 // statEntry fills e for name inside dfd: attributes, xattr digest, symlink
 // target, and the content hash of a regular file up to inline bytes.
 // False when the entry vanished meanwhile. With later, a small regular
-// file is left open and unread (sf.fd ≥ 0, its size expected): the caller
-// reads it (in a batch) and closes it; else sf.fd is -1.
+// file is not read: sf names it (its expected size, its inode) for the
+// caller to read in a batch; else sf.name is "".
 func statEntry(dfd int, name string, e *Entry, inline int64, h *hasher, later bool) (ok bool, sf smallFile, err error) {
-	sf.fd = -1
 	var st unix.Stat_t
 	if err := unix.Fstatat(dfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		if err == unix.ENOENT {
@@ -228,6 +223,15 @@ func statEntry(dfd int, name string, e *Entry, inline int64, h *hasher, later bo
 		return false, sf, fmt.Errorf("stat %q: %w", name, err)
 	}
 	fillEntry(e, &st)
+	if later && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size <= inline {
+		if e.Xattrs, err = xattrDigest(dfd, name); err != nil {
+			if err == unix.ENOENT {
+				return false, sf, nil
+			}
+			return false, sf, fmt.Errorf("read the attributes of %q: %w", name, err)
+		}
+		return true, smallFile{dfd: dfd, name: name, ino: st.Ino, size: st.Size}, nil
+	}
 	if st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size <= inline {
 		// O_NONBLOCK: should a fifo have replaced the file, the open does
 		// not hang (and the fstat refuses it).
@@ -238,12 +242,7 @@ func statEntry(dfd int, name string, e *Entry, inline int64, h *hasher, later bo
 		if err != nil {
 			return false, sf, fmt.Errorf("open %q: %w", name, err)
 		}
-		keep := false
-		defer func() {
-			if !keep {
-				unix.Close(ffd)
-			}
-		}()
+		defer unix.Close(ffd)
 		if err := unix.Fstat(ffd, &st); err != nil {
 			return false, sf, fmt.Errorf("stat %q: %w", name, err)
 		}
@@ -256,10 +255,6 @@ func statEntry(dfd int, name string, e *Entry, inline int64, h *hasher, later bo
 			}
 			if st.Size > inline {
 				return true, sf, nil
-			}
-			if later {
-				keep = true
-				return true, smallFile{fd: ffd, size: st.Size}, nil
 			}
 			return true, sf, hashOpen(ffd, e, inline, h)
 		}

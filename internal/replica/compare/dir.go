@@ -29,19 +29,12 @@ type pEntry struct {
 // answer came with a hash: plan compares them (after the answer came, as
 // the package comment wants). Those not read so are read one by one.
 func (r *run) hashSmallP(d int, sents []Entry, pents []*pEntry) {
+	if !uringOn() {
+		return
+	}
 	inline := r.inline()
 	var small []smallFile
 	var which []*pEntry
-	flush := func() {
-		hashSmallFiles(small)
-		for i, f := range small {
-			if f.ok {
-				which[i].hashed, which[i].sum, which[i].hashN = true, f.sum, f.size
-			}
-			unix.Close(f.fd)
-		}
-		small, which = small[:0], which[:0]
-	}
 	j := 0
 	for _, p := range pents {
 		if p.st.Mode&unix.S_IFMT != unix.S_IFREG || p.st.Nlink > 1 || p.st.Size > inline {
@@ -53,21 +46,15 @@ func (r *run) hashSmallP(d int, sents []Entry, pents []*pEntry) {
 		if j == len(sents) || sents[j].Name != p.name || !sents[j].HasHash || sents[j].Nlink > 1 {
 			continue
 		}
-		fd, err := openatNoatime(d, p.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK)
-		if err != nil {
-			continue
-		}
-		var st unix.Stat_t
-		if unix.Fstat(fd, &st) != nil || (inoKey{st.Dev, st.Ino}) != p.key || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size > inline {
-			unix.Close(fd)
-			continue
-		}
-		small, which = append(small, smallFile{fd: fd, size: st.Size}), append(which, p)
-		if len(small) >= ringEntries {
-			flush()
+		small = append(small, smallFile{dfd: d, name: p.name, ino: p.st.Ino, size: p.st.Size})
+		which = append(which, p)
+	}
+	hashSmallFiles(small)
+	for i, f := range small {
+		if f.ok {
+			which[i].hashed, which[i].sum, which[i].hashN = true, f.sum, f.size
 		}
 	}
-	flush()
 }
 
 // fix is what the compare of one entry decided.
@@ -246,6 +233,11 @@ func (r *run) page(t *task, after string, locked bool) (res pageResult, err erro
 			pents = append(pents, p)
 		}
 	}
+	var lFiles, lBytes int64
+	if t.only == "" {
+		lFiles, lBytes = listedBytes(pents)
+		r.addListed(lFiles, lBytes)
+	}
 	r.hashSmallP(d, ans.Entries, pents)
 	fixes, err := r.plan(t, d, ans.Entries, pents, g0)
 	if err != nil {
@@ -253,6 +245,7 @@ func (r *run) page(t *task, after string, locked bool) (res pageResult, err erro
 	}
 	stale, changed, err := r.execute(t, d, g0, fixes, locked)
 	if err != nil || stale {
+		r.addListed(-lFiles, -lBytes) // listed again
 		res.stale = stale
 		return res, err
 	}

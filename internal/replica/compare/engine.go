@@ -351,7 +351,8 @@ type run struct {
 	sOwner    map[uint64]inoKey
 	freshDirs map[string]uint64 // directories created empty, and when
 
-	st statsAtomic
+	st  statsAtomic
+	est estimate // a full compare's progress total (progress.go)
 }
 
 type dirLock struct {

@@ -2,11 +2,8 @@ package compare
 
 import (
 	"context"
-	"os"
 	"sync"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // limiter is a token bucket of bytes per second, shared by the file
@@ -49,50 +46,5 @@ func (l *limiter) wait(ctx context.Context, n int64) error {
 		return nil
 	case <-ctx.Done():
 		return context.Cause(ctx)
-	}
-}
-
-// prescan sums the sizes of the primary's regular files (each inode once)
-// for the progress of a full compare. It only stats, and stops with the
-// run.
-func (r *run) prescan() {
-	seen := map[inoKey]bool{}
-	var walk func(fd int, depth int)
-	walk = func(fd int, depth int) {
-		f := os.NewFile(uintptr(fd), "")
-		defer f.Close()
-		for r.ctx.Err() == nil {
-			names, err := f.Readdirnames(1024)
-			if err != nil || len(names) == 0 {
-				return
-			}
-			for _, n := range names {
-				var st unix.Stat_t
-				if unix.Fstatat(fd, n, &st, unix.AT_SYMLINK_NOFOLLOW) != nil {
-					continue
-				}
-				switch st.Mode & unix.S_IFMT {
-				case unix.S_IFREG:
-					if st.Nlink > 1 {
-						k := inoKey{st.Dev, st.Ino}
-						if seen[k] {
-							continue
-						}
-						seen[k] = true
-					}
-					r.e.prog.total.Add(st.Size)
-				case unix.S_IFDIR:
-					if depth > 4096 {
-						continue
-					}
-					if cfd, err := openatNoatime(fd, n, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW); err == nil {
-						walk(cfd, depth+1)
-					}
-				}
-			}
-		}
-	}
-	if fd, err := openatNoatime(r.root, ".", unix.O_RDONLY|unix.O_DIRECTORY); err == nil {
-		walk(fd, 0)
 	}
 }
