@@ -46,6 +46,8 @@ func Answer(rootFd int, q *op.Op) ([]byte, error) {
 		b, err = answerXattrs(rootFd, q)
 	case op.QueryFindInode:
 		b, err = answerFindInode(rootFd, q)
+	case op.QueryHashBatch:
+		b, err = answerHashBatch(rootFd, q)
 	default:
 		return nil, fmt.Errorf("compare: %s: not answered here (QuerySkipped needs an Answerer)", q)
 	}

@@ -872,6 +872,9 @@ func (r *run) applyFix(t *task, d int, f *fix) (changed bool, err error) {
 		changed = true
 		switch st.Mode & unix.S_IFMT {
 		case unix.S_IFREG:
+			// Sent (or compared) whole: its recorded zones, if any, are
+			// covered (queueChildren takes them).
+			f.scoped = true
 			if f.rec != nil {
 				// Hard-linked: until every name is linked there, live
 				// changes through the other names miss this new inode, so

@@ -121,7 +121,25 @@
 // differ outside the zones (replaced), or from the shorter end if the
 // sizes differ. The records must list as Whole the files renamed or linked
 // into place and the inodes that lost a name while other names remain
-// (their content at those names is unknown to the zones).
+// (their content at those names is unknown to the zones). A scope file
+// of one name whose directory is not listed starts at once, those with
+// the most zones first, and its scope entry is taken: a listing that
+// meets it anyway (it moved, or its directory turned out replaced) finds
+// it covered. A file a listing creates there is sent whole, which covers
+// its zones.
+//
+// Trusted zones (Options.TrustZones: only the primary changed them) are
+// sent as they are, without hashing: the "differs" case above, always
+// safe. The probe of the first and last blocks (those outside the zones:
+// inside, they are sent anyway) is still asked, and the secondary's
+// attributes when no listing gave them, the questions of many files in
+// one query (HashBatch, answered with parallel reads). While the answer
+// comes the primary's zones are read ahead (posix_fadvise WILLNEED, many
+// reads in flight), then read once more outside the freeze; under the
+// freeze they are read again, from the page cache, and sent, up to 1 MiB
+// of zones per freeze, the last batch with the file's size and
+// attributes. What is sent is still read under the freeze: the reads
+// before it only warm the cache, so the argument above is unchanged.
 //
 // Resuming: a Run keeps no state between runs. An interrupted full compare
 // run again reads everything again but sends only what still differs; an
@@ -136,6 +154,8 @@
 // io_uring (one submission for up to 128 files: with a cold cache each
 // small file is a disk read, and one by one they cost a round trip
 // each). An incremental scope lists only the changed
-// directories and compares only the recorded zones. A repeated Run sends
-// only what still differs.
+// directories and compares only the recorded zones; trusted zones cost,
+// per file, a share of a batched question and one freeze, and their
+// reads are in flight together. A repeated Run sends only what still
+// differs.
 package compare

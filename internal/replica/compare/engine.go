@@ -1,6 +1,7 @@
 package compare
 
 import (
+	"cmp"
 	"container/heap"
 	"context"
 	"errors"
@@ -351,8 +352,9 @@ type run struct {
 	sOwner    map[uint64]inoKey
 	freshDirs map[string]uint64 // directories created empty, and when
 
-	st  statsAtomic
-	est estimate // a full compare's progress total (progress.go)
+	st    statsAtomic
+	est   estimate // a full compare's progress total (progress.go)
+	batch batcher  // probes of trusted zone files (batch.go)
 }
 
 type dirLock struct {
@@ -539,7 +541,8 @@ func (r *run) seedIncremental() error {
 	if err := unix.Fstat(r.root, &rst); err != nil {
 		return fmt.Errorf("compare: stat the replicated directory: %w", err)
 	}
-	sizes := make(map[*task]int64) // for the progress total
+	sizes := make(map[*task]int64)  // for the progress total
+	singles := make(map[*task]bool) // regular files of one name, that name
 	for _, p := range slices.Sorted(maps.Keys(files)) {
 		t := files[p]
 		var st unix.Stat_t
@@ -547,12 +550,17 @@ func (r *run) seedIncremental() error {
 		if statErr == nil {
 			sizes[t] = st.Size
 		}
+		found := inoKey{st.Dev, st.Ino}
+		single := statErr == nil && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Nlink == 1
 		if ino := r.scope.Ino[p]; ino != 0 {
 			st.Dev, st.Ino = rst.Dev, ino
 		} else if statErr != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
 			continue
 		}
 		t.pKey, t.scoped = inoKey{st.Dev, st.Ino}, true
+		if single && found == t.pKey {
+			singles[t] = true
+		}
 		r.e.log.Debug("resync compare: scope file", "path", p, "ino", st.Ino, "how", t.how)
 		if o := keys[t.pKey]; o != nil {
 			// Two names of one inode: one task, zones merged.
@@ -577,11 +585,43 @@ func (r *run) seedIncremental() error {
 		}
 	}
 	r.e.prog.total.Add(total)
+	// A file of one name whose directory is not listed: no listing meets
+	// it (unless it moves, or a listing finds its directory replaced, and
+	// then the listing sees its scope taken), so it need not wait for the
+	// listings to end. Those with the most zones go first: one file's
+	// zones are sent in order, and a big one would end the run last.
+	dirs := slices.Compact(slices.Sorted(slices.Values(r.scope.Dirs)))
+	var early []*task
+	for _, t := range files {
+		if _, listed := slices.BinarySearch(dirs, parent(t.path)); singles[t] && !listed {
+			early = append(early, t)
+		}
+	}
+	zoneBytes := func(t *task) (n int64) {
+		for _, z := range t.zones {
+			n += z.Len
+		}
+		return n
+	}
+	slices.SortFunc(early, func(a, b *task) int {
+		if c := cmp.Compare(zoneBytes(b), zoneBytes(a)); c != 0 {
+			return c
+		}
+		return strings.Compare(a.path, b.path)
+	})
 	r.mu.Lock()
+	for _, t := range early {
+		delete(files, t.path)
+		delete(keys, t.pKey)
+		r.scopeDone[t.pKey] = true
+	}
 	r.scopeFiles, r.scopeKeys = files, keys
 	r.mu.Unlock()
+	for _, t := range early {
+		r.push(t)
+	}
 	// Both nodes' records may name a directory: listed once.
-	for _, d := range slices.Compact(slices.Sorted(slices.Values(r.scope.Dirs))) {
+	for _, d := range dirs {
 		r.push(&task{dir: true, path: d})
 	}
 	return nil

@@ -44,6 +44,7 @@ type fileState struct {
 	rewind int64
 	// overwrite: the first freeze cuts the secondary's copy to our size.
 	truncFirst bool
+	ended      bool // size and attributes sent (fileEnd has nothing to do)
 }
 
 // fileTask compares (or sends) a regular file's data, then its size and
@@ -499,22 +500,9 @@ func (r *run) compareZones(fs *fileState) error {
 		probe = alignZones([]Zone{{0, 1}, {fs.size - 1, 1}}, bs)
 	}
 	if r.e.opt.TrustZones {
-		if err := r.compareRanges(fs, probe); err != nil {
+		// Sent without hashing (zones.go); escalated: compared whole.
+		if err := r.trustedZones(fs, probe); err != nil || fs.escal {
 			return err
-		}
-		if fs.escal {
-			return r.compareRanges(fs, []Zone{{0, inf}})
-		}
-		var total int64
-		for _, z := range fs.zones {
-			total += min(z.Len, max(fs.size-z.Off, 0))
-		}
-		r.e.prog.examined.Add(total)
-		r.st.examined.Add(total)
-		for _, z := range fs.zones {
-			if err := r.sendRange(fs, z.Off, z.Off+z.Len); err != nil {
-				return err
-			}
 		}
 	} else {
 		if err := r.compareRanges(fs, alignZones(append(slices.Clone(fs.zones), probe...), bs)); err != nil {
@@ -534,6 +522,9 @@ func (r *run) compareZones(fs *fileState) error {
 // fileEnd sends the size and the attributes that differ, then the times
 // if anything was sent.
 func (r *run) fileEnd(fs *fileState) error {
+	if fs.ended {
+		return nil // sent with the last zones (trustedZones)
+	}
 	if fs.last == nil && !fs.fresh {
 		// Nothing asked yet (an empty file, or zones sent unhashed): the
 		// secondary's attributes.
@@ -582,26 +573,31 @@ func (r *run) fileEnd(fs *fileState) error {
 			err = errStale
 			return
 		}
-		var st unix.Stat_t
-		if err = unix.Fstat(fs.fd, &st); err != nil {
-			err = fmt.Errorf("compare: stat %s on the primary: %w", show(fs.path), err)
-			return
-		}
-		s := fs.last
-		if fs.fresh {
-			if st.Size != fs.end {
-				r.submit(&op.Op{Kind: op.Truncate, Path: fs.path, Off: st.Size}, fs.t.id)
-			}
-			// Created by us with its owner, mode and attributes.
-			dig, _ := xattrDigest(fs.fd, "")
-			s = &Entry{Mode: st.Mode, Uid: st.Uid, Gid: st.Gid, Xattrs: dig}
-		} else if fs.sent || st.Size != s.Size {
-			r.submit(&op.Op{Kind: op.Truncate, Path: fs.path, Off: st.Size}, fs.t.id)
-			fs.sent = true
-		}
-		err = r.metaOps(fs.t, fs.path, &st, s, fs.fd, "", fs.sent || fs.fresh)
+		err = r.endOps(fs)
 	})
 	return err
+}
+
+// endOps sends the size and attributes of fileEnd; it runs with mutations
+// frozen, the file's path checked.
+func (r *run) endOps(fs *fileState) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fs.fd, &st); err != nil {
+		return fmt.Errorf("compare: stat %s on the primary: %w", show(fs.path), err)
+	}
+	s := fs.last
+	if fs.fresh {
+		if st.Size != fs.end {
+			r.submit(&op.Op{Kind: op.Truncate, Path: fs.path, Off: st.Size}, fs.t.id)
+		}
+		// Created by us with its owner, mode and attributes.
+		dig, _ := xattrDigest(fs.fd, "")
+		s = &Entry{Mode: st.Mode, Uid: st.Uid, Gid: st.Gid, Xattrs: dig}
+	} else if fs.sent || st.Size != s.Size {
+		r.submit(&op.Op{Kind: op.Truncate, Path: fs.path, Off: st.Size}, fs.t.id)
+		fs.sent = true
+	}
+	return r.metaOps(fs.t, fs.path, &st, s, fs.fd, "", fs.sent || fs.fresh)
 }
 
 // findNames searches the primary's tree for the names of the inodes

@@ -61,10 +61,11 @@ const (
 	QueryXattrs     = 3 // the extended attributes of Path
 	QuerySkipped    = 4 // paths of ops the secondary skipped as diverged
 	QueryFindInode  = 5 // the names of one of the secondary's inodes
-	queryEnd        = 6
+	QueryHashBatch  = 6 // several QueryHashBlocks at once (Data lists them)
+	queryEnd        = 7
 )
 
-var queryNames = [...]string{"", "listdir", "hashblocks", "xattrs", "skipped", "findinode"}
+var queryNames = [...]string{"", "listdir", "hashblocks", "xattrs", "skipped", "findinode", "hashbatch"}
 
 // DataOnly in an Fsync op's Flags: fdatasync.
 const DataOnly = 1

@@ -1,0 +1,214 @@
+package compare
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/tandem-ha/tandem/internal/replica/op"
+)
+
+// HashBatch queries carry several HashBlocks queries (the probes of many
+// files' first and last blocks, their attributes) in one op: one round
+// trip and one wire reply for up to maxBatchItems files, whose reads the
+// secondary makes in parallel.
+//
+//	HashBatch  params: count, then per item: path (string), off, len,
+//	           HashBlocks params (string)
+//	           answer: count, then per item: status byte (0: the item's
+//	           HashBlocks answer follows as a string; 1: an error message)
+
+const (
+	maxBatchItems   = 256
+	batchReaders    = 16 // reads in flight on the secondary per batch
+	maxBatchAnswer  = 2 << 20
+	maxBatchItemLen = 64 << 10 // bytes of blocks one item may hash (probes: one block)
+)
+
+// HashBatchQuery builds a HashBatch query of HashBlocks queries qs.
+func HashBatchQuery(qs []*op.Op) *op.Op {
+	b := binary.AppendUvarint(nil, uint64(len(qs)))
+	for _, q := range qs {
+		b = appendString(b, q.Path)
+		b = binary.AppendUvarint(b, uint64(q.Off))
+		b = binary.AppendUvarint(b, uint64(q.Len))
+		b = appendString(b, string(q.Data))
+	}
+	return &op.Op{Kind: op.Query, Flags: op.QueryHashBatch, Data: b}
+}
+
+func parseHashBatch(b []byte) ([]*op.Op, error) {
+	r := reader{b: b}
+	n := r.uvarint()
+	if n > maxBatchItems {
+		return nil, fmt.Errorf("hashbatch: %d items, more than %d", n, maxBatchItems)
+	}
+	qs := make([]*op.Op, 0, n)
+	for i := uint64(0); i < n && r.err == nil; i++ {
+		q := &op.Op{Kind: op.Query, Flags: op.QueryHashBlocks, Path: r.string()}
+		off, ln := r.uvarint(), r.uvarint()
+		q.Data = []byte(r.string())
+		if off > 1<<62 || ln > maxBatchItemLen {
+			return nil, fmt.Errorf("hashbatch: item %d: range %d@%d out of bounds", i, ln, off)
+		}
+		q.Off, q.Len = int64(off), int64(ln)
+		if err := q.Validate(); err != nil {
+			return nil, fmt.Errorf("hashbatch: item %d: %w", i, err)
+		}
+		qs = append(qs, q)
+	}
+	if r.err != nil || len(r.b) != 0 {
+		return nil, errors.New("bad hashbatch parameters")
+	}
+	return qs, nil
+}
+
+// answerHashBatch answers each item as a HashBlocks query, up to
+// batchReaders at once (with a cold cache each is a disk read or two).
+func answerHashBatch(root int, q *op.Op) ([]byte, error) {
+	qs, err := parseHashBatch(q.Data)
+	if err != nil {
+		return nil, err
+	}
+	ans := make([][]byte, len(qs))
+	errs := make([]error, len(qs))
+	var wg sync.WaitGroup
+	next := make(chan int, len(qs))
+	for i := range qs {
+		next <- i
+	}
+	close(next)
+	for range min(batchReaders, len(qs)) {
+		wg.Go(func() {
+			for i := range next {
+				ans[i], errs[i] = answerHash(root, qs[i])
+			}
+		})
+	}
+	wg.Wait()
+	b := binary.AppendUvarint(nil, uint64(len(qs)))
+	for i := range qs {
+		if errs[i] != nil {
+			b = append(b, 1)
+			b = appendString(b, fmt.Sprintf("%s: %v", qs[i], errs[i]))
+			continue
+		}
+		b = append(b, 0)
+		b = appendString(b, string(ans[i]))
+	}
+	if len(b) > maxBatchAnswer {
+		return nil, fmt.Errorf("hashbatch: answer of %d bytes, more than %d", len(b), maxBatchAnswer)
+	}
+	return b, nil
+}
+
+// parseHashBatchAnswer splits a HashBatch answer of n items into one
+// Reply per item.
+func parseHashBatchAnswer(b []byte, n int) ([]Reply, error) {
+	r := reader{b: b}
+	if got := r.uvarint(); r.err == nil && got != uint64(n) {
+		return nil, fmt.Errorf("hashbatch answer: %d items for %d asked", got, n)
+	}
+	reps := make([]Reply, n)
+	for i := 0; i < n && r.err == nil; i++ {
+		st := r.byte()
+		s := r.string()
+		switch st {
+		case 0:
+			reps[i].Data = []byte(s)
+		case 1:
+			reps[i].Err = errors.New(s)
+		default:
+			return nil, fmt.Errorf("hashbatch answer: item %d: unknown status %d", i, st)
+		}
+	}
+	if r.err != nil || len(r.b) != 0 {
+		return nil, errors.New("hashbatch answer: truncated or trailing bytes")
+	}
+	return reps, nil
+}
+
+// batcher gathers HashBlocks queries into HashBatch queries: a batch goes
+// out when full, or when a task is about to wait for an answer (flush).
+type batcher struct {
+	mu   sync.Mutex
+	qs   []*op.Op
+	chs  []chan Reply
+	old  bool // the secondary does not know HashBatch: one query each
+	once sync.Once
+}
+
+// ask queues HashBlocks query q; its reply arrives on the channel once
+// the batch holding it was sent (see flush) and answered.
+func (r *run) ask(q *op.Op) <-chan Reply {
+	b := &r.batch
+	ch := make(chan Reply, 1)
+	b.mu.Lock()
+	if b.old {
+		b.mu.Unlock()
+		return r.e.st.Query(q)
+	}
+	b.qs, b.chs = append(b.qs, q), append(b.chs, ch)
+	full := len(b.qs) >= maxBatchItems
+	b.mu.Unlock()
+	if full {
+		r.flush()
+	}
+	return ch
+}
+
+// flush sends the queued queries as one batch.
+func (r *run) flush() {
+	b := &r.batch
+	b.mu.Lock()
+	qs, chs := b.qs, b.chs
+	b.qs, b.chs = nil, nil
+	b.mu.Unlock()
+	if len(qs) == 0 {
+		return
+	}
+	r.st.queries.Add(1)
+	if len(qs) == 1 {
+		forward(r.e.st.Query(qs[0]), chs[0])
+		return
+	}
+	rch := r.e.st.Query(HashBatchQuery(qs))
+	go func() {
+		rep := <-rch
+		var reps []Reply
+		err := rep.Err
+		if err == nil {
+			reps, err = parseHashBatchAnswer(rep.Data, len(qs))
+		}
+		if err == nil {
+			r.st.answerBytes.Add(int64(len(rep.Data)))
+			for i, ch := range chs {
+				ch <- reps[i]
+			}
+			return
+		}
+		if rep.Err != nil {
+			// An older secondary: ask each on its own from now on (placed
+			// later in the stream, which an answer tolerates: it only has
+			// to come after the task asked).
+			b.once.Do(func() {
+				r.e.log.Info("resync compare: the secondary does not answer batched hash queries; asking one by one", "err", rep.Err)
+			})
+			b.mu.Lock()
+			b.old = true
+			b.mu.Unlock()
+			for i, q := range qs {
+				forward(r.e.st.Query(q), chs[i])
+			}
+			return
+		}
+		for _, ch := range chs {
+			ch <- Reply{Err: err}
+		}
+	}()
+}
+
+func forward(from <-chan Reply, to chan Reply) {
+	go func() { to <- <-from }()
+}

@@ -1,0 +1,173 @@
+package compare
+
+import (
+	"context"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+)
+
+// Trusted zones (Options.TrustZones): the recorded zones are sent as the
+// primary holds them, without asking the secondary for their hashes. What
+// is still asked is the probe of the file's first and last blocks (a
+// difference there outside the zones means the file was replaced: it is
+// then compared whole) and, when no listing gave them, the secondary's
+// attributes. Those questions go out first and their answers are awaited
+// only after the zones were sent, so that a file costs no round trip of
+// its own; the zones themselves are read ahead (many reads in flight) and
+// then sent, a batch of them under one freeze.
+
+// prefetchAhead bounds the bytes of zones read ahead of the send.
+const prefetchAhead = 8 << 20
+
+// trustedZones sends fs.zones (aligned, merged) and checks the probe
+// blocks.
+func (r *run) trustedZones(fs *fileState, probe []Zone) error {
+	bs := r.e.opt.BlockSize
+	var st unix.Stat_t
+	if err := unix.Fstat(fs.fd, &st); err != nil {
+		return fmt.Errorf("compare: stat %s on the primary: %w", show(fs.path), err)
+	}
+	// The probe's blocks that the zones cover tell nothing: those are
+	// sent anyway, and only a difference outside them means "replaced".
+	var pend []piece
+	for _, z := range probe {
+		for off := z.Off; off < z.Off+z.Len; off += bs {
+			if inZones(fs.zones, off, bs) || len(pend) > 0 && pend[len(pend)-1].off == off {
+				continue
+			}
+			_ = unix.Fadvise(fs.fd, off, bs, unix.FADV_WILLNEED) // hashed when the answer comes
+			pend = append(pend, piece{off: off, n: bs, truncs: fs.truncs,
+				ch: r.ask(HashBlocksQuery(fs.path, off, bs, bs, st.Size))})
+		}
+	}
+	if len(pend) == 0 && fs.last == nil {
+		// Its attributes, for the end of the file's compare.
+		pend = append(pend, piece{truncs: fs.truncs, ch: r.ask(HashBlocksQuery(fs.path, 0, 0, bs, 0))})
+	}
+	// The zones are read while the answers come.
+	ra := readAhead{fs: fs, zones: fs.zones}
+	ra.advance(prefetchAhead)
+	r.flush()
+	for _, pc := range pend {
+		if err := r.comparePiece(fs, pc); err != nil {
+			return err
+		}
+	}
+	// A longer copy there was cut to our size: compareZones compares the
+	// tail again (the sizes differ).
+	fs.rewind = -1
+	if fs.escal {
+		// Replaced while the copies were apart: compared whole.
+		return r.compareRanges(fs, []Zone{{0, inf}})
+	}
+	// The size and attributes go with the last zones, unless the tail is
+	// compared first.
+	withEnd := fs.last != nil && fs.last.Size == fs.size
+	return r.sendZones(fs, &ra, withEnd)
+}
+
+// readAhead asks the kernel to read zones ahead of their send (many reads
+// in flight, where the send reads them one by one).
+type readAhead struct {
+	fs    *fileState
+	zones []Zone
+	next  int   // zones[:next] were asked for
+	bytes int64 // asked for and not yet sent
+}
+
+func (ra *readAhead) advance(limit int64) {
+	for ; ra.next < len(ra.zones) && ra.bytes < limit; ra.next++ {
+		z := ra.zones[ra.next]
+		if n := min(z.Len, max(ra.fs.size-z.Off, 0)); n > 0 {
+			// Advice only: a failure costs speed, not correctness.
+			_ = unix.Fadvise(ra.fs.fd, z.Off, n, unix.FADV_WILLNEED)
+			ra.bytes += n
+		}
+	}
+}
+
+func (ra *readAhead) sent(zones []Zone) {
+	for _, z := range zones {
+		ra.bytes -= min(z.Len, max(ra.fs.size-z.Off, 0))
+	}
+}
+
+// sendZones sends the primary's current data over ra's zones (sorted,
+// not overlapping), clipped to its size, up to sendChunk bytes under one
+// freeze; withEnd, the last freeze also sends the size and attributes.
+func (r *run) sendZones(fs *fileState, ra *readAhead, withEnd bool) error {
+	zones := ra.zones
+	var total int64
+	for _, z := range zones {
+		total += min(z.Len, max(fs.size-z.Off, 0))
+	}
+	r.e.prog.examined.Add(total)
+	r.st.examined.Add(total)
+	for i := 0; i < len(zones); {
+		if err := r.ctx.Err(); err != nil {
+			return context.Cause(r.ctx)
+		}
+		ra.advance(prefetchAhead)
+		// A batch: whole zones up to sendChunk bytes (a longer zone alone,
+		// sent a chunk per freeze).
+		j, n := i, int64(0)
+		for j < len(zones) && (j == i || n+zones[j].Len <= sendChunk) {
+			n += zones[j].Len
+			j++
+		}
+		if j == i+1 && zones[i].Len > sendChunk {
+			if err := r.sendRange(fs, zones[i].Off, zones[i].Off+zones[i].Len); err != nil {
+				return err
+			}
+		} else if err := r.sendBatch(fs, zones[i:j], n, withEnd && j == len(zones)); err != nil {
+			return err
+		}
+		ra.sent(zones[i:j])
+		i = j
+	}
+	return nil
+}
+
+// sendBatch sends zones (n bytes in all, at most sendChunk) under one
+// freeze, as sendRange does one range.
+func (r *run) sendBatch(fs *fileState, zones []Zone, n int64, end bool) error {
+	if err := r.wait(n); err != nil {
+		return err
+	}
+	// Read first outside the freeze, which serialises every worker: the
+	// reads under it then find the data in the page cache.
+	buf := getBuf()
+	for _, z := range zones {
+		if k := min(z.Len, fs.size-z.Off, int64(len(buf))); k > 0 {
+			_, _ = preadFull(fs.fd, buf[:k], z.Off)
+		}
+	}
+	putBuf(buf)
+	var err error
+	r.frozen(func() {
+		if r.fileStale(fs) {
+			err = errStale
+			return
+		}
+		var st unix.Stat_t
+		if err = unix.Fstat(fs.fd, &st); err != nil {
+			err = fmt.Errorf("compare: stat %s on the primary: %w", show(fs.path), err)
+			return
+		}
+		for _, z := range zones {
+			e := min(z.Off+z.Len, st.Size)
+			if z.Off >= e {
+				continue
+			}
+			if err = r.sendSegments(fs, z.Off, e); err != nil {
+				return
+			}
+		}
+		if end {
+			err = r.endOps(fs)
+			fs.ended = err == nil
+		}
+	})
+	return err
+}

@@ -1,0 +1,186 @@
+package compare
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/tandem-ha/tandem/internal/replica/op"
+	"github.com/tandem-ha/tandem/internal/replica/treecmp"
+)
+
+// TestTrustedProbe: a file with trusted zones that was also replaced as a
+// whole (renamed over) is compared whole, whether a listing meets it or
+// not; the zones go out before the probe's answer is read.
+func TestTrustedProbe(t *testing.T) {
+	for _, dirs := range [][]string{nil, {"d"}} {
+		t.Run(fmt.Sprintf("dirs=%q", dirs), func(t *testing.T) {
+			pr := newPair(t, 10, 0, Options{BlockSize: 4096, TrustZones: true})
+			write(t, filepath.Join(pr.p, "d/f"), randBytes(20, 200000))
+			copyTree(t, pr.p, pr.s)
+			write(t, filepath.Join(pr.p, "d/tmp"), randBytes(21, 200000))
+			f, err := os.OpenFile(filepath.Join(pr.p, "d/tmp"), os.O_WRONLY, 0)
+			must(t, err)
+			_, err = f.WriteAt([]byte("zone"), 50000)
+			must(t, err)
+			f.Close()
+			must(t, os.Rename(filepath.Join(pr.p, "d/tmp"), filepath.Join(pr.p, "d/f")))
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			pr.run(t, ctx, Scope{Dirs: dirs, Files: map[string][]Zone{"d/f": {{50000, 4}}}})
+			sameTrees(t, pr.p, pr.s, treecmp.Options{IgnoreDirMtime: true})
+		})
+	}
+}
+
+// TestCreatedScopeFileSentOnce: a file created while the copies were
+// apart has its zones recorded too; the listing that creates it there
+// sends it whole, and its zones are not sent again.
+func TestCreatedScopeFileSentOnce(t *testing.T) {
+	for _, trust := range []bool{false, true} {
+		t.Run(fmt.Sprintf("trust=%v", trust), func(t *testing.T) {
+			pr := newPair(t, 13, 0, Options{BlockSize: 4096, TrustZones: trust})
+			write(t, filepath.Join(pr.p, "d/old"), []byte("old"))
+			copyTree(t, pr.p, pr.s)
+			const size = 300 << 10
+			write(t, filepath.Join(pr.p, "d/new"), randBytes(22, size))
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			st := pr.run(t, ctx, Scope{Dirs: []string{"d"}, Files: map[string][]Zone{"d/new": {{0, size}}}})
+			sameTrees(t, pr.p, pr.s, treecmp.Options{})
+			if st.BytesSent != size {
+				t.Errorf("sent %d bytes, want %d (the new file once)", st.BytesSent, size)
+			}
+		})
+	}
+}
+
+// TestTrustedZonesOneFreeze: a file's trusted zones (under 1 MiB) and its
+// size and attributes go out under one freeze; the probe of its first
+// and last blocks is one batched query.
+func TestTrustedZonesOneFreeze(t *testing.T) {
+	pr := newPair(t, 14, 0, Options{BlockSize: 4096, TrustZones: true, PollInterval: time.Hour})
+	const size = 1 << 20
+	write(t, filepath.Join(pr.p, "d/f"), randBytes(23, size))
+	copyTree(t, pr.p, pr.s)
+	f, err := os.OpenFile(filepath.Join(pr.p, "d/f"), os.O_WRONLY, 0)
+	must(t, err)
+	var zones []Zone
+	for i := range 10 {
+		off := int64(i*65536 + 8192)
+		_, err = f.WriteAt(randBytes(uint64(100+i), 4096), off)
+		must(t, err)
+		zones = append(zones, Zone{off, 4096})
+	}
+	f.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st := pr.run(t, ctx, Scope{Files: map[string][]Zone{"d/f": zones}})
+	sameTrees(t, pr.p, pr.s, treecmp.Options{IgnoreDirMtime: true})
+	if st.BytesSent != 10*4096 {
+		t.Errorf("sent %d bytes, want %d", st.BytesSent, 10*4096)
+	}
+	// The file's freeze, and the final check's.
+	if st.Freezes != 2 {
+		t.Errorf("%d freezes, want 2 (the zones with the attributes, the final check)", st.Freezes)
+	}
+	// The probe (one batch of two blocks), and the two questions for
+	// skipped ops at the end (the last one frozen).
+	if st.Queries != 3 {
+		t.Errorf("%d queries, want 3", st.Queries)
+	}
+	t.Logf("%+v", st)
+}
+
+// TestHashBatchAnswer: a HashBatch answer holds, item by item, what the
+// HashBlocks queries would have answered one by one.
+func TestHashBatchAnswer(t *testing.T) {
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "a"), randBytes(1, 100000))
+	write(t, filepath.Join(dir, "d/b"), randBytes(2, 5000))
+	must(t, os.Symlink("a", filepath.Join(dir, "l")))
+	fd := rootFd(t, dir)
+	qs := []*op.Op{
+		HashBlocksQuery("a", 0, 4096, 4096, 100000),
+		HashBlocksQuery("a", 98304, 4096, 4096, 100000),
+		HashBlocksQuery("d/b", 0, 0, 4096, 0),
+		HashBlocksQuery("missing", 0, 4096, 4096, 0),
+		HashBlocksQuery("l", 0, 4096, 4096, 0),
+		HashBlocksQuery("d", 0, 4096, 4096, 0),
+	}
+	b, err := Answer(fd, HashBatchQuery(qs))
+	must(t, err)
+	reps, err := parseHashBatchAnswer(b, len(qs))
+	must(t, err)
+	for i, q := range qs {
+		want, err := Answer(fd, q)
+		must(t, err)
+		if reps[i].Err != nil || string(reps[i].Data) != string(want) {
+			t.Errorf("item %d (%s): %q, %v; want %q", i, q, reps[i].Data, reps[i].Err, want)
+		}
+	}
+	if _, err := parseHashBatchAnswer(b, len(qs)-1); err == nil {
+		t.Error("an answer of 6 items parsed as 5")
+	}
+	// Bounded: too many items, or a range longer than a probe.
+	many := make([]*op.Op, maxBatchItems+1)
+	for i := range many {
+		many[i] = qs[0]
+	}
+	if _, err := Answer(fd, HashBatchQuery(many)); err == nil {
+		t.Errorf("a batch of %d items answered", len(many))
+	}
+	if _, err := Answer(fd, HashBatchQuery([]*op.Op{HashBlocksQuery("a", 0, 1<<20, 4096, 0)})); err == nil {
+		t.Error("an item of 1 MiB answered")
+	}
+	if _, err := Answer(fd, HashBatchQuery([]*op.Op{HashBlocksQuery("../x", 0, 4096, 4096, 0)})); err == nil {
+		t.Error("an item outside the tree answered")
+	}
+}
+
+// noBatch is a secondary of an older release: it does not know HashBatch.
+type noBatch struct{ *fake }
+
+func (n noBatch) Query(q *op.Op) <-chan Reply {
+	if q.Flags == op.QueryHashBatch {
+		ch := make(chan Reply, 1)
+		ch <- Reply{Err: errors.New("compare: query type(6): not answered here")}
+		return ch
+	}
+	return n.fake.Query(q)
+}
+
+// TestHashBatchFallback: a secondary that refuses batches gets the
+// queries one by one, and the copies converge.
+func TestHashBatchFallback(t *testing.T) {
+	pr := newPair(t, 15, 0, Options{})
+	for i := range 40 {
+		write(t, filepath.Join(pr.p, fmt.Sprintf("d/f%02d", i)), randBytes(uint64(200+i), 100000))
+	}
+	copyTree(t, pr.p, pr.s)
+	sc := Scope{Files: map[string][]Zone{}}
+	for i := range 40 {
+		p := fmt.Sprintf("d/f%02d", i)
+		f, err := os.OpenFile(filepath.Join(pr.p, p), os.O_WRONLY, 0)
+		must(t, err)
+		_, err = f.WriteAt([]byte("changed"), 40000)
+		must(t, err)
+		f.Close()
+		sc.Files[p] = []Zone{{40000, 7}}
+	}
+	e, err := New(noBatch{pr.f}, Options{RootFd: pr.pfd, Freeze: pr.sh.Freeze, BlockSize: 4096, TrustZones: true,
+		Parallel: 8, PollInterval: 20 * time.Millisecond, Logger: quietLogger()})
+	must(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := e.Run(ctx, sc); err != nil {
+		t.Fatal(err)
+	}
+	pr.f.drain()
+	pr.f.checkErrs(t)
+	sameTrees(t, pr.p, pr.s, treecmp.Options{IgnoreDirMtime: true})
+}
