@@ -67,6 +67,29 @@ func TestDirectSync(t *testing.T) {
 		}
 		g.Close()
 	}
+	// A write larger than max_write reaches the daemon in several WRITE
+	// requests: each is synced before it is answered, and the last sync
+	// covers the whole write.
+	g, err := os.OpenFile(e.p("big"), os.O_RDWR|os.O_CREATE|unix.O_DSYNC, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	big := bytes.Repeat([]byte("0123456789abcdef"), (maxWrite*5/2)/16)
+	e.rec.reset()
+	before := e.m.direct.syncs.Load()
+	if _, err := g.WriteAt(big, 0); err != nil {
+		t.Fatal(err)
+	}
+	ops, waits := e.rec.snapshot()
+	if n := e.m.direct.syncs.Load() - before; n != 3 || len(waits) != 3 || !waits[2].durable || waits[2].seq != e.rec.lastSeq() || ops[len(ops)-1].Kind != op.Fsync {
+		t.Fatalf("%d-byte O_DSYNC write: %d in-request syncs, ops %s, waits %v (want 3 syncs, the last wait durable for the last op)", len(big), n, e.rec.kinds(), waits)
+	}
+	back := make([]byte, len(big))
+	if _, err := g.ReadAt(back, 0); err != nil || !bytes.Equal(back, big) {
+		t.Fatalf("read back through the direct handle: %v, equal %v", err, bytes.Equal(back, big))
+	}
+	g.Close()
 	e.check()
 }
 
