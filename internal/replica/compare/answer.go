@@ -153,11 +153,10 @@ func answerList(root int, q *op.Op) ([]byte, error) {
 	}
 	size := 0
 	var h hasher
-	// Small regular files are read after the page's stats, in batches
-	// (hashSmallFiles); idx is each one's entry.
+	// Small regular files are read in batches (batchReader) while the
+	// next entries are stat'ed; tag is each one's entry.
 	later := uringOn()
-	var small []smallFile
-	var idx []int
+	br := batchReader{before: testHookBeforeBatch}
 	for i, name := range names {
 		if len(a.Entries) >= p.PageMax || size >= maxPageBytes {
 			a.More = i < len(names)
@@ -166,27 +165,25 @@ func answerList(root int, q *op.Op) ([]byte, error) {
 		e := Entry{Name: name}
 		ok, sf, err := statEntry(fd, name, &e, p.InlineMax, &h, later)
 		if err != nil {
+			br.wait()
 			return nil, err
 		}
 		if !ok {
 			continue // vanished since the listing
 		}
 		if sf.name != "" {
-			small, idx = append(small, sf), append(idx, len(a.Entries))
+			sf.tag = len(a.Entries)
+			br.add(sf)
 		}
 		a.Entries = append(a.Entries, e)
 		size += 64 + len(name) + len(e.Target)
 	}
-	if len(small) > 0 {
-		if testHookBeforeBatch != nil {
-			testHookBeforeBatch()
-		}
-		hashSmallFiles(small)
-		gone := false
-		for i := range small {
-			e := &a.Entries[idx[i]]
-			if small[i].ok {
-				e.Hash, e.HasHash = small[i].sum, true
+	gone := false
+	for _, batch := range br.wait() {
+		for _, f := range batch {
+			e := &a.Entries[f.tag]
+			if f.ok {
+				e.Hash, e.HasHash = f.sum, true
 				continue
 			}
 			// Changed, replaced or removed since its stat, or no
@@ -200,15 +197,15 @@ func answerList(root int, q *op.Op) ([]byte, error) {
 				e.Name, gone = "", true
 			}
 		}
-		if gone {
-			a.Entries = slices.DeleteFunc(a.Entries, func(e Entry) bool { return e.Name == "" })
-		}
+	}
+	if gone {
+		a.Entries = slices.DeleteFunc(a.Entries, func(e Entry) bool { return e.Name == "" })
 	}
 	return appendListAnswer(make([]byte, 0, size+128), a), nil
 }
 
-// testHookBeforeBatch, if set, runs between a listing's stats and the
-// batched reads of its small files.
+// testHookBeforeBatch, if set, runs before a listing sends a batch of
+// small files to read, between their stats and their reads.
 var testHookBeforeBatch func()
 
 // statEntry fills e for name inside dfd: attributes, xattr digest, symlink

@@ -20,41 +20,23 @@ type pEntry struct {
 	key    inoKey
 	target string
 	xdig   uint64
-	hashed bool // sum is the hash of its first hashN bytes, all it had (hashSmallP)
+	hashed bool // sum is the hash of its first hashN bytes, all it had (read in a batch)
 	sum    uint64
 	hashN  int64
 }
 
-// hashSmallP reads, in batches (hashSmallFiles), the small files whose
-// answer came with a hash: plan compares them (after the answer came, as
-// the package comment wants). Those not read so are read one by one.
-func (r *run) hashSmallP(d int, sents []Entry, pents []*pEntry) {
-	if !uringOn() {
-		return
+// smallCandidate: p is a small file whose answer came with a hash (j
+// walks sents, sorted by name, as p does): plan compares it; it is read
+// in a batch (batchReader), after the answer came, as the package comment
+// wants. Those not read so are read one by one.
+func smallCandidate(p *pEntry, sents []Entry, j *int, inline int64) bool {
+	if p.st.Mode&unix.S_IFMT != unix.S_IFREG || p.st.Nlink > 1 || p.st.Size > inline {
+		return false
 	}
-	inline := r.inline()
-	var small []smallFile
-	var which []*pEntry
-	j := 0
-	for _, p := range pents {
-		if p.st.Mode&unix.S_IFMT != unix.S_IFREG || p.st.Nlink > 1 || p.st.Size > inline {
-			continue
-		}
-		for j < len(sents) && sents[j].Name < p.name {
-			j++
-		}
-		if j == len(sents) || sents[j].Name != p.name || !sents[j].HasHash || sents[j].Nlink > 1 {
-			continue
-		}
-		small = append(small, smallFile{dfd: d, name: p.name, ino: p.st.Ino, size: p.st.Size})
-		which = append(which, p)
+	for *j < len(sents) && sents[*j].Name < p.name {
+		*j++
 	}
-	hashSmallFiles(small)
-	for i, f := range small {
-		if f.ok {
-			which[i].hashed, which[i].sum, which[i].hashN = true, f.sum, f.size
-		}
-	}
+	return *j < len(sents) && sents[*j].Name == p.name && sents[*j].HasHash && sents[*j].Nlink == 1
 }
 
 // fix is what the compare of one entry decided.
@@ -223,14 +205,30 @@ func (r *run) page(t *task, after string, locked bool) (res pageResult, err erro
 		}
 	}
 	pents := make([]*pEntry, 0, len(names))
+	// Small files are read in batches while the next ones are stat'ed.
+	var br batchReader
+	reading, inline, j := uringOn(), r.inline(), 0
 	for _, n := range names {
 		p := &pEntry{name: n}
 		ok, err := r.statP(d, p)
 		if err != nil {
+			br.wait()
 			return res, fmt.Errorf("compare: %s on the primary: %w", show(join(t.path, n)), err)
 		}
-		if ok {
-			pents = append(pents, p)
+		if !ok {
+			continue
+		}
+		pents = append(pents, p)
+		if reading && smallCandidate(p, ans.Entries, &j, inline) {
+			br.add(smallFile{dfd: d, name: p.name, ino: p.st.Ino, size: p.st.Size, tag: len(pents) - 1})
+		}
+	}
+	for _, batch := range br.wait() {
+		for _, f := range batch {
+			if f.ok {
+				p := pents[f.tag]
+				p.hashed, p.sum, p.hashN = true, f.sum, f.size
+			}
 		}
 	}
 	var lFiles, lBytes int64
@@ -238,7 +236,6 @@ func (r *run) page(t *task, after string, locked bool) (res pageResult, err erro
 		lFiles, lBytes = listedBytes(pents)
 		r.addListed(lFiles, lBytes)
 	}
-	r.hashSmallP(d, ans.Entries, pents)
 	fixes, err := r.plan(t, d, ans.Entries, pents, g0)
 	if err != nil {
 		return res, err
@@ -480,7 +477,7 @@ func (r *run) dataNeeded(t *task, d int, f *fix, path string) (fileHow, bool, er
 	p, s := f.p, f.s
 	if s.HasHash && p.st.Size <= r.inline() {
 		// Small file: the answer carries its hash; read ours (perhaps
-		// read already, hashSmallP).
+		// read already in a batch).
 		sum, n, err := p.sum, p.hashN, error(nil)
 		if !p.hashed {
 			sum, n, err = r.hashSmall(d, p.name)

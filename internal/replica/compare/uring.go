@@ -38,6 +38,7 @@ type smallFile struct {
 	name string
 	ino  uint64 // its stat's: the order of the reads
 	size int64
+	tag  int // the caller's (its entry)
 	sum  uint64
 	ok   bool // read exactly size bytes (then EOF) and hashed
 }
@@ -51,6 +52,45 @@ const (
 
 // uringOn: batches are worth preparing (io_uring was not found missing).
 func uringOn() bool { return !ringsOff.Load() }
+
+// batchReader reads small files in batches of ringFiles in the
+// background, one batch at a time, while the caller goes on stat'ing the
+// next entries: with a cold cache the disk reads of a batch overlap the
+// stats of the next.
+type batchReader struct {
+	cur    []smallFile
+	done   [][]smallFile
+	wg     sync.WaitGroup
+	before func() // testHookBeforeBatch, for a listing
+}
+
+// add queues f; tag is the caller's: its entry.
+func (b *batchReader) add(f smallFile) {
+	b.cur = append(b.cur, f)
+	if len(b.cur) >= ringFiles {
+		b.send()
+	}
+}
+
+func (b *batchReader) send() {
+	b.wg.Wait()
+	if b.before != nil {
+		b.before()
+	}
+	c := b.cur
+	b.done, b.cur = append(b.done, c), nil
+	b.wg.Go(func() { hashSmallFiles(c) })
+}
+
+// wait reads the files still queued and returns the batches, each file
+// with its result.
+func (b *batchReader) wait() [][]smallFile {
+	if len(b.cur) > 0 {
+		b.send()
+	}
+	b.wg.Wait()
+	return b.done
+}
 
 // hashSmallFiles reads and hashes files. A file whose read did not end
 // exactly at its expected size (changed, replaced or removed meanwhile,
