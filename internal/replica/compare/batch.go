@@ -1,6 +1,7 @@
 package compare
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -129,15 +130,23 @@ func parseHashBatchAnswer(b []byte, n int) ([]Reply, error) {
 	return reps, nil
 }
 
-// batcher gathers HashBlocks queries into HashBatch queries: a batch goes
-// out when full, or when a task is about to wait for an answer (flush).
+// batcher gathers HashBlocks queries into HashBatch queries. A task
+// about to wait for an answer flushes the queue; the batch goes out at
+// once unless maxInFlight batches are being answered already, in which
+// case it goes when one of them comes back, with whatever was asked
+// meanwhile: the questions of many files then share one query, one reply
+// and the secondary's parallel reads.
 type batcher struct {
-	mu   sync.Mutex
-	qs   []*op.Op
-	chs  []chan Reply
-	old  bool // the secondary does not know HashBatch: one query each
-	once sync.Once
+	mu       sync.Mutex
+	qs       []*op.Op
+	chs      []chan Reply
+	inFlight int
+	old      bool // the secondary does not know HashBatch: one query each
+	once     sync.Once
 }
+
+// maxInFlight bounds the batches being answered at once.
+const maxInFlight = 2
 
 // ask queues HashBlocks query q; its reply arrives on the channel once
 // the batch holding it was sent (see flush) and answered.
@@ -147,66 +156,105 @@ func (r *run) ask(q *op.Op) <-chan Reply {
 	b.mu.Lock()
 	if b.old {
 		b.mu.Unlock()
+		r.st.queries.Add(1)
 		return r.e.st.Query(q)
 	}
 	b.qs, b.chs = append(b.qs, q), append(b.chs, ch)
 	full := len(b.qs) >= maxBatchItems
 	b.mu.Unlock()
 	if full {
-		r.flush()
+		r.send(true)
 	}
 	return ch
 }
 
-// flush sends the queued queries as one batch.
-func (r *run) flush() {
+// flush sends the queued queries, now or when a batch in flight is
+// answered.
+func (r *run) flush() { r.send(false) }
+
+// send sends the queued queries as one batch if fewer than maxInFlight
+// are being answered (or force).
+func (r *run) send(force bool) {
 	b := &r.batch
 	b.mu.Lock()
-	qs, chs := b.qs, b.chs
+	if len(b.qs) == 0 || !force && b.inFlight >= maxInFlight {
+		b.mu.Unlock()
+		return
+	}
+	qs, chs, old := b.qs, b.chs, b.old
 	b.qs, b.chs = nil, nil
+	if !old {
+		b.inFlight++
+	}
 	b.mu.Unlock()
-	if len(qs) == 0 {
+	if old {
+		for i, q := range qs {
+			r.st.queries.Add(1)
+			forward(r.e.st.Query(q), chs[i])
+		}
 		return
 	}
 	r.st.queries.Add(1)
+	var rch <-chan Reply
 	if len(qs) == 1 {
-		forward(r.e.st.Query(qs[0]), chs[0])
+		rch = r.e.st.Query(qs[0])
+	} else {
+		rch = r.e.st.Query(HashBatchQuery(qs))
+	}
+	go func() {
+		var rep Reply
+		select {
+		case rep = <-rch:
+		case <-r.ctx.Done():
+			rep.Err = context.Cause(r.ctx)
+		}
+		r.answered(qs, chs, rep)
+		b.mu.Lock()
+		b.inFlight--
+		b.mu.Unlock()
+		// What was asked meanwhile goes now.
+		r.send(false)
+	}()
+}
+
+// answered hands a batch's answer (or a single query's) to each asker.
+func (r *run) answered(qs []*op.Op, chs []chan Reply, rep Reply) {
+	b := &r.batch
+	if len(qs) == 1 {
+		chs[0] <- rep
 		return
 	}
-	rch := r.e.st.Query(HashBatchQuery(qs))
-	go func() {
-		rep := <-rch
-		var reps []Reply
-		err := rep.Err
-		if err == nil {
-			reps, err = parseHashBatchAnswer(rep.Data, len(qs))
+	var reps []Reply
+	err := rep.Err
+	if err == nil {
+		reps, err = parseHashBatchAnswer(rep.Data, len(qs))
+	}
+	if err == nil {
+		r.st.answerBytes.Add(int64(len(rep.Data)))
+		for i, ch := range chs {
+			ch <- reps[i]
 		}
-		if err == nil {
-			r.st.answerBytes.Add(int64(len(rep.Data)))
-			for i, ch := range chs {
-				ch <- reps[i]
-			}
-			return
+		return
+	}
+	if rep.Err != nil && r.ctx.Err() == nil {
+		// An older secondary: ask each on its own from now on (placed
+		// later in the stream, which an answer tolerates: it only has to
+		// come after the task asked).
+		b.once.Do(func() {
+			r.e.log.Info("resync compare: the secondary does not answer batched hash queries; asking one by one", "err", rep.Err)
+		})
+		b.mu.Lock()
+		b.old = true
+		b.mu.Unlock()
+		for i, q := range qs {
+			r.st.queries.Add(1)
+			forward(r.e.st.Query(q), chs[i])
 		}
-		if rep.Err != nil {
-			// An older secondary: ask each on its own from now on (placed
-			// later in the stream, which an answer tolerates: it only has
-			// to come after the task asked).
-			b.once.Do(func() {
-				r.e.log.Info("resync compare: the secondary does not answer batched hash queries; asking one by one", "err", rep.Err)
-			})
-			b.mu.Lock()
-			b.old = true
-			b.mu.Unlock()
-			for i, q := range qs {
-				forward(r.e.st.Query(q), chs[i])
-			}
-			return
-		}
-		for _, ch := range chs {
-			ch <- Reply{Err: err}
-		}
-	}()
+		return
+	}
+	for _, ch := range chs {
+		ch <- Reply{Err: err}
+	}
 }
 
 func forward(from <-chan Reply, to chan Reply) {

@@ -31,7 +31,11 @@ func BenchmarkIncrementalTree(b *testing.B) {
 		bigMB = v
 	}
 	const bs = 4 << 10
-	opt := Options{TrustZones: os.Getenv("TANDEM_COMPARE_BENCH_TRUST") != "0", BlockSize: bs, Parallel: 16}
+	par := 16
+	if v, err := strconv.Atoi(os.Getenv("TANDEM_COMPARE_BENCH_PARALLEL")); err == nil && v > 0 {
+		par = v
+	}
+	opt := Options{TrustZones: os.Getenv("TANDEM_COMPARE_BENCH_TRUST") != "0", BlockSize: bs, Parallel: par}
 	base := os.Getenv("TANDEM_COMPARE_BENCH_DIR")
 	var pr *pair
 	if base != "" {

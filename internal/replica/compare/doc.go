@@ -133,7 +133,9 @@
 // safe. The probe of the first and last blocks (those outside the zones:
 // inside, they are sent anyway) is still asked, and the secondary's
 // attributes when no listing gave them, the questions of many files in
-// one query (HashBatch, answered with parallel reads). While the answer
+// one query (HashBatch, answered with parallel reads): a task that must
+// wait sends the queue at once unless two batches are being answered,
+// and then it goes when one of them comes back. While the answer
 // comes the primary's zones are read ahead (posix_fadvise WILLNEED, many
 // reads in flight), then read once more outside the freeze; under the
 // freeze they are read again, from the page cache, and sent, up to 1 MiB

@@ -184,3 +184,33 @@ func TestHashBatchFallback(t *testing.T) {
 	pr.f.checkErrs(t)
 	sameTrees(t, pr.p, pr.s, treecmp.Options{IgnoreDirMtime: true})
 }
+
+// TestHashBatchGathers: while batches are being answered, the probes of
+// the files that wait meanwhile go out together (here 64 files, 16 at
+// once, slow answers: far fewer queries than files).
+func TestHashBatchGathers(t *testing.T) {
+	pr := newPair(t, 16, 5*time.Millisecond, Options{BlockSize: 4096, TrustZones: true, Parallel: 16, PollInterval: time.Hour})
+	const files = 64
+	for i := range files {
+		write(t, filepath.Join(pr.p, fmt.Sprintf("d/f%02d", i)), randBytes(uint64(300+i), 50000))
+	}
+	copyTree(t, pr.p, pr.s)
+	sc := Scope{Files: map[string][]Zone{}}
+	for i := range files {
+		p := fmt.Sprintf("d/f%02d", i)
+		f, err := os.OpenFile(filepath.Join(pr.p, p), os.O_WRONLY, 0)
+		must(t, err)
+		_, err = f.WriteAt([]byte("changed"), 20000)
+		must(t, err)
+		f.Close()
+		sc.Files[p] = []Zone{{20000, 7}}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st := pr.run(t, ctx, sc)
+	sameTrees(t, pr.p, pr.s, treecmp.Options{IgnoreDirMtime: true})
+	if st.Queries > files/2 {
+		t.Errorf("%d queries for the probes of %d files: not gathered", st.Queries, files)
+	}
+	t.Logf("%+v", st)
+}
