@@ -187,6 +187,18 @@ func (r *run) send(force bool) {
 		b.inFlight++
 	}
 	b.mu.Unlock()
+	if err := r.ctx.Err(); err != nil {
+		// The run ended: nobody reads the answers.
+		for _, ch := range chs {
+			ch <- Reply{Err: context.Cause(r.ctx)}
+		}
+		if !old {
+			b.mu.Lock()
+			b.inFlight--
+			b.mu.Unlock()
+		}
+		return
+	}
 	if old {
 		for i, q := range qs {
 			r.st.queries.Add(1)
