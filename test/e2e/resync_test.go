@@ -30,7 +30,8 @@ func num(v any) float64 {
 
 // TestIncrementalResyncAfterPeerAway: the secondary is away while the
 // primary goes on writing (rewrites in a big file, files created, removed,
-// renamed); when it returns it gets only what changed, while the
+// renamed, a file moved over its twin of the same size and mtime); when it
+// returns it gets only what changed, while the
 // application keeps writing, and both copies end identical.
 func TestIncrementalResyncAfterPeerAway(t *testing.T) {
 	c := newCluster(t, tcluster.Options{Directories: []string{dataDir}})
@@ -38,7 +39,13 @@ func TestIncrementalResyncAfterPeerAway(t *testing.T) {
 	c.StartPair()
 	out, err := alpha.Run("sh", "-c", "cd "+dataDir+" && mkdir -p keep/sub && "+
 		"dd if=/dev/urandom of=big bs=1M count=64 status=none && "+
-		"for i in $(seq 1 200); do echo file $i > keep/f$i; done && echo gone > keep/sub/gone && echo old > moved && sync")
+		"for i in $(seq 1 200); do echo file $i > keep/f$i; done && echo gone > keep/sub/gone && echo old > moved && "+
+		// Twins: same size, same first and last 128 KiB, same mtime,
+		// different middles; one is moved over the other below.
+		"dd if=/dev/zero of=twinA bs=64k count=16 status=none && cp twinA twinB && "+
+		"dd if=/dev/urandom of=twinA bs=64k seek=2 count=12 conv=notrunc status=none && "+
+		"dd if=/dev/urandom of=twinB bs=64k seek=2 count=12 conv=notrunc status=none && "+
+		"touch -d '2020-01-02 03:04:05' twinA twinB && sync")
 	if err != nil {
 		t.Fatalf("initial tree: %v\n%s", err, out)
 	}
@@ -59,7 +66,7 @@ func TestIncrementalResyncAfterPeerAway(t *testing.T) {
 	for range 164 { // 1 % of 16384 blocks
 		script += fmt.Sprintf("dd if=/dev/urandom of=big bs=4k count=1 seek=%d conv=notrunc status=none && ", rng.IntN(16384))
 	}
-	script += "for i in $(seq 1 20); do echo new $i > keep/n$i; done && rm keep/sub/gone && mv moved keep/sub/moved && chmod 600 keep/f7 && sync"
+	script += "for i in $(seq 1 20); do echo new $i > keep/n$i; done && rm keep/sub/gone && mv moved keep/sub/moved && mv twinA twinB && chmod 600 keep/f7 && sync"
 	if out, err := alpha.Run("sh", "-c", script); err != nil {
 		t.Fatalf("changes while alone: %v\n%s", err, out)
 	}

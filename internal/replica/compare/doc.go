@@ -119,9 +119,12 @@
 // inode loses the name it had, its other names are searched for. A zoned
 // file is also compared on its first and last blocks, and whole if those
 // differ outside the zones (replaced), or from the shorter end if the
-// sizes differ. The records must list as Whole the files renamed or linked
-// into place and the inodes that lost a name while other names remain
-// (their content at those names is unknown to the zones). A scope file
+// sizes differ. The records must cover the content of files renamed into
+// place (the FUSE layer records a moved file's whole content as zones: a
+// file moved over another of the same size, mtime, first and last blocks
+// would otherwise look unchanged) and of inodes that lost a name while
+// other names remain (Whole: their content at those names is unknown to
+// the zones). A scope file
 // of one name whose directory is not listed starts at once, those with
 // the most zones first, and its scope entry is taken: a listing that
 // meets it anyway (it moved, or its directory turned out replaced) finds

@@ -21,10 +21,11 @@ type Changes interface {
 	Cancel(p changelog.Pin)
 }
 
-// touched is the record of one request's changes: up to three pins.
+// touched is the record of one request's changes: up to six pins (a
+// rename exchanging two files between two directories, raced).
 type touched struct {
 	f    *fsys
-	pins [3]changelog.Pin
+	pins [6]changelog.Pin
 	n    int
 }
 
@@ -84,6 +85,26 @@ func (t *touched) dir(m *meta) syscall.Errno {
 		return 0
 	}
 	return t.record(t.f.changes.TouchDir(m.changeKey()))
+}
+
+// moved records the whole content of the regular file named name in dirfd,
+// about to be renamed (its inode). The records name directories and the
+// zones of inodes: a file moved over another name whose size and mtime it
+// happens to share would look unchanged there, and its old content would
+// stay on the peer. It returns the inode recorded (zero: none).
+func (t *touched) moved(dirfd int, name string) (devIno, syscall.Errno) {
+	if e := t.fencedErr(); e != 0 {
+		return devIno{}, e
+	}
+	if t.f.changes == nil {
+		return devIno{}, 0
+	}
+	var st unix.Stat_t
+	if unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size == 0 {
+		return devIno{}, 0 // the rename fails, or there is no content to move
+	}
+	id := devIno{st.Dev, st.Ino}
+	return id, t.record(t.f.changes.Touch(changelog.Key{Dev: st.Dev, Ino: st.Ino}, 0, st.Size))
 }
 
 // done ends every Touch with seq, the last op submitted for the request

@@ -136,9 +136,17 @@ func TestChangesRecordedBeforeEachChange(t *testing.T) {
 	check("symlink", func() error { return os.Symlink("f", e.p("d/sl")) }, "dir", "done")
 	check("link", func() error { return os.Link(e.p("f"), e.p("d/hard")) }, "dir", "meta", "done", "done")
 	check("rename", func() error { return os.Rename(e.p("d/new"), e.p("new2")) }, "dir", "dir", "done", "done")
+	// A file moved with its content: the whole content is recorded (a
+	// file moved over one of the same size and mtime must still travel).
+	mustWrite(t, e.p("d/full"), []byte("12345"), os.O_CREATE|os.O_WRONLY)
+	mustWrite(t, e.p("d/other"), []byte("1234567"), os.O_CREATE|os.O_WRONLY)
+	check("rename over", func() error { return os.Rename(e.p("d/full"), e.p("f")) }, "dir", "dir", "data[0+5]", "done", "done", "done")
+	check("exchange", func() error {
+		return unix.Renameat2(unix.AT_FDCWD, e.p("f"), unix.AT_FDCWD, e.p("d/other"), unix.RENAME_EXCHANGE)
+	}, "dir", "dir", "data[0+5]", "data[0+7]", "done", "done", "done", "done")
 	check("unlink", func() error { return os.Remove(e.p("new2")) }, "dir", "done")
 	check("chmod", func() error { return os.Chmod(e.p("f"), 0o600) }, "meta", "done")
-	check("truncate", func() error { return os.Truncate(e.p("f"), 4) }, "meta", "data[4+9]", "done", "done")
+	check("truncate", func() error { return os.Truncate(e.p("f"), 4) }, "meta", "data[4+3]", "done", "done")
 	check("setxattr", func() error { return unix.Setxattr(e.p("f"), "user.a", []byte("1"), 0) }, "meta", "done")
 	// Nothing changed: cancelled.
 	spy.take()

@@ -374,6 +374,30 @@ func (n *node) remove(name string, flags int, kind op.Kind) syscall.Errno {
 	return 0
 }
 
+// movedAgain, under f.ns, records the files a rename moves if they are not
+// the ones recorded before the lock (a rename behind the mount's back
+// raced). Rare: the record is then made under the lock.
+func (f *fsys) movedAgain(rec *touched, ids [2]devIno, dir1 int, name1 string, dir2 int, name2 string, flags uint32) syscall.Errno {
+	check := func(id devIno, dirfd int, name string) syscall.Errno {
+		var st unix.Stat_t
+		if unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size == 0 {
+			return 0
+		}
+		if (devIno{st.Dev, st.Ino}) == id || rec.n == len(rec.pins) {
+			return 0
+		}
+		_, e := rec.moved(dirfd, name)
+		return e
+	}
+	if e := check(ids[0], dir1, name1); e != 0 {
+		return e
+	}
+	if flags&unix.RENAME_EXCHANGE != 0 {
+		return check(ids[1], dir2, name2)
+	}
+	return 0
+}
+
 func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
 	np, ok := newParent.(*node)
 	if !ok || np.f != n.f {
@@ -396,8 +420,23 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	var seq uint64
 	changed := false
 	defer func() { rec.done(changed, seq) }() // after the unlock below
+	// The moved files' content, recorded before the lock (a record may
+	// wait for its journal), checked again under it.
+	var movedIDs [2]devIno
+	var e syscall.Errno
+	if movedIDs[0], e = rec.moved(n.m.fd, name); e != 0 {
+		return e
+	}
+	if flags&unix.RENAME_EXCHANGE != 0 {
+		if movedIDs[1], e = rec.moved(np.m.fd, newName); e != 0 {
+			return e
+		}
+	}
 	f.ns.Lock()
 	defer f.ns.Unlock()
+	if e := f.movedAgain(&rec, movedIDs, n.m.fd, name, np.m.fd, newName, flags); e != 0 {
+		return e
+	}
 	p1, ok1 := n.entryPath(name)
 	p2, ok2 := np.entryPath(newName)
 	if err := unix.Renameat2(n.m.fd, name, np.m.fd, newName, uint(flags)); err != nil {
