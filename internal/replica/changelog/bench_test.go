@@ -140,7 +140,7 @@ func TestMillionFilesCheckpoint(t *testing.T) {
 	buf := l.encodeState(nil)
 	encode := time.Since(start)
 	l.flushing = true
-	err := l.checkpointLocked()
+	err := l.checkpointLocked(growBytes)
 	l.flushing = false
 	all := time.Since(start)
 	l.mu.Unlock()

@@ -80,6 +80,12 @@ const (
 // variable for tests).
 var growBytes int64 = 2 << 20
 
+// openTail: the zeros after the checkpoint written by Open. A node opens
+// its records on its way to SECOND, where it appends nearly nothing: a
+// short tail keeps that step short (2 MiB of zeros and their fsync took
+// ~30 ms here); a primary's first appends past it extend by growBytes.
+const openTail = 64 << 10
+
 // Slots of the active set beside extent indices (< 2^51).
 const (
 	slotDir    = ^uint64(0)
@@ -252,7 +258,7 @@ func (l *Log) load(recreate bool) error {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.checkpointLocked()
+	return l.checkpointLocked(min(growBytes, openTail))
 }
 
 // recover installs a replayed state: the active slots become in flight
@@ -893,7 +899,7 @@ func (l *Log) Checkpoint() error {
 		return err
 	}
 	l.flushing = true
-	err := l.checkpointLocked()
+	err := l.checkpointLocked(growBytes)
 	l.flushing = false
 	l.cond.Broadcast()
 	return err
@@ -1030,7 +1036,7 @@ func (l *Log) waitDurable(lsn uint64) error {
 		l.flushing = true
 		err := l.flushLocked()
 		if err == nil && l.size > l.bound() {
-			err = l.checkpointLocked()
+			err = l.checkpointLocked(growBytes)
 		}
 		l.flushing = false
 		if err != nil && l.err == nil {
@@ -1116,7 +1122,7 @@ func writeZeros(f *os.File, off, n int64) error {
 // checkpointLocked writes the whole state into a new journal (temporary
 // file, fsync, rename, directory fsync). The caller holds flushing (or is
 // Open); mu held, released during I/O.
-func (l *Log) checkpointLocked() error {
+func (l *Log) checkpointLocked(tail int64) error {
 	var idb [8]byte
 	if _, err := io.ReadFull(rand.Reader, idb[:]); err != nil {
 		return fmt.Errorf("changelog: random journal id: %w", err)
@@ -1129,7 +1135,7 @@ func (l *Log) checkpointLocked() error {
 	l.pend = nil
 	tmp := l.path + ".tmp"
 	l.mu.Unlock()
-	f, size, alloc, err := writeCheckpoint(tmp, l.path, l.dir, buf)
+	f, size, alloc, err := writeCheckpoint(tmp, l.path, l.dir, buf, tail)
 	l.mu.Lock()
 	if err != nil {
 		return err
@@ -1142,7 +1148,7 @@ func (l *Log) checkpointLocked() error {
 	return nil
 }
 
-func writeCheckpoint(tmp, path, dir string, buf []byte) (*os.File, int64, int64, error) {
+func writeCheckpoint(tmp, path, dir string, buf []byte, tail int64) (*os.File, int64, int64, error) {
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_RDWR|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return nil, 0, 0, fmt.Errorf("changelog: create %s: %w", tmp, err)
@@ -1153,11 +1159,11 @@ func writeCheckpoint(tmp, path, dir string, buf []byte) (*os.File, int64, int64,
 		return nil, 0, 0, fmt.Errorf("changelog: %s %s: %w (is the disk full or failing?)", what, tmp, err)
 	}
 	size := int64(len(buf))
-	alloc := size + growBytes
+	alloc := size + tail
 	if _, err := f.WriteAt(buf, 0); err != nil {
 		return fail("write", err)
 	}
-	if err := writeZeros(f, size, growBytes); err != nil {
+	if err := writeZeros(f, size, tail); err != nil {
 		return fail("write", err)
 	}
 	if err := unix.Fsync(int(f.Fd())); err != nil {

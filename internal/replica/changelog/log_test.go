@@ -683,3 +683,36 @@ func TestWriteFailureIsSticky(t *testing.T) {
 		t.Fatal("an active zone must not be touched once records fail either")
 	}
 }
+
+// TestOpenWritesShortTail: Open's checkpoint carries a short zero tail (a
+// returning SECOND opens its records on the way and appends nearly
+// nothing), and appends past it extend the journal as usual.
+func TestOpenWritesShortTail(t *testing.T) {
+	base := t.TempDir()
+	l := mustOpen(t, base, testOpts())
+	st, err := os.Stat(filepath.Join(base, "journal"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Size() > l.Stats().JournalBytes+openTail {
+		t.Fatalf("journal after Open: %d bytes, want at most the checkpoint (%d) + %d", st.Size(), l.Stats().JournalBytes, openTail)
+	}
+	// Records past the tail: each new file touched and acknowledged
+	// writes a few dozen bytes.
+	var seq uint64
+	for l.Stats().JournalBytes <= openTail+4096 && seq < 20000 {
+		seq++
+		touch(t, l, Key{1, seq}, 0, seq)
+		l.Acked(seq)
+	}
+	if got := l.Stats().JournalBytes; got <= openTail {
+		t.Fatalf("journal holds %d bytes after %d records: the test did not pass the tail", got, seq)
+	}
+	seq++
+	touch(t, l, Key{2, 2}, 0, seq) // not acknowledged: in flight after the crash
+	l.crash()
+	l2 := mustOpen(t, base, testOpts())
+	if !has(l2.InFlight(), Key{2, 2}, 0) {
+		t.Fatalf("after a crash past the tail (%d records): the last zone is not in flight", seq)
+	}
+}

@@ -154,7 +154,11 @@ func TestGarbageBeyondBatchIsLost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	data[end+int64(maxBatch)+10] = 1
+	at := end + int64(maxBatch) + 10
+	if int64(len(data)) <= at { // the zero tail Open wrote is shorter
+		data = append(data, make([]byte, at+1-int64(len(data)))...)
+	}
+	data[at] = 1
 	os.WriteFile(p, data, 0o600)
 	if _, err := Open(base, testOpts()); !errors.Is(err, ErrLost) {
 		t.Fatalf("open: %v, want ErrLost", err)
