@@ -375,8 +375,9 @@ func (n *node) remove(name string, flags int, kind op.Kind) syscall.Errno {
 }
 
 // movedAgain, under f.ns, records the files a rename moves if they are not
-// the ones recorded before the lock (a rename behind the mount's back
-// raced). Rare: the record is then made under the lock.
+// the ones recorded before the lock (another rename through the mount took
+// the lock first and moved a name). Rare: the record is then made under
+// the lock.
 func (f *fsys) movedAgain(rec *touched, ids [2]devIno, dir1 int, name1 string, dir2 int, name2 string, flags uint32) syscall.Errno {
 	check := func(id devIno, dirfd int, name string) syscall.Errno {
 		var st unix.Stat_t
