@@ -158,6 +158,19 @@ func (r *run) fileStale(fs *fileState) bool {
 	return false
 }
 
+// frozenSize, with mutations frozen, is the primary file's current size,
+// or errStale when its path changed since the compare last looked.
+func (r *run) frozenSize(fs *fileState) (int64, error) {
+	if r.fileStale(fs) {
+		return 0, errStale
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fs.fd, &st); err != nil {
+		return 0, fmt.Errorf("compare: stat %s on the primary: %w", show(fs.path), err)
+	}
+	return st.Size, nil
+}
+
 // wait takes bandwidth tokens for n bytes.
 func (r *run) wait(n int64) error { return r.e.lim.wait(r.ctx, n) }
 
@@ -174,22 +187,17 @@ func (r *run) sendRange(fs *fileState, from, to int64) error {
 		var done bool
 		var err error
 		r.frozen(func() {
-			if r.fileStale(fs) {
-				err = errStale
-				return
-			}
-			var st unix.Stat_t
-			if err = unix.Fstat(fs.fd, &st); err != nil {
-				err = fmt.Errorf("compare: stat %s on the primary: %w", show(fs.path), err)
+			var size int64
+			if size, err = r.frozenSize(fs); err != nil {
 				return
 			}
 			if fs.truncFirst {
 				// Its copy may be longer: cut first, so that no later
 				// extending write leaves its old bytes in a gap.
-				r.submit(&op.Op{Kind: op.Truncate, Path: fs.path, Off: st.Size}, fs.t.id)
+				r.submit(&op.Op{Kind: op.Truncate, Path: fs.path, Off: size}, fs.t.id)
 				fs.truncFirst, fs.sent = false, true
 			}
-			end := min(to, st.Size)
+			end := min(to, size)
 			if pos >= end {
 				done = true
 				return
@@ -416,18 +424,13 @@ func (r *run) comparePiece(fs *fileState, pc piece) error {
 		// compare again from our end as it was.
 		var err error
 		r.frozen(func() {
-			if r.fileStale(fs) {
-				err = errStale
+			var size int64
+			if size, err = r.frozenSize(fs); err != nil {
 				return
 			}
-			var now unix.Stat_t
-			if err = unix.Fstat(fs.fd, &now); err != nil {
-				err = fmt.Errorf("compare: stat %s on the primary: %w", show(fs.path), err)
-				return
-			}
-			r.submit(&op.Op{Kind: op.Truncate, Path: fs.path, Off: now.Size}, fs.t.id)
+			r.submit(&op.Op{Kind: op.Truncate, Path: fs.path, Off: size}, fs.t.id)
 			fs.sent = true
-			fs.sKnown = now.Size
+			fs.sKnown = size
 		})
 		if err != nil {
 			return err

@@ -146,17 +146,12 @@ func (r *run) sendBatch(fs *fileState, zones []Zone, n int64, end bool) error {
 	putBuf(buf)
 	var err error
 	r.frozen(func() {
-		if r.fileStale(fs) {
-			err = errStale
-			return
-		}
-		var st unix.Stat_t
-		if err = unix.Fstat(fs.fd, &st); err != nil {
-			err = fmt.Errorf("compare: stat %s on the primary: %w", show(fs.path), err)
+		var size int64
+		if size, err = r.frozenSize(fs); err != nil {
 			return
 		}
 		for _, z := range zones {
-			e := min(z.Off+z.Len, st.Size)
+			e := min(z.Off+z.Len, size)
 			if z.Off >= e {
 				continue
 			}
