@@ -550,12 +550,13 @@ func (h *hasher) blocks(fd int, off, end, bs int64, emit func(blockOff int64, su
 // ranges with SEEK_DATA/SEEK_HOLE.
 type dataSegments struct {
 	fd     int
+	seek   func(fd int, off int64, whence int) (int64, error)
 	ds, de int64 // the data segment at or after the last position asked
 	valid  bool
 	noSeek bool // filesystem without SEEK_DATA: all data
 }
 
-func (s *dataSegments) init(fd int) { *s = dataSegments{fd: fd} }
+func (s *dataSegments) init(fd int) { *s = dataSegments{fd: fd, seek: unix.Seek} }
 
 const inf = int64(1<<63 - 1)
 
@@ -564,7 +565,7 @@ func (s *dataSegments) hole(a, b int64) (bool, error) {
 		return false, nil
 	}
 	if !s.valid || s.de <= a {
-		ds, err := unix.Seek(s.fd, a, unix.SEEK_DATA)
+		ds, err := s.seek(s.fd, a, unix.SEEK_DATA)
 		switch {
 		case err == unix.ENXIO:
 			s.ds, s.de = inf, inf // only a hole (or the end) from a on
@@ -574,8 +575,12 @@ func (s *dataSegments) hole(a, b int64) (bool, error) {
 		case err != nil:
 			return false, fmt.Errorf("seek data from %d: %w", a, err)
 		default:
-			de, err := unix.Seek(s.fd, ds, unix.SEEK_HOLE)
-			if err != nil {
+			de, err := s.seek(s.fd, ds, unix.SEEK_HOLE)
+			if err == unix.ENXIO {
+				// The file shrank below ds between the two seeks: read
+				// from a on, which hashes what is still there.
+				ds, de = a, inf
+			} else if err != nil {
 				return false, fmt.Errorf("seek hole from %d: %w", ds, err)
 			}
 			s.ds, s.de = ds, de

@@ -463,3 +463,24 @@ func TestXattrRoutes(t *testing.T) {
 		}
 	}
 }
+
+// TestDataSegmentsShrankBetweenSeeks: the file shrinks between SEEK_DATA
+// and SEEK_HOLE, which then fails with ENXIO; the block is read, not
+// reported as an error (CI saw this under TestAnswerConcurrent).
+func TestDataSegmentsShrankBetweenSeeks(t *testing.T) {
+	var s dataSegments
+	s.init(-1)
+	s.seek = func(_ int, off int64, whence int) (int64, error) {
+		if whence == unix.SEEK_DATA {
+			return off, nil
+		}
+		return 0, unix.ENXIO
+	}
+	hole, err := s.hole(4096, 8192)
+	if err != nil || hole {
+		t.Fatalf("hole %v err %v: want a data block to read", hole, err)
+	}
+	if hole, err := s.hole(1<<20, 1<<20+4096); err != nil || hole {
+		t.Fatalf("next block: hole %v err %v", hole, err)
+	}
+}
