@@ -233,7 +233,7 @@ func (r *run) page(t *task, after string, locked bool) (res pageResult, err erro
 	}
 	var lFiles, lBytes int64
 	if t.only == "" {
-		lFiles, lBytes = listedBytes(pents)
+		lFiles, lBytes = listedBytes(t, pents)
 		r.addListed(lFiles, lBytes)
 	}
 	fixes, err := r.plan(t, d, ans.Entries, pents, g0)
@@ -405,10 +405,11 @@ func (r *run) planExisting(t *task, d int, f *fix, path string, g0 uint64) error
 	typ := p.st.Mode & unix.S_IFMT
 	if typ == unix.S_IFDIR {
 		f.meta = metaDiffers(p, s)
+		full := fullAt(t, path)
 		switch {
-		case t.recurse && !r.isFreshDir(path):
-			f.sub = &task{dir: true, path: path, recurse: true}
-		case !t.recurse && (mtimeOf(&p.st) != s.Mtime || p.st.Nlink != s.Nlink):
+		case full && !r.isFreshDir(path):
+			f.sub = &task{dir: true, path: path, recurse: true, from: t.from}
+		case !full && (mtimeOf(&p.st) != s.Mtime || p.st.Nlink != s.Nlink):
 			// Not recorded, yet its times or subdirectory count differ:
 			// replaced (or renamed over) while the copies were apart.
 			// Its listing is compared too.
@@ -493,7 +494,7 @@ func (r *run) dataNeeded(t *task, d int, f *fix, path string) (fileHow, bool, er
 		}
 		return howOverwrite, true, nil
 	}
-	if t.recurse {
+	if fullAt(t, path) {
 		f.scoped = true
 		return howWhole, true, nil
 	}
@@ -769,7 +770,7 @@ func (r *run) queueChildren(t *task, f *fix) {
 		}
 	}
 	if f.deferred {
-		r.deferTask(&task{dir: true, path: t.path, only: f.name, recurse: t.recurse, late: true})
+		r.deferTask(&task{dir: true, path: t.path, only: f.name, recurse: t.recurse, from: t.from, late: true})
 	}
 	if f.sub != nil {
 		r.push(f.sub)

@@ -59,6 +59,13 @@ type Scope struct {
 	// the name change before or during the run, the inode's other names
 	// are found. Absent: the inode is looked up when the run starts.
 	Ino map[string]uint64
+	// From (Full only) resumes an interrupted full compare at a position
+	// an earlier Run's Checkpoint gave: the entries from it on, in
+	// depth-first path order, are compared as a full compare does; those
+	// before it were compared then, and only Dirs, Files and Whole (the
+	// changes recorded since that run began) and what the listings of
+	// From's ancestors show differs are compared there.
+	From string
 }
 
 // Options configure an Engine.
@@ -287,6 +294,7 @@ type task struct {
 
 	// directory tasks
 	recurse  bool   // compare the subtree, files whole
+	from     string // with recurse: only from this position on (Scope.From)
 	only     string // just this entry (a recheck)
 	fresh    bool   // the engine created the directory empty at freshGen
 	freshGen uint64
@@ -336,7 +344,7 @@ type run struct {
 	fileRunning int
 	nextID      uint64
 	queued      map[string]bool // rechecks queued, not started
-	runningIDs  map[uint64]bool
+	runningIDs  map[uint64]*task
 	scopeFiles  map[string]*task
 	scopeKeys   map[inoKey]*task
 	scopeDone   map[inoKey]bool   // inodes whose scope task was queued
@@ -393,7 +401,7 @@ func (e *Engine) Run(ctx context.Context, scope Scope) (Stats, error) {
 	r := &run{
 		e: e, ctx: ctx, cancel: cancel, scope: scope, root: root,
 		queued:     make(map[string]bool),
-		runningIDs: make(map[uint64]bool),
+		runningIDs: make(map[uint64]*task),
 		scopeFiles: make(map[string]*task),
 		scopeKeys:  make(map[inoKey]*task),
 		scopeDone:  make(map[inoKey]bool),
@@ -413,7 +421,7 @@ func (e *Engine) Run(ctx context.Context, scope Scope) (Stats, error) {
 	e.pending, e.overflow = nil, false
 	e.obsMu.Unlock()
 	defer e.cur.Store(nil)
-	if overflow && !r.scope.Full {
+	if overflow && (!r.scope.Full || r.scope.From != "") {
 		e.log.Warn("resync compare: too many renames before the run to remember; comparing everything")
 		r.scope = Scope{Full: true}
 	}
@@ -481,8 +489,9 @@ func (r *run) stats() Stats {
 // main seeds the scope and runs the phases until the final check passes.
 func (r *run) main() error {
 	if r.scope.Full {
-		r.push(&task{dir: true, path: "", recurse: true})
-	} else {
+		r.push(&task{dir: true, path: "", recurse: true, from: r.scope.From})
+	}
+	if !r.scope.Full || r.scope.From != "" {
 		if err := r.seedIncremental(); err != nil {
 			return err
 		}
@@ -591,6 +600,17 @@ func (r *run) seedIncremental() error {
 	// listings to end. Those with the most zones go first: one file's
 	// zones are sent in order, and a big one would end the run last.
 	dirs := slices.Compact(slices.Sorted(slices.Values(r.scope.Dirs)))
+	if r.scope.Full {
+		// Resuming: the walk lists the directories from From on, and
+		// compares their files whole.
+		walk := &task{recurse: true, from: r.scope.From}
+		dirs = slices.DeleteFunc(dirs, func(d string) bool { return fullAt(walk, d) })
+		for p, t := range files {
+			if fullAt(walk, p) {
+				singles[t] = false
+			}
+		}
+	}
 	var early []*task
 	for _, t := range files {
 		if _, listed := slices.BinarySearch(dirs, parent(t.path)); singles[t] && !listed {
@@ -778,7 +798,7 @@ func (r *run) push(t *task) {
 func (r *run) isRunning(id uint64) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.runningIDs[id]
+	return r.runningIDs[id] != nil
 }
 
 func (r *run) deferTask(t *task) {
@@ -816,7 +836,7 @@ func (r *run) take() *task {
 			r.fileQ = r.fileQ[1:]
 			r.running++
 			r.fileRunning++
-			r.runningIDs[t.id] = true
+			r.runningIDs[t.id] = t
 			return t
 		}
 		if r.dirQ.Len() > 0 {
@@ -825,7 +845,7 @@ func (r *run) take() *task {
 				delete(r.queued, join(t.path, t.only))
 			}
 			r.running++
-			r.runningIDs[t.id] = true
+			r.runningIDs[t.id] = t
 			return t
 		}
 		r.cond.Wait()
@@ -989,6 +1009,55 @@ func (h *taskHeap) Pop() any {
 	old[len(old)-1] = nil
 	*h = old[:len(old)-1]
 	return t
+}
+
+// fullAt says whether t compares entry p as a full compare does (the
+// subtree, files whole): t recurses, and p is not before t.from, or
+// leads to it.
+func fullAt(t *task, p string) bool {
+	return t.recurse && (t.from == "" || !pathLess(p, t.from) || p == "" || strings.HasPrefix(t.from, p+"/"))
+}
+
+// Checkpoint returns where a later Run could resume the current full
+// compare (Scope.From): every entry before it, in depth-first path order,
+// was compared and its fixes submitted (a caller that waits until those
+// are durable on the secondary can persist it). False when no full Run is
+// in progress, or none of it finished.
+func (e *Engine) Checkpoint() (string, bool) {
+	r := e.cur.Load()
+	if r == nil || !r.scope.Full {
+		return "", false
+	}
+	return r.checkpoint()
+}
+
+// checkpoint: the lowest position of the work queued, running or put
+// off (a directory task stands for its entries, which come after it),
+// and never before the position this run resumed from.
+func (r *run) checkpoint() (string, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	low, found := "", false
+	note := func(t *task) {
+		if !found || pathLess(t.path, low) {
+			low, found = t.path, true
+		}
+	}
+	for _, q := range [][]*task{r.dirQ, r.fileQ, r.deferred, r.deferData} {
+		for _, t := range q {
+			note(t)
+		}
+	}
+	for _, t := range r.runningIDs {
+		note(t)
+	}
+	if !found {
+		return "", false // nothing left: the run is ending
+	}
+	if pathLess(low, r.scope.From) {
+		low = r.scope.From
+	}
+	return low, low != ""
 }
 
 func pathLess(a, b string) bool {

@@ -40,11 +40,11 @@ func (r *run) storeEstimate() {
 	r.e.prog.total.Store(total)
 }
 
-// listedBytes: the regular files among pents and their sizes for the
-// estimate.
-func listedBytes(pents []*pEntry) (files, n int64) {
+// listedBytes: the regular files among pents that t compares whole, and
+// their sizes, for the estimate.
+func listedBytes(t *task, pents []*pEntry) (files, n int64) {
 	for _, p := range pents {
-		if p.st.Mode&unix.S_IFMT != unix.S_IFREG {
+		if p.st.Mode&unix.S_IFMT != unix.S_IFREG || !fullAt(t, join(t.path, p.name)) {
 			continue
 		}
 		files++
@@ -58,8 +58,10 @@ func listedBytes(pents []*pEntry) (files, n int64) {
 // where the filesystem does not give them). It stops with the run.
 func (r *run) prescan() {
 	buf := make([]byte, 32<<10)
-	var walk func(fd int, depth int)
-	walk = func(fd int, depth int) {
+	// Resuming: only what the walk compares whole counts.
+	walkTask := &task{recurse: true, from: r.scope.From}
+	var walk func(fd int, path string, depth int)
+	walk = func(fd int, path string, depth int) {
 		var dirs []string
 		for r.ctx.Err() == nil {
 			n, err := unix.Getdents(fd, buf)
@@ -93,6 +95,9 @@ func (r *run) prescan() {
 						typ = unix.DT_DIR
 					}
 				}
+				if walkTask.from != "" && (typ == unix.DT_REG || typ == unix.DT_DIR) && !fullAt(walkTask, join(path, string(name))) {
+					continue
+				}
 				switch typ {
 				case unix.DT_REG:
 					files++
@@ -110,12 +115,12 @@ func (r *run) prescan() {
 				break
 			}
 			if cfd, err := openatNoatime(fd, d, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW); err == nil {
-				walk(cfd, depth+1)
+				walk(cfd, join(path, d), depth+1)
 			}
 		}
 		unix.Close(fd)
 	}
 	if fd, err := openatNoatime(r.root, ".", unix.O_RDONLY|unix.O_DIRECTORY); err == nil {
-		walk(fd, 0)
+		walk(fd, "", 0)
 	}
 }
