@@ -505,6 +505,20 @@ func (c *Cluster) StartPair() {
 	}
 	c.WaitState("alpha", "PRIM", 15*time.Second)
 	c.WaitState("beta", "SECOND", 15*time.Second)
+	// Each node's view of the other follows by a heartbeat: a command
+	// given on beta right now would still see alpha becoming PRIM.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		a, aerr := c.Status("alpha")
+		b, berr := c.Status("beta")
+		if aerr == nil && berr == nil && a.PeerState == "SECOND" && b.PeerState == "PRIM" && b.Sync == "synced" {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("the pair did not settle within 10s: alpha %s (peer %s), beta %s (peer %s, %s)", a.State, a.PeerState, b.State, b.PeerState, b.Sync)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func (c *Cluster) WaitAgent(name string) {
