@@ -111,6 +111,8 @@ type Sender struct {
 	wake     chan struct{}         // writer wake-up, capacity 1
 	done     chan struct{}         // closed on failure or Close
 	wg       sync.WaitGroup
+
+	writerWakes atomic.Int64 // the writer's wake-ups (tests)
 }
 
 type frame struct {
@@ -315,11 +317,18 @@ func (s *Sender) flushLocked() {
 	} else if s.cur != nil {
 		s.closeCurLocked()
 	}
+	wake := direct == nil
 	s.mu.Unlock()
 	if direct != nil {
-		s.sendFrame(direct)
+		// Only frames closed while we sent need the writer: waking it
+		// for nothing costs a thread wake-up per synced write, and a
+		// runnable goroutine in the way of the one the ack must wake.
+		ok, more := s.sendFrame(direct)
+		wake = ok && more
 	}
-	s.wakeWriter()
+	if wake {
+		s.wakeWriter()
+	}
 }
 
 func (s *Sender) wakeWriter() {
@@ -582,6 +591,7 @@ func (s *Sender) writer() {
 			s.mu.Unlock()
 			select {
 			case <-s.wake:
+				s.writerWakes.Add(1)
 			case <-s.done:
 			}
 			s.mu.Lock()
@@ -592,7 +602,7 @@ func (s *Sender) writer() {
 		}
 		f := s.takeFrameLocked()
 		s.mu.Unlock()
-		if !s.sendFrame(f) {
+		if ok, _ := s.sendFrame(f); !ok {
 			return
 		}
 	}
@@ -618,7 +628,8 @@ func (s *Sender) takeFrameLocked() *frame {
 
 // sendFrame seals and writes f, then gives the sending token back. Frames
 // are sealed and written under the token, so in counter and seq order.
-func (s *Sender) sendFrame(f *frame) bool {
+// more says whether closed frames wait to be sent.
+func (s *Sender) sendFrame(f *frame) (ok, more bool) {
 	out := s.tx.seal(f.buf)
 	_, err := s.conn.Write(out)
 	s.mu.Lock()
@@ -628,6 +639,7 @@ func (s *Sender) sendFrame(f *frame) bool {
 		s.free = append(s.free, f)
 	}
 	s.notifyLocked() // a Submit may wait for room in the ready queue
+	more = len(s.ready) > 0
 	s.mu.Unlock()
 	if err != nil {
 		// A secondary that failed to apply an op (a full disk) sends its
@@ -640,9 +652,9 @@ func (s *Sender) sendFrame(f *frame) bool {
 		}
 		t.Stop()
 		s.fail(fmt.Errorf("send: %w", err))
-		return false
+		return false, false
 	}
-	return true
+	return true, more
 }
 
 // sendFailGrace is how long a failed send waits for the reader to report

@@ -1052,3 +1052,23 @@ func TestSyncEvery(t *testing.T) {
 		t.Fatalf("durable %d without SyncEvery, want < %d", d, w2)
 	}
 }
+
+// TestSyncedWriteWakesNoWriter: a write and its Fsync, sent by the
+// submitting goroutine itself, leave the writer goroutine asleep (waking
+// it for nothing cost a thread wake-up per O_DSYNC write).
+func TestSyncedWriteWakesNoWriter(t *testing.T) {
+	r := newRig(t, "", nil)
+	s := dial(t, r.senderConfig())
+	s.Wait(s.Submit(&op.Op{Kind: op.Create, Path: "f", Mode: 0o644, Uid: -1, Gid: -1}), false)
+	before := s.writerWakes.Load()
+	const n = 50
+	for i := range n {
+		s.Submit(&op.Op{Kind: op.Write, Path: "f", Data: make([]byte, 4096), Off: int64(i) * 4096})
+		if err := s.Wait(s.Submit(&op.Op{Kind: op.Fsync, Path: "f", Flags: op.DataOnly}), true); err != nil || s.Failed() != nil {
+			t.Fatal(err, s.Failed())
+		}
+	}
+	if w := s.writerWakes.Load() - before; w > n/10 {
+		t.Fatalf("%d synced writes woke the writer %d times, want (almost) none", n, w)
+	}
+}
