@@ -44,6 +44,9 @@ type resyncBase struct {
 	Entries     []baseEntry `json:"entries,omitempty"`
 	Zone        int64       `json:"zone,omitempty"`
 	Dirs        []string    `json:"dirs,omitempty"`
+	// Resume is the id of the full compare this copy received last and
+	// has not completed (queryResumeMark).
+	Resume string `json:"resume,omitempty"`
 }
 
 // baseEntry is a file the SECOND may have changed: zones (byte offset,
@@ -69,6 +72,7 @@ func (x *replica) openChanges(d *replDir) (*changelog.Log, error) {
 	l, err := changelog.Open(dir, opt)
 	if errors.Is(err, changelog.ErrLost) {
 		x.r.log.Add("warn", "change records of "+d.path+" unusable ("+err.Error()+"): the peer gets a full compare")
+		x.dropResume(d) // the records no longer cover the changes since that run began
 		l, err = changelog.Recreate(dir, opt)
 	}
 	if err != nil {
@@ -199,6 +203,7 @@ func (x *replica) requestFull() error {
 		d.baseMu.Lock()
 		d.base = nil // not answered yet, or answered for another stream
 		d.baseMu.Unlock()
+		x.dropToken(d) // a full compare from the start
 	}
 	return writeFileSync(x.fullRequestPath(), []byte("second --full\n"))
 }
@@ -240,7 +245,10 @@ func (x *replica) answerBase(d *replDir, q *op.Op) ([]byte, error) {
 		b := x.secondBase(d)
 		d.base = &b
 	}
-	return json.Marshal(d.base)
+	b := *d.base
+	// Not cached: a full compare marked since the last answer counts.
+	b.Resume = x.resumeToken(d)
+	return json.Marshal(&b)
 }
 
 // parseBase decodes a SECOND's answer.

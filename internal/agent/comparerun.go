@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/tandem-ha/tandem/internal/replica/compare"
@@ -34,7 +35,7 @@ func blockSize(full bool, zone int64) int64 {
 
 // runCompare runs the compare engine over sc and waits until its final
 // marker (op.ResyncDone) is durable on the SECOND.
-func (x *replica) runCompare(ctx context.Context, d *replDir, s *wire.Sender, sc compareScope, run *resyncRun) error {
+func (x *replica) runCompare(ctx context.Context, d *replDir, s *wire.Sender, sc *compareScope, run *resyncRun) error {
 	cfg := x.r.cfg.Replication
 	eng, err := compare.New(senderStream{s}, compare.Options{
 		RootFd: d.mount.RootFd(),
@@ -49,13 +50,16 @@ func (x *replica) runCompare(ctx context.Context, d *replDir, s *wire.Sender, sc
 		Parallel:   cfg.ResyncParallel,
 		Bandwidth:  cfg.ResyncBandwidth,
 		TrustZones: sc.trust,
+		// The records' generation when the copies became identical: what
+		// they hold up to it is on the SECOND.
+		BeforeDone: func() { sc.doneGen = d.changes.Gen() },
 		Logger:     x.r.a.log.With("module", x.r.cfg.Name, "dir", d.path),
 	})
 	if err != nil {
 		return err
 	}
-	scope := compare.Scope{Full: sc.full, Dirs: sc.dirs}
-	if !sc.full {
+	scope := compare.Scope{Full: sc.full, Dirs: sc.dirs, From: sc.from}
+	if len(sc.entries) > 0 {
 		scope.Files = make(map[string][]compare.Zone, len(sc.entries))
 		for _, e := range sc.entries {
 			zs := scope.Files[e.Path]
@@ -68,7 +72,14 @@ func (x *replica) runCompare(ctx context.Context, d *replDir, s *wire.Sender, sc
 	d.rep.observe(eng)
 	defer d.rep.observe(nil)
 	done := make(chan struct{})
-	defer close(done)
+	var wg sync.WaitGroup
+	defer func() {
+		close(done)
+		wg.Wait() // no resume point written after the caller dropped it
+	}()
+	if sc.resume != nil {
+		wg.Go(func() { x.checkpoints(d, s, eng, *sc.resume, done) })
+	}
 	go func() { // progress for status, here and (through the heartbeat) on the SECOND
 		t := time.NewTicker(200 * time.Millisecond)
 		defer t.Stop()

@@ -348,6 +348,9 @@ func (x *replica) mountAll() error {
 			}
 			d.changes = l
 		}
+		// Serving: this copy changes otherwise than through a primary's
+		// stream, so no full compare of it can resume.
+		x.dropToken(d)
 		// Serving: what this node may have changed unacknowledged before a
 		// crash is now for the peer to receive.
 		if err := d.changes.ReleaseInFlight(true); err != nil {
@@ -443,6 +446,9 @@ func (x *replica) startReceiver(m module.Machine) error {
 		if err != nil {
 			return fmt.Errorf("open replicated directory %s: %w (does it exist on %s?)", d.path, err, x.r.a.node)
 		}
+		// Its own full compare as a primary cannot resume: the peer
+		// serves, and this copy will follow the peer's.
+		x.dropResume(d)
 		// The copy stays as it is: the primary compares it with its own
 		// and sends what differs (a swap hands over copies in sync).
 		d.resynced.Store(m.Handover)
@@ -504,6 +510,9 @@ func (x *replica) receive(ctx context.Context, d *replDir) {
 				d.applier.SetLenient(d.answerer.Skipped)
 				return x.answerBase(d, q)
 			}
+			if q.Flags == queryResumeMark {
+				return x.answerMark(d, q)
+			}
 			return d.answerer.Answer(q)
 		},
 		Apply: func(o *op.Op) error {
@@ -519,6 +528,7 @@ func (x *replica) receive(ctx context.Context, d *replDir) {
 				}
 				d.applier.SetLenient(nil)
 				d.answerer.Reset()
+				x.dropToken(d)
 				// Durable (a SyncAll): this copy is now the primary's.
 				if err := x.finishSecondRecords(d); err != nil {
 					x.r.log.Add("warn", "change records of "+d.path+": "+err.Error())
@@ -708,6 +718,12 @@ func (x *replica) connect(epoch uint64, need bool) {
 		thaw := d.mount.Freeze()
 		d.ackGen.Store(d.rep.attach(opened[i]))
 		thaw()
+		if need {
+			// The records stay alone until the resynchronisation
+			// completes (resyncDir): the peer may skip ops until then,
+			// and an interrupted run resumes from the records.
+			continue
+		}
 		// From here every change is streamed; what changed alone is in
 		// the records (SetAlone waits for changes still under way).
 		if err := d.changes.SetAlone(false); err != nil {

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/tandem-ha/tandem/internal/api"
-	"github.com/tandem-ha/tandem/internal/replica/changelog"
 	"github.com/tandem-ha/tandem/internal/replica/op"
 	"github.com/tandem-ha/tandem/internal/replica/wire"
 )
@@ -34,6 +33,9 @@ type compareScope struct {
 	trust   bool // send the zones without comparing them
 	entries []baseEntry
 	dirs    []string
+	from    string       // resuming a full compare from there (compare.Scope.From)
+	resume  *resumePoint // the full compare's id and position, checkpointed; nil: none
+	doneGen uint64       // the records' generation at the final marker
 }
 
 // progressStatus is the running resynchronisation, nil when none runs.
@@ -86,9 +88,21 @@ func (x *replica) resyncDir(d *replDir, s *wire.Sender) error {
 		return fmt.Errorf("the secondary did not say where its copy stands within %s", baseTimeout)
 	}
 
-	sc := compareScope{}
+	// The records stay in their "alone" mode until the run completes
+	// (connect did not leave it): what they held is in DIRTY now, and
+	// every change from here on will be, acknowledged or not.
+	if err := d.changes.Checkpoint(); err != nil {
+		return fmt.Errorf("change records of %s: %w", d.path, err)
+	}
+	sc := &compareScope{}
 	mine := x.syncedEpoch()
+	rp := x.loadResume(d)
 	switch {
+	case rp != nil && base.Resume == rp.ID && d.changes.Alone():
+		// The SECOND holds the copy that run reached: the full compare
+		// goes on from there, and the records cover the rest.
+		sc.full, sc.from, sc.resume = true, rp.From, rp
+		base.Why = fmt.Sprintf("resuming the full compare interrupted at %q", rp.From)
 	case base.NeedFull:
 		sc.full = true
 		x.r.log.Add("info", "full compare of "+d.path+": "+base.Why)
@@ -99,16 +113,20 @@ func (x *replica) resyncDir(d *replDir, s *wire.Sender) error {
 		sc.full = true
 		base.Why = fmt.Sprintf("the copies were last identical at different epochs (here %d, on %s %d)", mine, x.r.peer, base.SyncedEpoch)
 	}
-	gen := d.changes.Gen()
-	var snap *changelog.Snapshot
-	if !sc.full {
-		snap = d.changes.Dirty()
+	if !sc.full || sc.from != "" {
+		snap := d.changes.Dirty()
 		entries, dirs, err := snapshotPaths(d.mount.RootFd(), snap)
 		if err != nil {
 			return fmt.Errorf("name the recorded changes: %w", err)
 		}
-		sc.entries = append(entries, base.Entries...)
-		sc.dirs = append(dirs, base.Dirs...)
+		sc.entries, sc.dirs = entries, dirs
+		if sc.from == "" {
+			sc.entries = append(sc.entries, base.Entries...)
+			sc.dirs = append(sc.dirs, base.Dirs...)
+		}
+	}
+	if sc.full && sc.resume == nil {
+		sc.resume = x.markRun(d, s)
 	}
 	run := &resyncRun{kind: "incremental", dir: d.path, started: time.Now()}
 	if sc.full {
@@ -123,20 +141,23 @@ func (x *replica) resyncDir(d *replDir, s *wire.Sender) error {
 	// hashing both sides. Zones the SECOND may have changed (a crashed
 	// primary's writes in flight) are compared.
 	sc.trust = !sc.full && len(base.Entries) == 0
-	x.r.log.Add("resync", run.kind+" resynchronisation of "+d.path+" to "+x.r.peer+" started",
-		"dir", d.path, "kind", run.kind, "reason", run.reason, "entries", len(sc.entries), "dirs", len(sc.dirs), "result", "started")
+	fields := []any{"dir", d.path, "kind", run.kind, "reason", run.reason, "entries", len(sc.entries), "dirs", len(sc.dirs), "result", "started"}
+	if sc.from != "" {
+		fields = append(fields, "resumed_from", sc.from)
+	}
+	x.r.log.Add("resync", run.kind+" resynchronisation of "+d.path+" to "+x.r.peer+" started", fields...)
 
 	if err := x.runCompare(ctx, d, s, sc, run); err != nil {
 		x.r.log.Add("resync", run.kind+" resynchronisation of "+d.path+" failed: "+err.Error(), "dir", d.path, "kind", run.kind, "result", "failed")
 		return err
 	}
-	var err error
-	if sc.full {
-		err = d.changes.Reset(gen)
-	} else {
-		err = d.changes.ClearDirty(snap.Files, snap.Dirs)
+	x.dropResume(d)
+	// The copies were identical at the marker: the records up to it are
+	// covered; from here on the peer's acknowledgements clear them.
+	if err := d.changes.SetAlone(false); err != nil {
+		return fmt.Errorf("change records of %s: %w", d.path, err)
 	}
-	if err != nil {
+	if err := d.changes.Reset(sc.doneGen); err != nil {
 		x.r.log.Add("warn", "change records of "+d.path+" not cleared: "+err.Error()+" (the next resynchronisation compares them again)")
 	}
 	el := time.Since(run.started)

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -274,5 +275,77 @@ func TestResyncFileComparedTwice(t *testing.T) {
 	// 12 MiB changed, plus the writer's few hundred KiB.
 	if ex, sent := num(ev.Fields["bytes_examined"]), num(ev.Fields["bytes_sent"]); ex > 20e6 || sent > 16e6 {
 		t.Errorf("for 12 MiB changed in a 32 MiB file the resync examined %.0f bytes and sent %.0f", ex, sent)
+	}
+}
+
+// TestFullResyncResumes: a full resync interrupted by the SECOND's crash
+// resumes where it was, not from zero. Changes made meanwhile, before
+// and after that point, arrive through the records; the copies end
+// identical.
+func TestFullResyncResumes(t *testing.T) {
+	c := newCluster(t, tcluster.Options{Directories: []string{dataDir},
+		ModuleExtra: "replication:\n  resync_bandwidth: 8MiB\n"})
+	a := c.BackingDir("alpha", dataDir)
+	// 96 MiB in 12 directories, there before the module starts: about
+	// 12 s at the cap.
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 9))
+	buf := make([]byte, 2<<20)
+	const total = 12 * 4 * 2 << 20
+	for d := range 12 {
+		dir := filepath.Join(a, fmt.Sprintf("d%02d", d))
+		must(t, os.MkdirAll(dir, 0o755))
+		for i := range 4 {
+			for j := range buf {
+				buf[j] = byte(rng.Uint32())
+			}
+			must(t, os.WriteFile(filepath.Join(dir, fmt.Sprint("f", i)), buf, 0o644))
+		}
+	}
+	c.Start("alpha")
+	c.Start("beta")
+	for _, n := range []string{"alpha", "beta"} {
+		c.WaitAgent(n)
+		if _, err := c.Command(n, "start", api.CommandOptions{}); err != nil {
+			t.Fatalf("start on %s: %v", n, err)
+		}
+	}
+	c.WaitState("beta", "SECOND", 15*time.Second)
+	// Wait until the primary recorded a point past a quarter of the tree.
+	point := filepath.Join(c.ModuleStateDir("alpha"), "changes", "0", "resume")
+	var from string
+	for deadline := time.Now().Add(20 * time.Second); from < "d03"; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no resume point past d03 within 20s (last %q)", from)
+		}
+		var rp struct{ From string }
+		if b, err := os.ReadFile(point); err == nil && json.Unmarshal(b, &rp) == nil && rp.From != from {
+			from = rp.From
+			t.Logf("resume point %q", from)
+		}
+	}
+	t.Logf("resume point %q; killing beta", from)
+	c.Kill9("beta")
+	c.WaitState("alpha", "ALONE", 10*time.Second)
+	alpha := c.Node("alpha").Host
+	if out, err := alpha.Run("sh", "-c", "cd "+dataDir+" && echo early > d00/new && dd if=/dev/zero of=d01/f2 bs=4k count=2 seek=100 conv=notrunc status=none && "+
+		"echo late > d11/new && rm d10/f1 && sync"); err != nil {
+		t.Fatalf("changes while beta is away: %v\n%s", err, out)
+	}
+	since := time.Now()
+	c.Start("beta")
+	_, started := waitEvent(t, c, []string{"alpha"}, 30*time.Second, "resync started", func(e eventlog.Event) bool {
+		return e.Kind == "resync" && !e.Time.Before(since) && e.Fields["result"] == "started"
+	})
+	if rf, _ := started.Fields["resumed_from"].(string); rf < from {
+		t.Errorf("the resync after the crash started with %v, want it resumed from %q or later", started.Fields, from)
+	}
+	f := resyncDone(t, c, "alpha", since, 60*time.Second)
+	t.Logf("resumed resync: %v", f)
+	if ex := num(f["bytes_examined"]); ex <= 0 || ex > 0.85*total {
+		t.Errorf("the resumed resync examined %.0f of %d bytes", ex, total)
+	}
+	waitSame(t, c, 30*time.Second)
+	if st := c.WaitState("beta", "SECOND", 10*time.Second); st.Sync != "synced" {
+		t.Errorf("beta after the resync: %s %s", st.State, st.Sync)
 	}
 }

@@ -98,7 +98,11 @@ type Options struct {
 	// (default 5 s): past it the freeze is released and the check
 	// repeated.
 	FinalWait time.Duration
-	Logger    *slog.Logger
+	// BeforeDone, if set, runs with mutations frozen just before the final
+	// SyncAll (op.ResyncDone) is submitted: the caller's records of what
+	// changed up to there are covered by the run.
+	BeforeDone func()
+	Logger     *slog.Logger
 }
 
 // Stats tell what a Run did.
@@ -337,7 +341,7 @@ type run struct {
 	mu          sync.Mutex
 	cond        sync.Cond
 	dirQ        taskHeap
-	fileQ       []*task
+	fileQ       fileHeap
 	deferred    []*task // further names of hard-linked inodes, after the walk
 	deferData   []*task // hard-linked inodes' data and attributes, once all names are linked
 	running     int
@@ -412,6 +416,7 @@ func (e *Engine) Run(ctx context.Context, scope Scope) (Stats, error) {
 		freshDirs:  make(map[string]uint64),
 	}
 	r.cond.L = &r.mu
+	r.fileQ.byPath = scope.Full
 	e.obsMu.Lock()
 	if !e.cur.CompareAndSwap(nil, r) {
 		e.obsMu.Unlock()
@@ -699,7 +704,7 @@ func (r *run) finish() (bool, error) {
 	var ferr error
 	r.frozen(func() {
 		r.mu.Lock()
-		busy := r.running > 0 || r.dirQ.Len() > 0 || len(r.fileQ) > 0 || len(r.deferred) > 0 || len(r.deferData) > 0 || len(r.scopeFiles) > 0 || len(r.lostKeys) > 0
+		busy := r.running > 0 || r.dirQ.Len() > 0 || r.fileQ.Len() > 0 || len(r.deferred) > 0 || len(r.deferData) > 0 || len(r.scopeFiles) > 0 || len(r.lostKeys) > 0
 		r.mu.Unlock()
 		if busy {
 			return
@@ -717,6 +722,9 @@ func (r *run) finish() (bool, error) {
 		}
 		if n > 0 {
 			return
+		}
+		if r.e.opt.BeforeDone != nil {
+			r.e.opt.BeforeDone()
 		}
 		r.st.doneSeq.Store(r.submit(&op.Op{Kind: op.SyncAll, Flags: op.ResyncDone}, 0))
 		done = true
@@ -790,7 +798,7 @@ func (r *run) push(t *task) {
 	if t.dir {
 		heap.Push(&r.dirQ, t)
 	} else {
-		r.fileQ = append(r.fileQ, t)
+		heap.Push(&r.fileQ, t)
 	}
 	r.cond.Broadcast()
 }
@@ -830,10 +838,8 @@ func (r *run) take() *task {
 		if r.ctx.Err() != nil {
 			return nil
 		}
-		if len(r.fileQ) > 0 && r.fileRunning < r.e.opt.Parallel {
-			t := r.fileQ[0]
-			r.fileQ[0] = nil
-			r.fileQ = r.fileQ[1:]
+		if r.fileQ.Len() > 0 && r.fileRunning < r.e.opt.Parallel {
+			t := heap.Pop(&r.fileQ).(*task)
 			r.running++
 			r.fileRunning++
 			r.runningIDs[t.id] = t
@@ -884,7 +890,7 @@ func (r *run) worker() {
 func (r *run) waitIdle() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for r.running > 0 || r.dirQ.Len() > 0 || len(r.fileQ) > 0 {
+	for r.running > 0 || r.dirQ.Len() > 0 || r.fileQ.Len() > 0 {
 		if r.failed != nil {
 			return r.failed
 		}
@@ -1043,7 +1049,7 @@ func (r *run) checkpoint() (string, bool) {
 			low, found = t.path, true
 		}
 	}
-	for _, q := range [][]*task{r.dirQ, r.fileQ, r.deferred, r.deferData} {
+	for _, q := range [][]*task{r.dirQ, r.fileQ.ts, r.deferred, r.deferData} {
 		for _, t := range q {
 			note(t)
 		}
@@ -1058,6 +1064,33 @@ func (r *run) checkpoint() (string, bool) {
 		low = r.scope.From
 	}
 	return low, low != ""
+}
+
+// fileHeap orders file tasks: in a full compare depth-first by path, like
+// the walk, so that a resumable position (Checkpoint) follows the work
+// done; otherwise in the order they were queued (an incremental scope
+// queues its biggest files first).
+type fileHeap struct {
+	ts     []*task
+	byPath bool
+}
+
+func (h fileHeap) Len() int { return len(h.ts) }
+func (h fileHeap) Less(i, j int) bool {
+	a, b := h.ts[i], h.ts[j]
+	if h.byPath && a.path != b.path {
+		return pathLess(a.path, b.path)
+	}
+	return a.id < b.id
+}
+func (h fileHeap) Swap(i, j int) { h.ts[i], h.ts[j] = h.ts[j], h.ts[i] }
+func (h *fileHeap) Push(x any)   { h.ts = append(h.ts, x.(*task)) }
+func (h *fileHeap) Pop() any {
+	old := h.ts
+	t := old[len(old)-1]
+	old[len(old)-1] = nil
+	h.ts = old[:len(old)-1]
+	return t
 }
 
 func pathLess(a, b string) bool {
