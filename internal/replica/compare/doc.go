@@ -146,9 +146,21 @@
 // attributes. What is sent is still read under the freeze: the reads
 // before it only warm the cache, so the argument above is unchanged.
 //
-// Resuming: a Run keeps no state between runs. An interrupted full compare
-// run again reads everything again but sends only what still differs; an
-// incremental one needs its scope plus whatever changed since.
+// # Resuming
+//
+// A full compare walks the tree depth-first in path order: directory
+// listings and file tasks are taken from queues ordered by path.
+// Engine.Checkpoint gives the lowest position of the work queued, running
+// or put off: every entry before it was compared and its fixes submitted.
+// A later Run with Scope.From set to it (once those fixes are durable on
+// the secondary) compares in full only from there on; before it, the
+// listings of From's ancestors are compared (names and attributes, a
+// subdirectory whose mtime or link count differ is listed), plus the
+// incremental scope given with it: the changes recorded since the
+// interrupted run began, which the caller must supply. Without From an
+// interrupted full compare run again reads everything but sends only
+// what still differs; an incremental one needs its scope plus whatever
+// changed since.
 //
 // # Cost
 //
