@@ -153,12 +153,14 @@ func (x *replica) resyncDir(d *replDir, s *wire.Sender) error {
 	}
 	x.dropResume(d)
 	// The copies were identical at the marker: the records up to it are
-	// covered; from here on the peer's acknowledgements clear them.
-	if err := d.changes.SetAlone(false); err != nil {
-		return fmt.Errorf("change records of %s: %w", d.path, err)
-	}
+	// covered (cleared first, so that a failure below costs the next
+	// resynchronisation only what changed since); from here on the
+	// peer's acknowledgements clear them.
 	if err := d.changes.Reset(sc.doneGen); err != nil {
 		x.r.log.Add("warn", "change records of "+d.path+" not cleared: "+err.Error()+" (the next resynchronisation compares them again)")
+	}
+	if err := d.changes.SetAlone(false); err != nil {
+		return fmt.Errorf("change records of %s: %w", d.path, err)
 	}
 	el := time.Since(run.started)
 	x.r.log.Add("resync", fmt.Sprintf("%s resynchronisation of %s complete: %d bytes examined, %d sent, %d files, in %s",
