@@ -7,16 +7,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/tandem-ha/tandem/internal/replica/op"
 )
@@ -71,11 +66,9 @@ type SenderConfig struct {
 	// primary's change records wait for it). 0: never.
 	SyncEvery time.Duration
 	Logger    *slog.Logger // nil: slog.Default()
-	// OnAck, when set, is called each time the peer's acknowledgements
-	// advance, with the last applied and the last durable seq, by the
-	// goroutine that read them (the reader, or a Wait reading its own
-	// ack), one call at a time and in order (keep it short: acks and
-	// that Wait's caller wait for it).
+	// OnAck, when set, is called by the goroutine reading the peer's
+	// acknowledgements each time they advance, with the last applied and
+	// the last durable seq (keep it short: acks wait for it).
 	OnAck func(applied, durable uint64)
 	// OnFailure is called once, in its own goroutine, when the peer is
 	// declared failed: no progress within Timeout, a connection error, or
@@ -86,21 +79,11 @@ type SenderConfig struct {
 // Sender is the primary's end of a module's stream. Its methods are safe
 // for concurrent use.
 type Sender struct {
-	cfg   SenderConfig
-	log   *slog.Logger
-	conn  net.Conn
-	tx    sealer // writer goroutine only
-	rx    opener // holder of rdMu only
-	rxBuf []byte // holder of rdMu only
-	// rc is the connection's descriptor when it has one: a Wait then
-	// reads its ack itself (see waitRead). Nil: only the reader reads.
-	rc  syscall.RawConn
-	src *rawSource
-	// rdMu is the read token: its holder alone reads frames from the
-	// connection and handles them. rdWanted: a Wait could not take it and
-	// sleeps; its release must wake the waiters.
-	rdMu      sync.Mutex
-	rdWanted  atomic.Bool
+	cfg       SenderConfig
+	log       *slog.Logger
+	conn      net.Conn
+	tx        sealer // writer goroutine only
+	rx        opener // reader goroutine only
 	peerNode  string
 	peerEpoch uint64
 
@@ -130,9 +113,6 @@ type Sender struct {
 	wg       sync.WaitGroup
 
 	writerWakes atomic.Int64 // the writer's wake-ups (tests)
-	// holdReader, when set, stops the reader before it takes the read
-	// token until the channel is closed (tests).
-	holdReader atomic.Pointer[chan struct{}]
 }
 
 type frame struct {
@@ -213,17 +193,11 @@ func newSender(cfg SenderConfig, log *slog.Logger, conn net.Conn, br *bufio.Read
 	s := &Sender{
 		cfg: cfg, log: log, conn: conn,
 		tx:      sealer{aead: c2s},
+		rx:      opener{aead: s2c, r: br, max: maxS2C},
 		nextSeq: 1,
 		wake:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
 	}
-	if sc, ok := conn.(syscall.Conn); ok && br.Buffered() == 0 {
-		if rc, err := sc.SyscallConn(); err == nil {
-			s.rc, s.src = rc, &rawSource{rc: rc}
-			br = bufio.NewReaderSize(s.src, 64<<10)
-		}
-	}
-	s.rx = opener{aead: s2c, r: br, max: maxS2C}
 	s.wg.Add(3)
 	go s.writer()
 	go s.reader()
@@ -455,7 +429,6 @@ func (s *Sender) Wait(seq uint64, durable bool) error {
 		return nil
 	}
 	var timer *time.Timer
-	var deadline time.Time // of a Wait reading its own acks
 	s.mu.Lock()
 	if durable && s.usable() && seq < s.nextSeq && s.lastSync < seq {
 		s.mu.Unlock()
@@ -484,18 +457,6 @@ func (s *Sender) Wait(seq uint64, durable bool) error {
 			s.flushLocked() // the op is still lingering: send it now
 			s.mu.Lock()
 			continue
-		}
-		if s.rc != nil {
-			if deadline.IsZero() {
-				deadline = time.Now().Add(s.cfg.Timeout)
-			}
-			s.rdWanted.Store(true) // before trying: a release from now on wakes us
-			if s.rdMu.TryLock() {
-				s.mu.Unlock()
-				s.waitRead(seq, durable, deadline)
-				s.mu.Lock()
-				continue
-			}
 		}
 		ch := s.waitChLocked()
 		s.mu.Unlock()
@@ -584,7 +545,6 @@ func (s *Sender) Close() error {
 	s.notifyLocked()
 	s.releaseQueriesLocked(ErrClosed)
 	s.mu.Unlock()
-	s.shutdown()
 	err := s.conn.Close()
 	s.wg.Wait()
 	if errors.Is(err, net.ErrClosed) {
@@ -607,7 +567,6 @@ func (s *Sender) fail(err error) {
 	s.releaseQueriesLocked(err)
 	ops, bytes := int(s.queued-s.applied), s.lagBytes
 	s.mu.Unlock()
-	s.shutdown()
 	s.conn.Close()
 	s.log.Warn("replication peer failed", "err", err, "unacked_ops", ops, "unacked_bytes", bytes)
 	if s.cfg.OnFailure != nil {
@@ -704,232 +663,71 @@ const sendFailGrace = 200 * time.Millisecond
 
 func (s *Sender) reader() {
 	defer s.wg.Done()
+	buf := make([]byte, 0, 4096)
 	for {
-		if s.rc != nil {
-			// Sleep in the poller until bytes come, without taking them:
-			// a Wait may read them first (and the frames it leaves in the
-			// buffer are never whole: see readFrames).
-			err := s.rc.Read(func(fd uintptr) bool { return !wouldBlock(int(fd)) })
+		plain, nb, err := s.rx.read(buf)
+		buf = nb
+		if err != nil {
+			s.fail(fmt.Errorf("receive acks: %w", err))
+			return
+		}
+		if len(plain) > 0 && plain[0] == frameReply {
+			seq, r, err := parseReply(plain)
 			if err != nil {
-				s.fail(fmt.Errorf("receive acks: %w", err))
+				s.fail(err)
 				return
 			}
+			s.mu.Lock()
+			ch, ok := s.pending[seq]
+			delete(s.pending, seq)
+			s.mu.Unlock()
+			if !ok {
+				s.fail(fmt.Errorf("answer to op %d, which is not a pending query", seq))
+				return
+			}
+			ch <- r
+			continue
 		}
-		if h := s.holdReader.Load(); h != nil {
-			<-*h
-		}
-		s.rdMu.Lock()
-		var err error
-		if s.rc == nil || s.readable() {
-			err = s.readFrames()
-		}
-		s.releaseRead()
+		a, err := parseAck(plain)
 		if err != nil {
 			s.fail(err)
 			return
 		}
-	}
-}
-
-// waitRead, holding the read token, reads frames until seq is
-// acknowledged (durably with durable), the Sender stops, or deadline
-// passes (the peer is then failed). The thread sleeps in the kernel until
-// the ack comes and handles it: no other goroutine has to be scheduled
-// (with every P held by a thread blocked in a system call, such as the
-// FUSE readers of the mount, the poller may not run for 10-20 ms).
-func (s *Sender) waitRead(seq uint64, durable bool, deadline time.Time) {
-	s.src.deadline = deadline
-	var err error
-	for {
 		s.mu.Lock()
-		got := s.applied
-		if durable {
-			got = s.durable
+		if a.Applied > s.queued || a.Durable > a.Applied {
+			s.mu.Unlock()
+			s.fail(fmt.Errorf("ack of op %d (durable %d) beyond the last op sent (%d)", a.Applied, a.Durable, s.queued))
+			return
 		}
-		stop := got >= seq || !s.usable()
-		s.mu.Unlock()
-		if stop {
-			break
+		if a.Applied > s.applied {
+			s.applied = a.Applied
+			s.progress = time.Now()
+			for s.inHead < len(s.inflight) && s.inflight[s.inHead].last <= a.Applied {
+				s.lagBytes -= s.inflight[s.inHead].bytes
+				s.inHead++
+			}
+			if s.inHead == len(s.inflight) {
+				s.inflight, s.inHead = s.inflight[:0], 0
+			} else if s.inHead > 1024 && s.inHead > len(s.inflight)/2 {
+				n := copy(s.inflight, s.inflight[s.inHead:])
+				s.inflight, s.inHead = s.inflight[:n], 0
+			}
+			if s.applied == s.queued && s.cur == nil {
+				s.lagBytes = 0 // guard against drift
+			}
 		}
-		if err = s.readFrames(); err != nil {
-			break
+		if a.Durable > s.durable {
+			s.durable = a.Durable
 		}
-	}
-	s.src.deadline = time.Time{}
-	s.releaseRead()
-	switch {
-	case err == nil:
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		kind := "applied"
-		if durable {
-			kind = "made durable"
-		}
-		s.fail(fmt.Errorf("%w: op %d not %s within %s", ErrPeerTimeout, seq, kind, s.cfg.Timeout))
-	default:
-		s.fail(err)
-	}
-}
-
-// releaseRead gives the read token back and wakes the Waits that could
-// not take it.
-func (s *Sender) releaseRead() {
-	s.rdMu.Unlock()
-	if s.rdWanted.Swap(false) {
-		s.mu.Lock()
+		applied, durable := s.applied, s.durable
 		s.notifyLocked()
 		s.mu.Unlock()
-	}
-}
-
-// readFrames, holding the read token, reads and handles the next frame,
-// then every whole frame already buffered: what stays buffered is never a
-// whole frame, so the reader's poller hears of its end.
-func (s *Sender) readFrames() error {
-	for {
-		plain, nb, err := s.rx.read(s.rxBuf)
-		s.rxBuf = nb
-		if err != nil {
-			return fmt.Errorf("receive acks: %w", err)
+		if s.cfg.OnAck != nil {
+			s.cfg.OnAck(applied, durable)
 		}
-		if err := s.handleFrame(plain); err != nil {
-			return err
-		}
-		r := s.rx.r
-		if r.Buffered() < hdrLen {
-			return nil
-		}
-		h, _ := r.Peek(hdrLen)
-		if r.Buffered() < hdrLen+int(binary.BigEndian.Uint32(h)) {
-			return nil
-		}
-	}
-}
-
-// handleFrame handles an ack or a query's answer; an error fails the peer.
-func (s *Sender) handleFrame(plain []byte) error {
-	if len(plain) > 0 && plain[0] == frameReply {
-		seq, r, err := parseReply(plain)
-		if err != nil {
-			return err
-		}
-		s.mu.Lock()
-		ch, ok := s.pending[seq]
-		delete(s.pending, seq)
-		s.mu.Unlock()
-		if !ok {
-			return fmt.Errorf("answer to op %d, which is not a pending query", seq)
-		}
-		ch <- r
-		return nil
-	}
-	a, err := parseAck(plain)
-	if err != nil {
-		return err
-	}
-	s.mu.Lock()
-	if a.Applied > s.queued || a.Durable > a.Applied {
-		s.mu.Unlock()
-		return fmt.Errorf("ack of op %d (durable %d) beyond the last op sent (%d)", a.Applied, a.Durable, s.queued)
-	}
-	if a.Applied > s.applied {
-		s.applied = a.Applied
-		s.progress = time.Now()
-		for s.inHead < len(s.inflight) && s.inflight[s.inHead].last <= a.Applied {
-			s.lagBytes -= s.inflight[s.inHead].bytes
-			s.inHead++
-		}
-		if s.inHead == len(s.inflight) {
-			s.inflight, s.inHead = s.inflight[:0], 0
-		} else if s.inHead > 1024 && s.inHead > len(s.inflight)/2 {
-			n := copy(s.inflight, s.inflight[s.inHead:])
-			s.inflight, s.inHead = s.inflight[:n], 0
-		}
-		if s.applied == s.queued && s.cur == nil {
-			s.lagBytes = 0 // guard against drift
-		}
-	}
-	if a.Durable > s.durable {
-		s.durable = a.Durable
-	}
-	applied, durable := s.applied, s.durable
-	s.notifyLocked()
-	s.mu.Unlock()
-	if s.cfg.OnAck != nil {
-		s.cfg.OnAck(applied, durable)
-	}
-	if a.ErrSeq != 0 {
-		return &ApplyError{Seq: a.ErrSeq, Errno: errnoOf(a.Errno), Msg: a.Msg}
-	}
-	return nil
-}
-
-// shutdown ends both directions of the connection at once: a Wait asleep
-// in poll(2) on it wakes (Close waits for it).
-func (s *Sender) shutdown() {
-	if s.rc != nil {
-		s.rc.Control(func(fd uintptr) { unix.Shutdown(int(fd), unix.SHUT_RDWR) })
-	}
-}
-
-// readable, holding the read token, says whether a frame may be read
-// without sleeping (or a read would report an error).
-func (s *Sender) readable() bool {
-	if s.rx.r.Buffered() > 0 {
-		return true
-	}
-	ready := true
-	if err := s.rc.Control(func(fd uintptr) { ready = !wouldBlock(int(fd)) }); err != nil {
-		return true // the read reports it
-	}
-	return ready
-}
-
-// wouldBlock says whether a read of the socket would block (no byte, no
-// end of stream, no error waiting).
-func wouldBlock(fd int) bool {
-	var b [1]byte
-	_, _, err := unix.Recvfrom(fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-	return err == unix.EAGAIN || err == unix.EINTR
-}
-
-// rawSource reads the connection's descriptor directly, sleeping in
-// poll(2) when nothing is there, for the holder of the read token: the
-// kernel wakes that very thread when bytes come.
-type rawSource struct {
-	rc       syscall.RawConn
-	deadline time.Time // zero: none; set by the token's holder
-}
-
-func (r *rawSource) Read(p []byte) (int, error) {
-	for {
-		var n int
-		var rerr error
-		if err := r.rc.Control(func(fd uintptr) { n, rerr = unix.Read(int(fd), p) }); err != nil {
-			return 0, err
-		}
-		switch {
-		case n > 0:
-			return n, nil
-		case rerr == nil:
-			return 0, io.EOF
-		case rerr != unix.EAGAIN && rerr != unix.EINTR:
-			return 0, rerr
-		}
-		ms := 1000 // look at the deadline at least every second
-		if !r.deadline.IsZero() {
-			left := time.Until(r.deadline)
-			if left <= 0 {
-				return 0, os.ErrDeadlineExceeded
-			}
-			ms = min(ms, int((left+time.Millisecond-1)/time.Millisecond))
-		}
-		if err := r.rc.Control(func(fd uintptr) {
-			_, rerr = unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, ms)
-		}); err != nil {
-			return 0, err
-		}
-		if rerr != nil && rerr != unix.EINTR {
-			return 0, rerr
+		if a.ErrSeq != 0 {
+			s.fail(&ApplyError{Seq: a.ErrSeq, Errno: errnoOf(a.Errno), Msg: a.Msg})
+			return
 		}
 	}
 }

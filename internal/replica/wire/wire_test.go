@@ -1074,34 +1074,3 @@ func TestSyncedWriteWakesNoWriter(t *testing.T) {
 		t.Fatalf("%d synced writes woke the writer %d times, want (almost) none", n, w)
 	}
 }
-
-// TestWaitReadsItsOwnAck: a Wait reads the secondary's ack itself, so it
-// returns even when the reader goroutine is not scheduled (on a busy
-// machine, or with every P held by a thread blocked in a system call, the
-// poller did not run for 10-20 ms).
-func TestWaitReadsItsOwnAck(t *testing.T) {
-	r := newRig(t, "", nil)
-	cfg := r.senderConfig()
-	cfg.Timeout = 5 * time.Second
-	s := dial(t, cfg)
-	if err := s.Wait(s.Submit(&op.Op{Kind: op.Create, Path: "f", Mode: 0o644, Uid: -1, Gid: -1}), true); err != nil {
-		t.Fatal(err)
-	}
-	hold := make(chan struct{})
-	s.holdReader.Store(&hold)
-	defer close(hold)
-	const n = 20
-	for i := range n {
-		s.Submit(&op.Op{Kind: op.Write, Path: "f", Data: []byte{byte(i)}, Off: int64(i)})
-		fs := s.Submit(&op.Op{Kind: op.Fsync, Path: "f", Flags: op.DataOnly})
-		if err := s.Wait(fs, true); err != nil || s.Failed() != nil {
-			t.Fatalf("write %d: %v, %v", i, err, s.Failed())
-		}
-		if _, d := s.Acked(); d < fs {
-			t.Fatalf("write %d: Wait returned with durable %d < %d", i, d, fs)
-		}
-	}
-	if b, err := os.ReadFile(filepath.Join(r.dir, "f")); err != nil || len(b) != n || b[n-1] != n-1 {
-		t.Fatalf("copy: %v %v", b, err)
-	}
-}
