@@ -349,3 +349,75 @@ func TestFullResyncResumes(t *testing.T) {
 		t.Errorf("beta after the resync: %s %s", st.State, st.Sync)
 	}
 }
+
+// TestResumeDroppedWhenRolesChange: after an interrupted full resync the
+// primary keeps a resume point and the SECOND the run's mark. Once the
+// SECOND serves (prim --force), neither may be used: the mark goes when
+// it serves, the point when the old primary becomes SECOND, and the
+// resync that follows starts from the beginning.
+func TestResumeDroppedWhenRolesChange(t *testing.T) {
+	c := newCluster(t, tcluster.Options{Directories: []string{dataDir},
+		ModuleExtra: "replication:\n  resync_bandwidth: 4MiB\n"})
+	a := c.BackingDir("alpha", dataDir)
+	buf := make([]byte, 2<<20)
+	for d := range 6 {
+		for i := range 4 {
+			for j := range buf {
+				buf[j] = byte(d*7 + i + j*13)
+			}
+			p := filepath.Join(a, fmt.Sprintf("d%d", d), fmt.Sprint("f", i))
+			must(t, os.MkdirAll(filepath.Dir(p), 0o755))
+			must(t, os.WriteFile(p, buf, 0o644))
+		}
+	}
+	c.Start("alpha")
+	c.Start("beta")
+	for _, n := range []string{"alpha", "beta"} {
+		c.WaitAgent(n)
+		if _, err := c.Command(n, "start", api.CommandOptions{}); err != nil {
+			t.Fatalf("start on %s: %v", n, err)
+		}
+	}
+	point := filepath.Join(c.ModuleStateDir("alpha"), "changes", "0", "resume")
+	mark := filepath.Join(c.ModuleStateDir("beta"), "changes", "0", "resume-token")
+	exists := func(p string) bool { _, err := os.Stat(p); return err == nil }
+	for deadline := time.Now().Add(20 * time.Second); !exists(point) || !exists(mark); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no resume point (%v) and mark (%v) within 20s", exists(point), exists(mark))
+		}
+	}
+	c.Kill9("beta")
+	c.WaitState("alpha", "ALONE", 10*time.Second)
+	c.Sigterm("alpha")
+	c.Start("beta")
+	c.WaitAgent("beta")
+	c.Command("beta", "start", api.CommandOptions{}) // may be starting already
+	c.WaitReason("beta", "WAIT", "--force", 15*time.Second)
+	if _, err := c.Command("beta", "prim", api.CommandOptions{Force: true}); err != nil {
+		t.Fatalf("prim --force on beta: %v", err)
+	}
+	c.WaitState("beta", "ALONE", 10*time.Second)
+	if exists(mark) {
+		t.Error("beta serves and still keeps the mark of alpha's full compare")
+	}
+	since := time.Now()
+	c.Start("alpha")
+	c.WaitAgent("alpha")
+	c.Command("alpha", "start", api.CommandOptions{})
+	c.WaitState("alpha", "SECOND", 15*time.Second)
+	f := resyncDone(t, c, "beta", since, 60*time.Second)
+	t.Logf("resync back to alpha: %v", f)
+	if f["kind"] != "full" {
+		t.Errorf("resync kind %v after prim --force, want full", f["kind"])
+	}
+	if exists(point) {
+		t.Error("alpha is SECOND and still keeps the resume point of its own full compare")
+	}
+	_, started := waitEvent(t, c, []string{"beta"}, time.Second, "resync started", func(e eventlog.Event) bool {
+		return e.Kind == "resync" && !e.Time.Before(since) && e.Fields["result"] == "started"
+	})
+	if rf, ok := started.Fields["resumed_from"]; ok {
+		t.Errorf("the resync after the roles changed resumed from %v", rf)
+	}
+	waitSame(t, c, 30*time.Second)
+}
