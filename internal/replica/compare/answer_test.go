@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -482,5 +483,60 @@ func TestDataSegmentsShrankBetweenSeeks(t *testing.T) {
 	}
 	if hole, err := s.hole(1<<20, 1<<20+4096); err != nil || hole {
 		t.Fatalf("next block: hole %v err %v", hole, err)
+	}
+}
+
+// TestHashBatchOrder: the items of HashBatch queries answered at once are
+// read in the order the batches came, so the first is answered after
+// its own reads, not after everyone's.
+func TestHashBatchOrder(t *testing.T) {
+	var mu sync.Mutex
+	var started []string
+	release := make(chan struct{})
+	saved := answerItem
+	t.Cleanup(func() { answerItem = saved })
+	answerItem = func(root int, q *op.Op) ([]byte, error) {
+		mu.Lock()
+		started = append(started, q.Path)
+		mu.Unlock()
+		<-release
+		return appendHashAnswer(nil, &HashAnswer{Status: statusMissing}), nil
+	}
+	batch := func(name string) *op.Op {
+		var qs []*op.Op
+		for i := range 40 {
+			qs = append(qs, HashBlocksQuery(fmt.Sprintf("%s%02d", name, i), 0, 4096, 4096, 0))
+		}
+		return HashBatchQuery(qs)
+	}
+	fd := rootFd(t, t.TempDir())
+	var wg sync.WaitGroup
+	ask := func(q *op.Op) {
+		wg.Go(func() {
+			if _, err := Answer(fd, q); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(started) }
+	ask(batch("a"))
+	for deadline := time.Now().Add(10 * time.Second); count() == 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	ask(batch("b"))
+	time.Sleep(50 * time.Millisecond) // b's readers, if any, start now
+	mu.Lock()
+	early := slices.Clone(started)
+	mu.Unlock()
+	close(release)
+	wg.Wait()
+	for _, p := range early {
+		if p[0] == 'b' {
+			t.Errorf("%s of the second batch was read while items of the first waited (%d read)", p, len(early))
+			break
+		}
+	}
+	if len(started) != 80 {
+		t.Errorf("%d items read, want 80", len(started))
 	}
 }

@@ -22,7 +22,7 @@ import (
 
 const (
 	maxBatchItems   = 256
-	batchReaders    = 16 // reads in flight on the secondary per batch
+	batchReadersPer = 16 // reads in flight on the secondary per batch answered
 	maxBatchAnswer  = 2 << 20
 	maxBatchItemLen = 64 << 10 // bytes of blocks one item may hash (probes: one block)
 )
@@ -65,8 +65,8 @@ func parseHashBatch(b []byte) ([]*op.Op, error) {
 	return qs, nil
 }
 
-// answerHashBatch answers each item as a HashBlocks query, up to
-// batchReaders at once (with a cold cache each is a disk read or two).
+// answerHashBatch answers each item as a HashBlocks query, read by the
+// shared readers (with a cold cache each is a disk read or two).
 func answerHashBatch(root int, q *op.Op) ([]byte, error) {
 	qs, err := parseHashBatch(q.Data)
 	if err != nil {
@@ -75,18 +75,12 @@ func answerHashBatch(root int, q *op.Op) ([]byte, error) {
 	ans := make([][]byte, len(qs))
 	errs := make([]error, len(qs))
 	var wg sync.WaitGroup
-	next := make(chan int, len(qs))
+	wg.Add(len(qs))
+	items := make([]batchItem, len(qs))
 	for i := range qs {
-		next <- i
+		items[i] = batchItem{root: root, q: qs[i], ans: &ans[i], err: &errs[i], wg: &wg}
 	}
-	close(next)
-	for range min(batchReaders, len(qs)) {
-		wg.Go(func() {
-			for i := range next {
-				ans[i], errs[i] = answerHash(root, qs[i])
-			}
-		})
-	}
+	readers.add(items)
 	wg.Wait()
 	b := binary.AppendUvarint(nil, uint64(len(qs)))
 	for i := range qs {
@@ -102,6 +96,63 @@ func answerHashBatch(root int, q *op.Op) ([]byte, error) {
 		return nil, fmt.Errorf("hashbatch: answer of %d bytes, more than %d", len(b), maxBatchAnswer)
 	}
 	return b, nil
+}
+
+// readers read the items of every HashBatch being answered, in the order
+// the batches came: the batches in flight (the probes of a whole scope
+// are asked at once) are then answered one after the other, the first
+// after its own reads rather than all of them at the end of everyone's.
+var readers batchReaders
+
+type batchItem struct {
+	root int
+	q    *op.Op
+	ans  *[]byte
+	err  *error
+	wg   *sync.WaitGroup
+}
+
+type batchReaders struct {
+	mu      sync.Mutex
+	q       []batchItem
+	running int
+}
+
+// answerItem answers one item (a variable for the tests).
+var answerItem = answerHash
+
+// maxReaders bounds the reads in flight for all batches (a cold read
+// each: the disk's queue, not the CPU, is what they fill).
+const maxReaders = 2 * batchReadersPer
+
+func (b *batchReaders) add(items []batchItem) {
+	b.mu.Lock()
+	b.q = append(b.q, items...)
+	n := min(maxReaders-b.running, len(items))
+	b.running += max(n, 0)
+	b.mu.Unlock()
+	for range n {
+		go b.read()
+	}
+}
+
+// read answers queued items until none is left.
+func (b *batchReaders) read() {
+	for {
+		b.mu.Lock()
+		if len(b.q) == 0 {
+			b.running--
+			b.q = nil
+			b.mu.Unlock()
+			return
+		}
+		it := b.q[0]
+		b.q[0] = batchItem{}
+		b.q = b.q[1:]
+		b.mu.Unlock()
+		*it.ans, *it.err = answerItem(it.root, it.q)
+		it.wg.Done()
+	}
 }
 
 // parseHashBatchAnswer splits a HashBatch answer of n items into one
