@@ -185,19 +185,23 @@ func parseHashBatchAnswer(b []byte, n int) ([]Reply, error) {
 // about to wait for an answer flushes the queue; the batch goes out at
 // once unless maxInFlight batches are being answered already, in which
 // case it goes when one of them comes back, with whatever was asked
-// meanwhile: the questions of many files then share one query, one reply
-// and the secondary's parallel reads.
+// meanwhile (up to maxBatchItems; the rest goes next): the questions of
+// many files then share one query, one reply and the secondary's
+// parallel reads.
 type batcher struct {
 	mu       sync.Mutex
 	qs       []*op.Op
 	chs      []chan Reply
 	inFlight int
 	old      bool // the secondary does not know HashBatch: one query each
+	limit    int  // >0: items of the next batch, doubled at each (preProbes)
 	once     sync.Once
 }
 
-// maxInFlight bounds the batches being answered at once.
-const maxInFlight = 2
+// maxInFlight bounds the batches being answered at once. The secondary
+// answers a few queries at once (wire.MaxConcurrentAnswers, 8) and holds
+// its stream back while more wait: the listings need room too.
+const maxInFlight = 4
 
 // ask queues HashBlocks query q; its reply arrives on the channel once
 // the batch holding it was sent (see flush) and answered.
@@ -214,26 +218,51 @@ func (r *run) ask(q *op.Op) <-chan Reply {
 	full := len(b.qs) >= maxBatchItems
 	b.mu.Unlock()
 	if full {
-		r.send(true)
+		r.send()
 	}
 	return ch
 }
 
+// queuedQueries is how many queries wait for the next batch.
+func (r *run) queuedQueries() int {
+	r.batch.mu.Lock()
+	defer r.batch.mu.Unlock()
+	return len(r.batch.qs)
+}
+
+func (r *run) inFlight() int {
+	r.batch.mu.Lock()
+	defer r.batch.mu.Unlock()
+	return r.batch.inFlight
+}
+
 // flush sends the queued queries, now or when a batch in flight is
 // answered.
-func (r *run) flush() { r.send(false) }
+func (r *run) flush() { r.send() }
 
 // send sends the queued queries as one batch if fewer than maxInFlight
-// are being answered (or force).
-func (r *run) send(force bool) {
+// are being answered.
+func (r *run) send() {
 	b := &r.batch
 	b.mu.Lock()
-	if len(b.qs) == 0 || !force && b.inFlight >= maxInFlight {
+	if len(b.qs) == 0 || b.inFlight >= maxInFlight {
 		b.mu.Unlock()
 		return
 	}
-	qs, chs, old := b.qs, b.chs, b.old
-	b.qs, b.chs = nil, nil
+	// At most one batch's worth (the probes asked when the run began
+	// wait here for their turn).
+	n := min(len(b.qs), maxBatchItems)
+	if b.old {
+		n = len(b.qs)
+	} else if b.limit > 0 {
+		n = min(n, b.limit)
+		b.limit = min(2*b.limit, maxBatchItems)
+	}
+	qs, chs, old := b.qs[:n:n], b.chs[:n:n], b.old
+	b.qs, b.chs = b.qs[n:], b.chs[n:]
+	if len(b.qs) == 0 {
+		b.qs, b.chs = nil, nil
+	}
 	if !old {
 		b.inFlight++
 	}
@@ -276,7 +305,7 @@ func (r *run) send(force bool) {
 		b.inFlight--
 		b.mu.Unlock()
 		// What was asked meanwhile goes now.
-		r.send(false)
+		r.send()
 	}()
 }
 

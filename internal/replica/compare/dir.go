@@ -467,7 +467,8 @@ func (r *run) planExisting(t *task, d int, f *fix, path string, g0 uint64) error
 	}
 	f.data = &task{path: path, how: how, pKey: p.key, s: s, since: g0, rec: f.rec}
 	if how == howZones {
-		f.data.zones = r.peekScopeFile(path, p.key).zones
+		sf := r.peekScopeFile(path, p.key)
+		f.data.zones, f.data.probe = sf.zones, sf.probe
 	}
 	return nil
 }

@@ -136,9 +136,15 @@
 // safe. The probe of the first and last blocks (those outside the zones:
 // inside, they are sent anyway) is still asked, and the secondary's
 // attributes when no listing gave them, the questions of many files in
-// one query (HashBatch, answered with parallel reads): a task that must
-// wait sends the queue at once unless two batches are being answered,
-// and then it goes when one of them comes back. While the answer
+// one query (HashBatch, answered with parallel reads). The probes of the
+// scope's files of one name are asked when the run begins, before any
+// fix, so that none waits behind data queued for the secondary's applier
+// (the first batches small, at most four being answered at once, the
+// others as those come back; the secondary reads the items of all
+// batches in the order they came). A task that finds its probe asked
+// checks its path for namespace changes from the moment of the question
+// (a rename since then makes the answer stale, as above), and asks again
+// if the file's size changed meanwhile. While the answer
 // comes the primary's zones are read ahead (posix_fadvise WILLNEED, many
 // reads in flight), then read once more outside the freeze; under the
 // freeze they are read again, from the page cache, and sent, up to 1 MiB

@@ -313,10 +313,11 @@ type task struct {
 	how    fileHow
 	zones  []Zone
 	pKey   inoKey
-	s      *Entry   // the secondary's entry when planned (nil: unknown)
-	since  uint64   // ns generation from which s is valid
-	rec    *linkRec // the file is the first name of this hard-linked inode
-	scoped bool     // a scope file, pKey its inode at the start
+	s      *Entry    // the secondary's entry when planned (nil: unknown)
+	since  uint64    // ns generation from which s is valid
+	rec    *linkRec  // the file is the first name of this hard-linked inode
+	scoped bool      // a scope file, pKey its inode at the start
+	probe  *preProbe // trusted zones: its probe, asked when the run began
 }
 
 type fileHow int
@@ -473,7 +474,8 @@ func (e *Engine) Run(ctx context.Context, scope Scope) (Stats, error) {
 	}
 	e.log.Info("resync compare done", "dirs", s.Dirs, "files", s.Files, "examined", s.Examined,
 		"sent", s.BytesSent, "created", s.Created, "removed", s.Removed, "meta", s.MetaFixed,
-		"rechecks", s.Rechecks, "retries", s.Retries, "frozen_max", s.FrozenMax, "took", s.Duration)
+		"rechecks", s.Rechecks, "retries", s.Retries, "freezes", s.Freezes, "frozen_total", s.FrozenTotal,
+		"frozen_max", s.FrozenMax, "took", s.Duration)
 	return s, nil
 }
 
@@ -634,6 +636,7 @@ func (r *run) seedIncremental() error {
 		}
 		return strings.Compare(a.path, b.path)
 	})
+	r.preProbes(files, sizes, singles, early)
 	r.mu.Lock()
 	for _, t := range early {
 		delete(files, t.path)

@@ -44,6 +44,7 @@ type fake struct {
 
 	writeBytes atomic.Int64
 	kinds      [32]atomic.Int64
+	order      []op.Op // kinds and flags of the ops submitted, in order
 	skipped    atomic.Int64
 	tr         *traceBuf
 }
@@ -107,6 +108,7 @@ func (f *fake) Submit(o *op.Op) uint64 {
 	f.kinds[o.Kind].Add(1)
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.order = append(f.order, op.Op{Kind: o.Kind, Flags: o.Flags, Path: o.Path})
 	f.q = append(f.q, fitem{o: c})
 	f.next++
 	f.cond.Broadcast()
@@ -120,6 +122,7 @@ func (f *fake) Query(q *op.Op) <-chan Reply {
 	f.kinds[op.Query].Add(1)
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.order = append(f.order, op.Op{Kind: q.Kind, Flags: q.Flags, Path: q.Path})
 	f.q = append(f.q, fitem{o: c, reply: ch})
 	f.next++
 	f.cond.Broadcast()

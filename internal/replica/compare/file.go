@@ -498,17 +498,13 @@ func (r *run) compareZones(fs *fileState) error {
 	if fs.zones == nil {
 		fs.zones = []Zone{}
 	}
-	var probe []Zone
-	if fs.size > 0 {
-		probe = alignZones([]Zone{{0, 1}, {fs.size - 1, 1}}, bs)
-	}
 	if r.e.opt.TrustZones {
 		// Sent without hashing (zones.go); escalated: compared whole.
-		if err := r.trustedZones(fs, probe); err != nil || fs.escal {
+		if err := r.trustedZones(fs); err != nil || fs.escal {
 			return err
 		}
 	} else {
-		if err := r.compareRanges(fs, alignZones(append(slices.Clone(fs.zones), probe...), bs)); err != nil {
+		if err := r.compareRanges(fs, alignZones(append(slices.Clone(fs.zones), probeZones(fs.size, bs)...), bs)); err != nil {
 			return err
 		}
 		if fs.escal {

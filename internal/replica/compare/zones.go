@@ -2,7 +2,8 @@ package compare
 
 import (
 	"context"
-	"fmt"
+	"maps"
+	"slices"
 
 	"golang.org/x/sys/unix"
 )
@@ -12,38 +13,37 @@ import (
 // is still asked is the probe of the file's first and last blocks (a
 // difference there outside the zones means the file was replaced: it is
 // then compared whole) and, when no listing gave them, the secondary's
-// attributes. Those questions go out first and their answers are awaited
-// only after the zones were sent, so that a file costs no round trip of
-// its own; the zones themselves are read ahead (many reads in flight) and
-// then sent, a batch of them under one freeze.
+// attributes. Those questions are asked when the run begins (preProbes),
+// so that a file costs no round trip of its own; the zones themselves are
+// read ahead (many reads in flight) and then sent, a batch of them under
+// one freeze.
 
 // prefetchAhead bounds the bytes of zones read ahead of the send.
 const prefetchAhead = 8 << 20
 
 // trustedZones sends fs.zones (aligned, merged) and checks the probe
 // blocks.
-func (r *run) trustedZones(fs *fileState, probe []Zone) error {
-	bs := r.e.opt.BlockSize
-	var st unix.Stat_t
-	if err := unix.Fstat(fs.fd, &st); err != nil {
-		return fmt.Errorf("compare: stat %s on the primary: %w", show(fs.path), err)
-	}
+func (r *run) trustedZones(fs *fileState) error {
 	// The probe's blocks that the zones cover tell nothing: those are
 	// sent anyway, and only a difference outside them means "replaced".
+	// Hashed when the answer comes: read ahead meanwhile.
+	fadvise := func(off, n int64) { _ = unix.Fadvise(fs.fd, off, n, unix.FADV_WILLNEED) }
 	var pend []piece
-	for _, z := range probe {
-		for off := z.Off; off < z.Off+z.Len; off += bs {
-			if inZones(fs.zones, off, bs) || len(pend) > 0 && pend[len(pend)-1].off == off {
-				continue
+	if pp := fs.t.probe; pp != nil && pp.path == fs.path && pp.size == fs.size {
+		// Asked when the run began: an answer about this path from
+		// before a rename must be seen stale, so the checks start there.
+		pend, fs.since = pp.pend, min(fs.since, pp.since)
+		for _, pc := range pend {
+			if pc.n > 0 {
+				fadvise(pc.off, pc.n)
 			}
-			_ = unix.Fadvise(fs.fd, off, bs, unix.FADV_WILLNEED) // hashed when the answer comes
-			pend = append(pend, piece{off: off, n: bs, truncs: fs.truncs,
-				ch: r.ask(HashBlocksQuery(fs.path, off, bs, bs, st.Size))})
 		}
+	} else {
+		pend = r.probePieces(fs.path, fs.size, fs.zones, fadvise)
 	}
 	if len(pend) == 0 && fs.last == nil {
 		// Its attributes, for the end of the file's compare.
-		pend = append(pend, piece{truncs: fs.truncs, ch: r.ask(HashBlocksQuery(fs.path, 0, 0, bs, 0))})
+		pend = append(pend, piece{ch: r.ask(HashBlocksQuery(fs.path, 0, 0, r.e.opt.BlockSize, 0))})
 	}
 	// The zones are read while the answers come.
 	ra := readAhead{fs: fs, zones: fs.zones}
@@ -165,4 +165,91 @@ func (r *run) sendBatch(fs *fileState, zones []Zone, n int64, end bool) error {
 		}
 	})
 	return err
+}
+
+// preProbe is a scope file's probe asked when the run began, before any
+// fix: its answer comes back without waiting behind data queued for the
+// secondary's applier, and the probes of all files share a few batches.
+type preProbe struct {
+	path  string
+	size  int64  // the primary's size then: the probe's blocks follow from it
+	since uint64 // namespace generation before the question
+	pend  []piece
+}
+
+// firstPreBatch is the size of the first batch of probes.
+const firstPreBatch = 32
+
+// maxPreProbes bounds the files probed when the run begins (their answers
+// are kept until their task runs); further files ask when they start.
+const maxPreProbes = 8192
+
+// preProbes asks, before anything else goes into the stream, the probes
+// of the scope's trusted files of one name: early first (in their order),
+// then the others by path.
+func (r *run) preProbes(files map[string]*task, sizes map[*task]int64, singles map[*task]bool, early []*task) {
+	if !r.e.opt.TrustZones {
+		return
+	}
+	ts := slices.Clone(early)
+	for _, p := range slices.Sorted(maps.Keys(files)) {
+		if t := files[p]; !slices.Contains(early, t) {
+			ts = append(ts, t)
+		}
+	}
+	since := r.e.ns.now()
+	bs := r.e.opt.BlockSize
+	n := 0
+	// The first batches are small, so that the first tasks need not wait
+	// for a whole batch's reads; the others go as those come back (see
+	// maxInFlight), each answered while the tasks before it run.
+	r.batch.mu.Lock()
+	r.batch.limit = firstPreBatch
+	r.batch.mu.Unlock()
+	for _, t := range ts {
+		size := sizes[t]
+		if n >= maxPreProbes || t.how != howZones || !singles[t] || size <= 0 {
+			continue
+		}
+		zones := alignZones(t.zones, bs)
+		pp := &preProbe{path: t.path, size: size, since: since}
+		pp.pend = r.probePieces(pp.path, size, zones, nil)
+		if len(pp.pend) == 0 {
+			// Its attributes, which the early tasks need (no listing
+			// gives them).
+			pp.pend = []piece{{ch: r.ask(HashBlocksQuery(pp.path, 0, 0, bs, 0))}}
+		}
+		t.probe = pp
+		n++
+	}
+	for r.queuedQueries() > 0 && r.inFlight() < maxInFlight {
+		r.send()
+	}
+}
+
+// probePieces asks the probe of a file of the given size and zones: its
+// first and last blocks outside the zones (fadvise, if set, reads each
+// ahead).
+func (r *run) probePieces(path string, size int64, zones []Zone, fadvise func(off, n int64)) []piece {
+	bs := r.e.opt.BlockSize
+	var pend []piece
+	for _, z := range probeZones(size, bs) {
+		for off := z.Off; off < z.Off+z.Len; off += bs {
+			if inZones(zones, off, bs) || len(pend) > 0 && pend[len(pend)-1].off == off {
+				continue
+			}
+			if fadvise != nil {
+				fadvise(off, bs)
+			}
+			pend = append(pend, piece{off: off, n: bs, ch: r.ask(HashBlocksQuery(path, off, bs, bs, size))})
+		}
+	}
+	return pend
+}
+
+func probeZones(size, bs int64) []Zone {
+	if size <= 0 {
+		return nil
+	}
+	return alignZones([]Zone{{0, 1}, {size - 1, 1}}, bs)
 }

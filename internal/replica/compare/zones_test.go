@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -213,4 +214,60 @@ func TestHashBatchGathers(t *testing.T) {
 		t.Errorf("%d queries for the probes of %d files: not gathered", st.Queries, files)
 	}
 	t.Logf("%+v", st)
+}
+
+// TestPreProbes: with trusted zones the probes of every scope file are
+// asked when the run begins, in a few batches, before any fix: a probe
+// then waits neither for its task nor behind data queued for the
+// secondary's applier.
+func TestPreProbes(t *testing.T) {
+	for _, dirs := range [][]string{nil, {"d0", "d1", "d2"}} {
+		t.Run(fmt.Sprintf("dirs=%q", dirs), func(t *testing.T) {
+			pr := newPair(t, 14, 0, Options{BlockSize: 4096, TrustZones: true, Parallel: 4})
+			const files = 300
+			for i := range files {
+				write(t, filepath.Join(pr.p, fmt.Sprintf("d%d/f%03d", i%3, i)), randBytes(uint64(100+i), 64<<10))
+			}
+			copyTree(t, pr.p, pr.s)
+			scope := Scope{Dirs: dirs, Files: map[string][]Zone{}}
+			for i := range files {
+				p := fmt.Sprintf("d%d/f%03d", i%3, i)
+				f, err := os.OpenFile(filepath.Join(pr.p, p), os.O_WRONLY, 0)
+				must(t, err)
+				_, err = f.WriteAt([]byte("changed"), 20000)
+				must(t, err)
+				f.Close()
+				scope.Files[p] = []Zone{{20000, 7}}
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			st := pr.run(t, ctx, scope)
+			sameTrees(t, pr.p, pr.s, treecmp.Options{IgnoreDirMtime: true})
+			pr.f.mu.Lock()
+			order := slices.Clone(pr.f.order)
+			pr.f.mu.Unlock()
+			firstWrite := slices.IndexFunc(order, func(o op.Op) bool { return o.Kind == op.Write })
+			if firstWrite < 0 {
+				t.Fatal("no write sent")
+			}
+			probes := 0
+			for i, o := range order {
+				if o.Kind == op.Query && (o.Flags == op.QueryHashBatch || o.Flags == op.QueryHashBlocks) {
+					probes++
+					// The first batches go at once, the others as those
+					// come back.
+					if probes <= maxInFlight && i > firstWrite {
+						t.Errorf("probe query %d (%s) after the first write (%d)", i, &o, firstWrite)
+					}
+				}
+			}
+			// 600 probe blocks: 32, 64, 128, 256 and the rest.
+			if probes > 6 {
+				t.Errorf("%d probe queries for %d files, want at most 6 batches", probes, files)
+			}
+			if st.BytesSent != files*4096 {
+				t.Errorf("sent %d bytes, want %d (one block per file)", st.BytesSent, files*4096)
+			}
+		})
+	}
 }
