@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +23,8 @@ import (
 // files at once, as the agent runs it. TANDEM_COMPARE_BENCH_DIR keeps the
 // trees between runs; TANDEM_COMPARE_BENCH_COLD=1 (root) drops the page
 // cache before each run. The time includes the secondary's final SyncAll.
+// Freezes take one lock, as the agent's do (TANDEM_COMPARE_BENCH_FREEZE=0:
+// none).
 func BenchmarkIncrementalTree(b *testing.B) {
 	files, bigMB := 2000, 1024
 	if v, err := strconv.Atoi(os.Getenv("TANDEM_COMPARE_BENCH_INCR_FILES")); err == nil && v > 0 {
@@ -36,6 +39,16 @@ func BenchmarkIncrementalTree(b *testing.B) {
 		par = v
 	}
 	opt := Options{TrustZones: os.Getenv("TANDEM_COMPARE_BENCH_TRUST") != "0", BlockSize: bs, Parallel: par}
+	if os.Getenv("TANDEM_COMPARE_BENCH_FREEZE") != "0" {
+		// As the agent's: the FUSE layer's namespace lock, which every
+		// freeze takes alone.
+		var ns sync.RWMutex
+		opt.Freeze = func(fn func()) {
+			ns.Lock()
+			defer ns.Unlock()
+			fn()
+		}
+	}
 	base := os.Getenv("TANDEM_COMPARE_BENCH_DIR")
 	var pr *pair
 	if base != "" {
