@@ -1052,7 +1052,16 @@ func (r *run) checkpoint() (string, bool) {
 			low, found = t.path, true
 		}
 	}
-	for _, q := range [][]*task{r.dirQ, r.fileQ.ts, r.deferred, r.deferData} {
+	// The heaps' lowest comes first (a fresh secondary's million files
+	// would be a million comparisons under the run's lock).
+	if len(r.dirQ) > 0 {
+		note(r.dirQ[0])
+	}
+	files := r.fileQ.ts
+	if r.fileQ.byPath && len(files) > 0 {
+		files = files[:1]
+	}
+	for _, q := range [][]*task{files, r.deferred, r.deferData} {
 		for _, t := range q {
 			note(t)
 		}
