@@ -203,7 +203,7 @@ func (r *run) sendRange(fs *fileState, from, to int64) error {
 				return
 			}
 			stop := min(pos+sendChunk, end)
-			err = r.sendSegments(fs, pos, stop)
+			err = r.sendSegments(fs, pos, stop, nil)
 			pos = stop
 		})
 		if err != nil || done {
@@ -212,27 +212,46 @@ func (r *run) sendRange(fs *fileState, from, to int64) error {
 	}
 }
 
+// dataSeg is the data segment of a file found last by SEEK_DATA and
+// SEEK_HOLE. Valid while mutations stay frozen: the many small zones of
+// one batch then need no seek of their own (two lseeks cost ~9 µs here,
+// a third of the time zones spent frozen).
+type dataSeg struct {
+	start, end int64
+	ok         bool
+}
+
 // sendSegments sends [a, b) of the primary's file, which covers it: data
 // regions as writes, holes (unless the secondary's file is new and so
-// empty there) as punched holes. It runs with mutations frozen.
-func (r *run) sendSegments(fs *fileState, a, b int64) error {
+// empty there) as punched holes. It runs with mutations frozen; seg, if
+// not nil, carries the data segment found between calls of one freeze.
+func (r *run) sendSegments(fs *fileState, a, b int64, seg *dataSeg) error {
 	if fs.buf == nil {
 		fs.buf = getBuf()
 		defer func() { putBuf(fs.buf); fs.buf = nil }()
 	}
 	for x := a; x < b; {
-		ds, err := unix.Seek(fs.fd, x, unix.SEEK_DATA)
-		de := b
-		switch {
-		case err == unix.ENXIO:
-			ds = b
-		case err == unix.EINVAL || err == unix.EOPNOTSUPP:
-			ds = x
-		case err != nil:
-			return fmt.Errorf("compare: find data in %s on the primary from %d: %w", show(fs.path), x, err)
-		default:
-			if de, err = unix.Seek(fs.fd, ds, unix.SEEK_HOLE); err != nil {
-				return fmt.Errorf("compare: find a hole in %s on the primary from %d: %w", show(fs.path), ds, err)
+		var ds, de int64
+		var err error
+		if seg != nil && seg.ok && x >= seg.start && x < seg.end {
+			ds, de = x, seg.end // inside the data segment found last
+		} else {
+			ds, err = unix.Seek(fs.fd, x, unix.SEEK_DATA)
+			de = b
+			switch {
+			case err == unix.ENXIO:
+				ds = b
+			case err == unix.EINVAL || err == unix.EOPNOTSUPP:
+				ds = x
+			case err != nil:
+				return fmt.Errorf("compare: find data in %s on the primary from %d: %w", show(fs.path), x, err)
+			default:
+				if de, err = unix.Seek(fs.fd, ds, unix.SEEK_HOLE); err != nil {
+					return fmt.Errorf("compare: find a hole in %s on the primary from %d: %w", show(fs.path), ds, err)
+				}
+				if seg != nil {
+					*seg = dataSeg{start: ds, end: de, ok: true}
+				}
 			}
 		}
 		ds, de = min(ds, b), min(max(de, ds), b)

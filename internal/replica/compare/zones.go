@@ -150,12 +150,13 @@ func (r *run) sendBatch(fs *fileState, zones []Zone, n int64, end bool) error {
 		if size, err = r.frozenSize(fs); err != nil {
 			return
 		}
+		var seg dataSeg // the file's map cannot change while frozen
 		for _, z := range zones {
 			e := min(z.Off+z.Len, size)
 			if z.Off >= e {
 				continue
 			}
-			if err = r.sendSegments(fs, z.Off, e); err != nil {
+			if err = r.sendSegments(fs, z.Off, e, &seg); err != nil {
 				return
 			}
 		}

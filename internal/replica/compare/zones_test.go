@@ -12,6 +12,7 @@ import (
 
 	"github.com/tandem-ha/tandem/internal/replica/op"
 	"github.com/tandem-ha/tandem/internal/replica/treecmp"
+	"golang.org/x/sys/unix"
 )
 
 // TestTrustedProbe: a file with trusted zones that was also replaced as a
@@ -270,4 +271,48 @@ func TestPreProbes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestTrustedZonesSparse: zones of one batch fall in data, in holes and
+// across their edges; the data segment kept between zones of one freeze
+// must not turn a hole into data or skip data after a hole.
+func TestTrustedZonesSparse(t *testing.T) {
+	pr := newPair(t, 15, 0, Options{BlockSize: 4096, TrustZones: true, PollInterval: time.Hour})
+	const size = 1 << 20
+	p := filepath.Join(pr.p, "f")
+	write(t, p, randBytes(31, size))
+	copyTree(t, pr.p, pr.s)
+	f, err := os.OpenFile(p, os.O_WRONLY, 0)
+	must(t, err)
+	// Holes at [128K, 256K) and [512K, 576K), new data around them.
+	must(t, unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 128<<10, 128<<10))
+	must(t, unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 512<<10, 64<<10))
+	for _, off := range []int64{4 << 10, 124 << 10, 260 << 10, 508 << 10, 580 << 10, 1012 << 10} {
+		_, err = f.WriteAt(randBytes(uint64(off), 4096), off)
+		must(t, err)
+	}
+	f.Close()
+	var zones []Zone
+	for off := int64(0); off < size; off += 4 << 10 {
+		if off%(16<<10) == 4<<10 || off >= 120<<10 && off < 264<<10 || off >= 504<<10 && off < 584<<10 {
+			zones = append(zones, Zone{off, 4096})
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st := pr.run(t, ctx, Scope{Files: map[string][]Zone{"f": mergeZones(zones)}})
+	t.Logf("%d zones: %+v", len(mergeZones(zones)), st)
+	sameTrees(t, pr.p, pr.s, treecmp.Options{IgnoreDirMtime: true, Holes: true})
+}
+
+func mergeZones(zs []Zone) []Zone {
+	var out []Zone
+	for _, z := range zs {
+		if n := len(out); n > 0 && out[n-1].Off+out[n-1].Len == z.Off {
+			out[n-1].Len += z.Len
+			continue
+		}
+		out = append(out, z)
+	}
+	return out
 }
