@@ -285,30 +285,11 @@ func TestResyncFileComparedTwice(t *testing.T) {
 func TestFullResyncResumes(t *testing.T) {
 	c := newCluster(t, tcluster.Options{Directories: []string{dataDir},
 		ModuleExtra: "replication:\n  resync_bandwidth: 8MiB\n"})
-	a := c.BackingDir("alpha", dataDir)
 	// 96 MiB in 12 directories, there before the module starts: about
 	// 12 s at the cap.
-	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 9))
-	buf := make([]byte, 2<<20)
 	const total = 12 * 4 * 2 << 20
-	for d := range 12 {
-		dir := filepath.Join(a, fmt.Sprintf("d%02d", d))
-		must(t, os.MkdirAll(dir, 0o755))
-		for i := range 4 {
-			for j := range buf {
-				buf[j] = byte(rng.Uint32())
-			}
-			must(t, os.WriteFile(filepath.Join(dir, fmt.Sprint("f", i)), buf, 0o644))
-		}
-	}
-	c.Start("alpha")
-	c.Start("beta")
-	for _, n := range []string{"alpha", "beta"} {
-		c.WaitAgent(n)
-		if _, err := c.Command(n, "start", api.CommandOptions{}); err != nil {
-			t.Fatalf("start on %s: %v", n, err)
-		}
-	}
+	fillTree(t, c.BackingDir("alpha", dataDir), 12, 4, 2<<20)
+	c.StartModules()
 	c.WaitState("beta", "SECOND", 15*time.Second)
 	// Wait until the primary recorded a point past a quarter of the tree.
 	point := filepath.Join(c.ModuleStateDir("alpha"), "changes", "0", "resume")
@@ -358,26 +339,8 @@ func TestFullResyncResumes(t *testing.T) {
 func TestResumeDroppedWhenRolesChange(t *testing.T) {
 	c := newCluster(t, tcluster.Options{Directories: []string{dataDir},
 		ModuleExtra: "replication:\n  resync_bandwidth: 4MiB\n"})
-	a := c.BackingDir("alpha", dataDir)
-	buf := make([]byte, 2<<20)
-	for d := range 6 {
-		for i := range 4 {
-			for j := range buf {
-				buf[j] = byte(d*7 + i + j*13)
-			}
-			p := filepath.Join(a, fmt.Sprintf("d%d", d), fmt.Sprint("f", i))
-			must(t, os.MkdirAll(filepath.Dir(p), 0o755))
-			must(t, os.WriteFile(p, buf, 0o644))
-		}
-	}
-	c.Start("alpha")
-	c.Start("beta")
-	for _, n := range []string{"alpha", "beta"} {
-		c.WaitAgent(n)
-		if _, err := c.Command(n, "start", api.CommandOptions{}); err != nil {
-			t.Fatalf("start on %s: %v", n, err)
-		}
-	}
+	fillTree(t, c.BackingDir("alpha", dataDir), 6, 4, 2<<20)
+	c.StartModules()
 	point := filepath.Join(c.ModuleStateDir("alpha"), "changes", "0", "resume")
 	mark := filepath.Join(c.ModuleStateDir("beta"), "changes", "0", "resume-token")
 	exists := func(p string) bool { _, err := os.Stat(p); return err == nil }
@@ -420,4 +383,22 @@ func TestResumeDroppedWhenRolesChange(t *testing.T) {
 		t.Errorf("the resync after the roles changed resumed from %v", rf)
 	}
 	waitSame(t, c, 30*time.Second)
+}
+
+// fillTree writes dirs directories d00, d01... of files f0, f1... of size
+// random bytes each below root.
+func fillTree(t *testing.T, root string, dirs, files, size int) {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 9))
+	buf := make([]byte, size)
+	for d := range dirs {
+		dir := filepath.Join(root, fmt.Sprintf("d%02d", d))
+		must(t, os.MkdirAll(dir, 0o755))
+		for i := range files {
+			for j := range buf {
+				buf[j] = byte(rng.Uint32())
+			}
+			must(t, os.WriteFile(filepath.Join(dir, fmt.Sprint("f", i)), buf, 0o644))
+		}
+	}
 }

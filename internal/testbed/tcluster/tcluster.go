@@ -495,14 +495,7 @@ func (c *Cluster) Holder(v netip.Addr) string {
 // startPair starts both agents and waits for alpha PRIM, beta SECOND.
 func (c *Cluster) StartPair() {
 	c.t.Helper()
-	c.Start("alpha")
-	c.Start("beta")
-	for _, n := range []string{"alpha", "beta"} {
-		c.WaitAgent(n)
-		if _, err := c.Command(n, "start", api.CommandOptions{}); err != nil {
-			c.t.Fatalf("start module on %s: %v", n, err)
-		}
-	}
+	c.StartModules()
 	c.WaitState("alpha", "PRIM", 15*time.Second)
 	c.WaitState("beta", "SECOND", 15*time.Second)
 	// Each node's view of the other follows by a heartbeat: a command
@@ -518,6 +511,20 @@ func (c *Cluster) StartPair() {
 			c.t.Fatalf("the pair did not settle within 10s: alpha %s (peer %s), beta %s (peer %s, %s)", a.State, a.PeerState, b.State, b.PeerState, b.Sync)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// StartModules starts both agents and the module on each, without
+// waiting for the pair to form (a first resync of a big tree may run).
+func (c *Cluster) StartModules() {
+	c.t.Helper()
+	c.Start("alpha")
+	c.Start("beta")
+	for _, n := range []string{"alpha", "beta"} {
+		c.WaitAgent(n)
+		if _, err := c.Command(n, "start", api.CommandOptions{}); err != nil {
+			c.t.Fatalf("start module on %s: %v", n, err)
+		}
 	}
 }
 
