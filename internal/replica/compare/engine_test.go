@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -447,28 +448,26 @@ func TestLockedCompare(t *testing.T) {
 		write(t, filepath.Join(pr.p, "busy", "f"+strconv.Itoa(i)), []byte("x"))
 	}
 	must(t, os.Mkdir(filepath.Join(pr.s, "busy"), 0o755))
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			p := "busy/churn" + strconv.Itoa(i%3)
-			if !pr.sh.do(op.Op{Kind: op.Create, Path: p, Mode: unix.S_IFREG | 0o644, Uid: -1, Gid: -1}) {
-				pr.sh.do(op.Op{Kind: op.Unlink, Path: p})
-			}
-			time.Sleep(200 * time.Microsecond)
+	// Every listing of busy is followed in the stream by a namespace
+	// change there (unless mutations are frozen: the locked compare), so
+	// each answer is stale whatever the machine's load.
+	i := 0
+	cs := &churnStream{Stream: pr.f, onQuery: func(q *op.Op) {
+		if q.Flags != op.QueryListDir || q.Path != "busy" {
+			return
 		}
-	}()
+		p := "busy/churn" + strconv.Itoa(i%3)
+		i++
+		if !pr.sh.tryDo(op.Op{Kind: op.Create, Path: p, Mode: unix.S_IFREG | 0o644, Uid: -1, Gid: -1}) {
+			pr.sh.tryDo(op.Op{Kind: op.Unlink, Path: p})
+		}
+	}}
+	e, err := New(cs, Options{RootFd: pr.pfd, Freeze: pr.sh.Freeze, PollInterval: 20 * time.Millisecond, Logger: quietLogger()})
+	must(t, err)
+	pr.sh.e = e
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	st, err := pr.e.Run(ctx, Scope{Full: true})
-	close(stop)
-	<-done
+	st, err := e.Run(ctx, Scope{Full: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -479,6 +478,21 @@ func TestLockedCompare(t *testing.T) {
 		t.Fatalf("no locked compare: %+v", st)
 	}
 	t.Logf("retries %d, locked %d, longest freeze %v", st.Retries, st.Locked, st.FrozenMax)
+}
+
+// churnStream calls onQuery (one at a time) after each query it passes on.
+type churnStream struct {
+	Stream
+	mu      sync.Mutex
+	onQuery func(q *op.Op)
+}
+
+func (c *churnStream) Query(q *op.Op) <-chan Reply {
+	ch := c.Stream.Query(q)
+	c.mu.Lock()
+	c.onQuery(q)
+	c.mu.Unlock()
+	return ch
 }
 
 // TestLargeDirectory: a directory of more entries than a page, with

@@ -256,6 +256,19 @@ func (p *shim) Freeze(fn func()) {
 func (p *shim) do(o op.Op) bool {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
+	return p.doLocked(o)
+}
+
+// tryDo is do unless mutations are frozen (then false at once).
+func (p *shim) tryDo(o op.Op) bool {
+	if !p.mu.TryRLock() {
+		return false
+	}
+	defer p.mu.RUnlock()
+	return p.doLocked(o)
+}
+
+func (p *shim) doLocked(o op.Op) bool {
 	if err := p.loc.Apply(&o); err != nil {
 		return false
 	}
