@@ -193,8 +193,12 @@ func (r *run) preProbes(files map[string]*task, sizes map[*task]int64, singles m
 		return
 	}
 	ts := slices.Clone(early)
+	isEarly := make(map[*task]bool, len(early))
+	for _, t := range early {
+		isEarly[t] = true
+	}
 	for _, p := range slices.Sorted(maps.Keys(files)) {
-		if t := files[p]; !slices.Contains(early, t) {
+		if t := files[p]; !isEarly[t] {
 			ts = append(ts, t)
 		}
 	}
