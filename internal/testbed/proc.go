@@ -103,18 +103,26 @@ func (p *Proc) Signal(sig os.Signal) error {
 
 // killGroup SIGKILLs the process group and the process itself (in case it
 // moved to another group).
-func (p *Proc) killGroup() {
+func (p *Proc) killGroup() { p.SignalGroup(unix.SIGKILL) }
+
+// Freeze SIGSTOPs the process and its group: from then on it does nothing,
+// as at the instant of a crash, until Kill9. A process blocked in a system
+// call stops when the call returns, before it runs any of its own code.
+func (p *Proc) Freeze() { p.SignalGroup(unix.SIGSTOP) }
+
+// SignalGroup sends sig to the process and its group, without waiting.
+func (p *Proc) SignalGroup(sig unix.Signal) {
 	select {
 	case <-p.done:
 		// Reaped: the pid may be reused, but the group can hold children.
 		if groupAlive(p.Pid()) {
-			_ = unix.Kill(-p.Pid(), unix.SIGKILL)
+			_ = unix.Kill(-p.Pid(), sig)
 		}
 		return
 	default:
 	}
-	_ = unix.Kill(-p.Pid(), unix.SIGKILL)
-	_ = unix.Kill(p.Pid(), unix.SIGKILL)
+	_ = unix.Kill(-p.Pid(), sig)
+	_ = unix.Kill(p.Pid(), sig)
 }
 
 // Kill9 sends SIGKILL to the process and its group, then waits (at most

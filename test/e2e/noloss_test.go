@@ -64,10 +64,7 @@ func TestNoLossFaultLoop(t *testing.T) {
 		h := c.Node(prim).Host
 		switch kind {
 		case "kill9":
-			c.Kill9(prim)
-			if err := w.Kill9(); err != nil {
-				t.Fatalf("fault %d: kill -9 the writer on %s: %v", i, prim, err)
-			}
+			c.Kill9(prim, w)
 		case "linkcut":
 			for _, n := range []string{"lan", "backup"} {
 				must(t, h.LinkDown(n))

@@ -451,8 +451,8 @@ func pgSummary(t *testing.T, cl *pgClient) string {
 
 // crashPostgresNode kills node's agent and every PostgreSQL process of its
 // host with SIGKILL, as a crash of the machine would (the test bed's Kill9
-// kills the agent only; pg_ctl puts the postmaster in a session of its
-// own). The processes are stopped first so none goes on after the agent
+// kills the processes it knows of, and pg_ctl puts the postmaster and its
+// children in a session of their own). The processes are stopped first so none goes on after the agent
 // died. It returns how many PostgreSQL processes it killed.
 func crashPostgresNode(t *testing.T, c *tcluster.Cluster, node string) int {
 	t.Helper()

@@ -126,8 +126,7 @@ func TestResyncTakesBackCrashedPrimaryWrites(t *testing.T) {
 		"dd if=/dev/urandom of=big bs=64k count=4 seek=$((i % 500)) conv=notrunc status=none; echo $i >> seq.log; done")
 	must(t, err)
 	time.Sleep(1500 * time.Millisecond)
-	c.Kill9("alpha")
-	w.Kill9()
+	c.Kill9("alpha", w)
 	c.WaitState("beta", "ALONE", 5*time.Second)
 	if out, err := beta.Run("sh", "-c", "cd "+dataDir+" && echo after >> seq.log && dd if=/dev/urandom of=big bs=64k count=2 seek=100 conv=notrunc status=none && sync"); err != nil {
 		t.Fatalf("writes on the new primary: %v\n%s", err, out)

@@ -42,8 +42,7 @@ func sqliteFailover(t *testing.T, journal string) {
 		t.Fatalf("the SQLite writer stopped before the kill:\n%s", log)
 	default:
 	}
-	c.Kill9("alpha")
-	must(t, w.Kill9())
+	c.Kill9("alpha", w)
 	killed := time.Now()
 	acked := countLines(ack)
 	t.Logf("%s: kill -9 of alpha (agent and SQLite writer) after %d acknowledged transactions in %s (%.0f tx/s)",

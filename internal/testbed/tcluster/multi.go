@@ -4,9 +4,9 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -102,14 +102,24 @@ func (c *Cluster) addModules(o Options) {
 	}
 }
 
-// killExtraApps kills the extra modules' applications on node name (their
-// app.pid), as Kill9 does for Module's.
-func (c *Cluster) killExtraApps(name string) {
+// appPids returns the pids of the modules' applications on node name (their
+// app.pid files), for Kill9.
+func (c *Cluster) appPids(name string) []int {
+	files := []string{c.nodes[name].app}
 	for _, ms := range c.extra {
-		if b, err := os.ReadFile(filepath.Join(c.ModuleStateDirOf(name, ms.Name), "app.pid")); err == nil {
-			exec.Command("kill", "-9", strings.TrimSpace(string(b))).Run()
+		files = append(files, filepath.Join(c.ModuleStateDirOf(name, ms.Name), "app.pid"))
+	}
+	var pids []int
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
+			pids = append(pids, pid)
 		}
 	}
+	return pids
 }
 
 // Modules names every module of the cluster: Module first, then the extra

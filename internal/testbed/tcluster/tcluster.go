@@ -22,6 +22,7 @@ import (
 	"github.com/tandem-ha/tandem/internal/api"
 	"github.com/tandem-ha/tandem/internal/eventlog"
 	"github.com/tandem-ha/tandem/internal/testbed"
+	"golang.org/x/sys/unix"
 )
 
 // Binaries are the programs a cluster runs. Only Tandem is always needed:
@@ -310,20 +311,46 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// kill9 kills the node's agent and its application with SIGKILL, like a
-// crash of the server's processes.
-func (c *Cluster) Kill9(name string) {
+// Kill9 crashes node name's processes: its agent, its modules'
+// applications and the given processes started on it (a test's workload).
+// All are frozen (SIGSTOP) first, the agent first, then SIGKILLed, the
+// applications first, so that nothing runs between the agent's death and
+// theirs. (An application whose FUSE request the agent already read waits
+// for the answer uninterruptibly: it dies only once the agent is dead,
+// with the SIGKILL pending, so it runs none of its own code.) Killing them one after the other instead lets an application see
+// the dead agent's mount fail (ENOTCONN) and go on: SQLite, for one, counts
+// a directory it cannot open as synced and acknowledges a COMMIT whose
+// journal unlink never reached the peer. A real crash stops everything at
+// once.
+func (c *Cluster) Kill9(name string, apps ...*testbed.Proc) {
 	c.t.Helper()
 	n := c.nodes[name]
+	if n.proc != nil {
+		n.proc.Freeze()
+	}
+	pids := c.appPids(name)
+	for _, pid := range pids {
+		_ = unix.Kill(pid, unix.SIGSTOP)
+	}
+	for _, p := range apps {
+		p.Freeze()
+	}
+	for _, pid := range pids {
+		_ = unix.Kill(pid, unix.SIGKILL)
+	}
+	for _, p := range apps {
+		p.SignalGroup(unix.SIGKILL)
+	}
 	if n.proc != nil {
 		if err := n.proc.Kill9(); err != nil {
 			c.t.Fatalf("kill -9 agent %s: %v", name, err)
 		}
 	}
-	if b, err := os.ReadFile(n.app); err == nil {
-		exec.Command("kill", "-9", strings.TrimSpace(string(b))).Run()
+	for _, p := range apps {
+		if err := p.Kill9(); err != nil {
+			c.t.Fatalf("kill -9 application on %s: %v", name, err)
+		}
 	}
-	c.killExtraApps(name)
 }
 
 // sigterm stops the agent cleanly and waits for it to exit.
