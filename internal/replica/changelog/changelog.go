@@ -126,18 +126,21 @@ type Log struct {
 	log       *slog.Logger
 	lock      *os.File
 
-	mu          sync.Mutex
-	cond        sync.Cond
-	active      map[slotKey]*entry
-	lru         entry // sentinel: lru.next is the least recently touched
-	alone       bool
-	needFull    bool
-	acked       uint64
-	dirty       set
-	inflight    set
-	gen         uint64
-	waiters     int // Touches waiting for room
-	pinnedAlone int
+	mu       sync.Mutex
+	cond     sync.Cond
+	active   map[slotKey]*entry
+	lru      entry // sentinel: lru.next is the least recently touched
+	alone    bool
+	needFull bool
+	acked    uint64
+	dirty    set
+	inflight set
+	gen      uint64
+	waiters  int // Touches waiting for room
+	// Pins held, by phase: SetAlone(false) starts a phase and waits only
+	// for the pins of earlier ones.
+	phase               uint32
+	pinsNow, pinsBefore int
 
 	// journal
 	f        *os.File
@@ -351,6 +354,7 @@ type Pin struct {
 	kind   uint8
 	lo, hi uint64 // extents (pinZones), zones (pinExtent)
 	zl, zh uint64 // zones (pinZones)
+	phase  uint32 // Log.phase when taken
 }
 
 const (
@@ -467,10 +471,7 @@ func (l *Log) pinEntry(e *entry) {
 	}
 	e.pins++
 	if l.alone {
-		if !e.alone {
-			e.alone = true
-		}
-		l.pinnedAlone++
+		e.alone = true
 	}
 	// Move to the back of the LRU list.
 	if l.lru.prev != e {
@@ -492,13 +493,26 @@ func (l *Log) touch(p Pin) (Pin, error) {
 	if err := l.usable(); err != nil {
 		return Pin{}, err
 	}
-	if l.pinFast(p) {
-		return p, nil
+	if !l.pinFast(p) {
+		if err := l.touchSlow(p); err != nil {
+			return Pin{}, err
+		}
 	}
-	if err := l.touchSlow(p); err != nil {
-		return Pin{}, err
-	}
+	p.phase = l.phase
+	l.pinsNow++
 	return p, nil
+}
+
+// release counts the end of Pin p (Done or Cancel). mu held.
+func (l *Log) release(p Pin) {
+	if p.phase == l.phase {
+		l.pinsNow--
+		return
+	}
+	l.pinsBefore--
+	if l.pinsBefore == 0 && l.waiters > 0 {
+		l.cond.Broadcast()
+	}
 }
 
 func (l *Log) usable() error {
@@ -738,6 +752,7 @@ func (l *Log) Done(p Pin, seq uint64) {
 	}
 	l.mu.Lock()
 	l.unpin(p, seq, false)
+	l.release(p)
 	l.mu.Unlock()
 }
 
@@ -749,6 +764,7 @@ func (l *Log) Cancel(p Pin) {
 	}
 	l.mu.Lock()
 	l.unpin(p, 0, true)
+	l.release(p)
 	l.mu.Unlock()
 }
 
@@ -762,9 +778,6 @@ func (l *Log) unpin(p Pin, seq uint64, cancel bool) {
 		e.pins--
 		if l.alone {
 			e.alone = true
-		}
-		if e.alone && l.pinnedAlone > 0 {
-			l.pinnedAlone--
 		}
 		switch {
 		case cancel:
@@ -807,8 +820,9 @@ func (l *Log) Acked(seq uint64) {
 // set the peer did not acknowledge, ends up in DIRTY. It returns once that
 // is durable. SetAlone(false) says a peer follows again (call it when the
 // stream is attached, before its first op and before taking Dirty for the
-// resync): it waits until no op started alone is still between Touch and
-// Done, moves every change made alone into DIRTY, durably. The sequence
+// resync): it waits until no op started before it is still between Touch
+// and Done (ops that start meanwhile do not hold it up), moves every change
+// made alone into DIRTY, durably. The sequence
 // numbers of the new stream may start again from anywhere.
 func (l *Log) SetAlone(alone bool) error {
 	l.mu.Lock()
@@ -820,24 +834,25 @@ func (l *Log) SetAlone(alone bool) error {
 		return nil
 	}
 	if alone {
-		for e := l.lru.next; e != &l.lru; e = e.next {
-			if e.pins == 0 && l.acknowledged(e) {
-				e.seq = 0 // stays acknowledged whatever the next stream's numbers
-				continue
-			}
-			e.alone = true
-			l.pinnedAlone += int(e.pins)
-		}
-		l.alone, l.acked = true, 0
+		l.markAlone()
 		l.appendFlag(recAlone, true)
 		return l.waitDurable(l.lsn)
 	}
-	// Wait for ops started alone to finish (bounded: they hold no lock we
-	// hold, and a FUSE op ends within the peer timeout).
+	// The ops under way now started alone (or before: their changes may
+	// not have reached the peer); they must end before their slots move to
+	// DIRTY. Ops from now on are the stream's: they start a new phase, so
+	// that a steady flow of them (always one under way) cannot hold this
+	// up. Bounded: they hold no lock we hold, and a FUSE op ends within
+	// the peer timeout.
+	l.alone, l.acked = false, 0
+	l.phase++
+	l.pinsBefore += l.pinsNow
+	l.pinsNow = 0
 	deadline := time.Now().Add(30 * time.Second)
-	for l.pinnedAlone > 0 {
+	for l.pinsBefore > 0 {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("changelog %s: %d changes made without peer are still in progress after 30s: still running alone; retry", l.dir, l.pinnedAlone)
+			l.markAlone()
+			return fmt.Errorf("changelog %s: %d changes made without peer are still in progress after 30s: still running alone; retry", l.dir, l.pinsBefore)
 		}
 		t := time.AfterFunc(100*time.Millisecond, l.wake)
 		l.waiters++
@@ -848,16 +863,31 @@ func (l *Log) SetAlone(alone bool) error {
 			return err
 		}
 	}
+	// A slot changed alone and pinned again since stays alone (no ack
+	// clears it) and goes to DIRTY once unpinned, when evicted.
 	for e := l.lru.next; e != &l.lru; {
 		next := e.next
-		if e.alone {
+		if e.alone && e.pins == 0 {
 			l.toDirty(e)
 		}
 		e = next
 	}
-	l.alone, l.acked = false, 0
 	l.appendFlag(recAlone, false)
 	return l.waitDurable(l.lsn)
+}
+
+// markAlone enters alone mode in memory: acknowledged slots stay so
+// whatever the next stream's numbers, the others are alone (into DIRTY
+// once unpinned). mu held.
+func (l *Log) markAlone() {
+	for e := l.lru.next; e != &l.lru; e = e.next {
+		if e.pins == 0 && l.acknowledged(e) {
+			e.seq = 0 // stays acknowledged whatever the next stream's numbers
+			continue
+		}
+		e.alone = true
+	}
+	l.alone, l.acked = true, 0
 }
 
 // Alone says whether the node runs without peer (persisted).

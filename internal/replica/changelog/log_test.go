@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -621,6 +622,89 @@ func TestSetAloneFalseWaitsForAloneOps(t *testing.T) {
 	}
 	if !has(l.Dirty(), k, 0) || l.Stats().Active != 0 {
 		t.Fatalf("zone changed alone not moved to DIRTY: %+v", l.Stats())
+	}
+}
+
+// TestSetAloneFalseUnderSteadyWrites: ops that start after SetAlone(false)
+// began do not hold it up, even when one is always under way (a writer
+// hand over hand, as a busy database's backends are at the end of a
+// resync); it waits only for the ops started before. A slot changed alone
+// and pinned again meanwhile still reaches DIRTY once unpinned; a slot
+// changed only by the stream's ops does not.
+func TestSetAloneFalseUnderSteadyWrites(t *testing.T) {
+	l := mustOpen(t, t.TempDir(), testOpts())
+	old, hot, busy, after := Key{1, 1}, Key{1, 2}, Key{1, 3}, Key{1, 4}
+	if err := l.SetAlone(true); err != nil {
+		t.Fatal(err)
+	}
+	pOld, err := l.Touch(old, 0, 1) // started alone, ends during the wait
+	if err != nil {
+		t.Fatal(err)
+	}
+	touch(t, l, hot, 0, 1) // changed alone, pinned again below
+
+	stop := make(chan struct{})
+	writer := make(chan error, 1)
+	var seq atomic.Uint64
+	seq.Store(100)
+	go func() {
+		// Hand over hand: the next op starts before the previous one ends.
+		held, err := l.Touch(busy, 0, 1)
+		for err == nil {
+			select {
+			case <-stop:
+				l.Done(held, seq.Add(1))
+				writer <- nil
+				return
+			default:
+			}
+			var next Pin
+			if next, err = l.Touch(busy, int64(seq.Load()%8)*l.ZoneSize(), 1); err == nil {
+				l.Done(held, seq.Add(1))
+				held = next
+			}
+		}
+		writer <- err
+	}()
+	done := make(chan error, 1)
+	go func() { done <- l.SetAlone(false) }()
+	select {
+	case err := <-done:
+		t.Fatalf("SetAlone(false) returned (%v) while an op started alone was running", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	pHot, err := l.Touch(hot, 0, 1) // the stream's, held past the return
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Done(pOld, 2)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("SetAlone(false) under a steady flow of new ops: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("SetAlone(false) did not return while new ops kept starting: it waits for ops that started after it")
+	}
+	if l.Alone() {
+		t.Fatal("still alone")
+	}
+	touch(t, l, after, 0, seq.Add(1))
+	l.Done(pHot, seq.Add(1))
+	close(stop)
+	if err := <-writer; err != nil {
+		t.Fatalf("writer: %v", err)
+	}
+	l.Acked(seq.Load())
+	if err := l.Checkpoint(); err != nil {
+		t.Fatal(err)
+	}
+	d := l.Dirty()
+	if !has(d, old, 0) || !has(d, hot, 0) {
+		t.Fatalf("zones changed alone not in DIRTY: %+v", d)
+	}
+	if has(d, after, 0) {
+		t.Fatalf("a zone changed only by the stream's acknowledged ops is in DIRTY: %+v", d)
 	}
 }
 
