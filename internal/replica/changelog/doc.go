@@ -50,10 +50,13 @@
 // node ran without it. SetAlone(true) (durable) marks every active slot not
 // yet acknowledged, and every slot touched from then on, as changed alone:
 // such a slot leaves the active set only into DIRTY. SetAlone(false), when
-// a new stream is attached, waits for ops started alone to reach Done and
-// moves all of them into DIRTY, durably; acks of the new stream then apply
-// only to later ops, whatever their numbers. So a slot leaves the active
-// set only acknowledged or durably in DIRTY.
+// a new stream is attached, waits for the ops started before it to reach
+// Done (ops starting meanwhile are the stream's: counted in a new phase,
+// they do not hold it up, so a steady flow of writes cannot starve it) and
+// moves every slot changed alone into DIRTY, durably; one pinned again
+// meanwhile stays changed alone and goes to DIRTY once unpinned. Acks of
+// the new stream then apply only to later ops, whatever their numbers. So
+// a slot leaves the active set only acknowledged or durably in DIRTY.
 //
 // # Recovery
 //
