@@ -44,6 +44,17 @@ func (x *replica) runCompare(ctx context.Context, d *replDir, s *wire.Sender, sc
 			defer thaw()
 			fn()
 		},
+		// A file's fixes stop only that file's changes (and renames), not
+		// the application's writes elsewhere.
+		FreezeFile: func(fd int, fn func()) {
+			thaw, err := d.mount.FreezeFile(fd)
+			if err != nil {
+				x.r.a.log.Warn("resync: freezing one file failed; freezing every change instead", "dir", d.path, "err", err)
+				thaw = d.mount.Freeze()
+			}
+			defer thaw()
+			fn()
+		},
 		// A full compare hashes 64 KiB blocks; an incremental one works
 		// at the records' zone size, so a 4 KiB change costs 4 KiB.
 		BlockSize:  blockSize(sc.full, cfg.ZoneSize),

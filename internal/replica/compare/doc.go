@@ -50,6 +50,14 @@
 // sends is the current value, placed after the live writes that produced
 // it.
 //
+// The argument needs only that the variables a fix sends, and the name it
+// sends them by, stand still between its read and its submission. So a
+// file's data and attribute fixes hold Options.FreezeFile, which stops the
+// changes of that inode (under any name) and every rename and removal,
+// while other files' writes, creates and links go on (they touch other
+// variables, and none of them changes what the fixed file's path names).
+// Namespace fixes and listings hold the whole Freeze.
+//
 // Namespace changes are not of this kind: a rename or a link moves a
 // content from one name to another, so an answer about a name may
 // describe a file that no longer lives there. The caller reports every

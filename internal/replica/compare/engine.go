@@ -78,6 +78,13 @@ type Options struct {
 	// about 1 MiB of reads, or a batch of entries). Nil: the caller
 	// guarantees nothing else writes (tests, a stopped application).
 	Freeze func(fn func())
+	// FreezeFile, when set, runs fn while no application change of the
+	// regular file open at fd (its data and attributes under any name) and
+	// no rename, unlink or rmdir is in progress or can start; other files'
+	// changes go on. The file's data fixes use it instead of Freeze, so
+	// that the workers' fixes of different files, and the application's
+	// writes to other files, do not wait for one another.
+	FreezeFile func(fd int, fn func())
 	// BlockSize is the unit of comparison (default 64 KiB).
 	BlockSize int64
 	// Parallel is how many files are compared at once (default 4).
@@ -959,7 +966,15 @@ func (r *run) submit(o *op.Op, owner uint64) uint64 {
 }
 
 // frozen runs fn with mutations frozen.
-func (r *run) frozen(fn func()) {
+func (r *run) frozen(fn func()) { r.freeze(-1, fn) }
+
+// frozenFile runs fn with the changes of fs's file (and renames and
+// removals) frozen: enough for a fix of its data and attributes, which
+// touches no other file (see FreezeFile).
+func (r *run) frozenFile(fs *fileState, fn func()) { r.freeze(fs.fd, fn) }
+
+// freeze runs fn under Freeze, or FreezeFile of fd when fd >= 0.
+func (r *run) freeze(fd int, fn func()) {
 	r.st.freezes.Add(1)
 	var t0 time.Time
 	wrapped := func() {
@@ -974,11 +989,14 @@ func (r *run) frozen(fn func()) {
 			}
 		}
 	}
-	if r.e.opt.Freeze == nil {
+	switch {
+	case fd >= 0 && r.e.opt.FreezeFile != nil:
+		r.e.opt.FreezeFile(fd, wrapped)
+	case r.e.opt.Freeze != nil:
+		r.e.opt.Freeze(wrapped)
+	default:
 		wrapped()
-		return
 	}
-	r.e.opt.Freeze(wrapped)
 }
 
 // lockDir serialises the tasks that change one directory's entries.

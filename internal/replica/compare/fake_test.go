@@ -227,7 +227,10 @@ func (f *fake) checkErrs(t testing.TB) {
 
 // shim plays the primary's FUSE layer: a mutation is applied locally and
 // submitted (then observed) atomically with respect to Freeze, followed
-// by the resulting times of the entries it changed.
+// by the resulting times of the entries it changed. It locks as the FUSE
+// layer does: renames and removals hold the namespace lock alone; creates
+// and links share it; data and attribute changes share it and hold their
+// inode's lock, which FreezeFile takes too.
 type shim struct {
 	dir string
 	mu  sync.RWMutex
@@ -235,6 +238,9 @@ type shim struct {
 	s   Stream
 	e   *Engine
 	ops atomic.Int64
+
+	inoMu sync.Mutex
+	inos  map[uint64]*sync.Mutex
 }
 
 func newShim(t testing.TB, dir string, s Stream) *shim {
@@ -243,7 +249,7 @@ func newShim(t testing.TB, dir string, s Stream) *shim {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.Close() })
-	return &shim{dir: dir, loc: a, s: s}
+	return &shim{dir: dir, loc: a, s: s, inos: map[uint64]*sync.Mutex{}}
 }
 
 func (p *shim) Freeze(fn func()) {
@@ -252,20 +258,66 @@ func (p *shim) Freeze(fn func()) {
 	fn()
 }
 
-// do applies o on the primary and, if that worked, replicates it.
-func (p *shim) do(o op.Op) bool {
+// FreezeFile is the FUSE layer's: the namespace lock shared, the inode's
+// lock held.
+func (p *shim) FreezeFile(fd int, fn func()) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		panic(fmt.Sprintf("shim: freeze file: fstat fd %d: %v", fd, err))
+	}
 	p.mu.RLock()
 	defer p.mu.RUnlock()
+	l := p.inoLock(st.Ino)
+	l.Lock()
+	defer l.Unlock()
+	fn()
+}
+
+func (p *shim) inoLock(ino uint64) *sync.Mutex {
+	p.inoMu.Lock()
+	defer p.inoMu.Unlock()
+	l := p.inos[ino]
+	if l == nil {
+		l = &sync.Mutex{}
+		p.inos[ino] = l
+	}
+	return l
+}
+
+// lock takes the locks o needs, as the FUSE layer's handler for it would.
+func (p *shim) lock(o *op.Op) (unlock func()) {
+	switch o.Kind {
+	case op.Rename, op.Unlink, op.Rmdir, op.RemoveTree:
+		p.mu.Lock()
+		return p.mu.Unlock
+	case op.Create, op.Mkdir, op.Mknod, op.Symlink, op.Link:
+		p.mu.RLock()
+		return p.mu.RUnlock
+	}
+	p.mu.RLock()
+	var st unix.Stat_t
+	if unix.Lstat(filepath.Join(p.dir, o.Path), &st) != nil {
+		return p.mu.RUnlock // the op fails: nothing to order
+	}
+	l := p.inoLock(st.Ino)
+	l.Lock()
+	return func() { l.Unlock(); p.mu.RUnlock() }
+}
+
+// do applies o on the primary and, if that worked, replicates it.
+func (p *shim) do(o op.Op) bool {
+	unlock := p.lock(&o)
+	defer unlock()
 	return p.doLocked(o)
 }
 
-// tryDo is do unless mutations are frozen (then false at once).
+// tryDo is do unless mutations are frozen by Freeze (then false at once).
 func (p *shim) tryDo(o op.Op) bool {
 	if !p.mu.TryRLock() {
 		return false
 	}
-	defer p.mu.RUnlock()
-	return p.doLocked(o)
+	p.mu.RUnlock()
+	return p.do(o)
 }
 
 func (p *shim) doLocked(o op.Op) bool {
@@ -574,6 +626,7 @@ func newPairIn(t testing.TB, base string, seed uint64, delay time.Duration, opt 
 	pr.pfd = fd
 	opt.RootFd = fd
 	opt.Freeze = pr.sh.Freeze
+	opt.FreezeFile = pr.sh.FreezeFile
 	if opt.PollInterval == 0 {
 		opt.PollInterval = 20 * time.Millisecond
 	}

@@ -186,7 +186,7 @@ func (r *run) sendRange(fs *fileState, from, to int64) error {
 		}
 		var done bool
 		var err error
-		r.frozen(func() {
+		r.frozenFile(fs, func() {
 			var size int64
 			if size, err = r.frozenSize(fs); err != nil {
 				return
@@ -442,7 +442,7 @@ func (r *run) comparePiece(fs *fileState, pc piece) error {
 		// Its copy is longer than ours: cut it now (see sKnown), then
 		// compare again from our end as it was.
 		var err error
-		r.frozen(func() {
+		r.frozenFile(fs, func() {
 			var size int64
 			if size, err = r.frozenSize(fs); err != nil {
 				return
@@ -586,7 +586,7 @@ func (r *run) fileEnd(fs *fileState) error {
 		}
 	}
 	var err error
-	r.frozen(func() {
+	r.frozenFile(fs, func() {
 		if r.fileStale(fs) {
 			err = errStale
 			return

@@ -145,7 +145,7 @@ func (r *run) sendBatch(fs *fileState, zones []Zone, n int64, end bool) error {
 	}
 	putBuf(buf)
 	var err error
-	r.frozen(func() {
+	r.frozenFile(fs, func() {
 		var size int64
 		if size, err = r.frozenSize(fs); err != nil {
 			return

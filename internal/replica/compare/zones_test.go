@@ -316,3 +316,58 @@ func mergeZones(zs []Zone) []Zone {
 	}
 	return out
 }
+
+// TestFileFixesFreezeOnlyTheFile: a file's fixes hold FreezeFile of that
+// file, not the whole Freeze: the application's write to another file goes
+// on meanwhile (it would wait for the thaw under Freeze), and Freeze is
+// left to the final check.
+func TestFileFixesFreezeOnlyTheFile(t *testing.T) {
+	pr := newPair(t, 15, 0, Options{BlockSize: 4096, TrustZones: true, PollInterval: time.Hour})
+	write(t, filepath.Join(pr.p, "d/f"), randBytes(31, 256<<10))
+	write(t, filepath.Join(pr.p, "d/g"), randBytes(32, 4096))
+	copyTree(t, pr.p, pr.s)
+	f, err := os.OpenFile(filepath.Join(pr.p, "d/f"), os.O_WRONLY, 0)
+	must(t, err)
+	_, err = f.WriteAt(randBytes(33, 4096), 65536)
+	must(t, err)
+	f.Close()
+	var fileFreezes, otherWrites int
+	var fst unix.Stat_t
+	must(t, unix.Stat(filepath.Join(pr.p, "d/f"), &fst))
+	pr.e.opt.FreezeFile = func(fd int, fn func()) {
+		pr.sh.FreezeFile(fd, func() {
+			var st unix.Stat_t
+			must(t, unix.Fstat(fd, &st))
+			if st.Ino != fst.Ino {
+				t.Errorf("FreezeFile of inode %d, want d/f's %d", st.Ino, fst.Ino)
+			}
+			fileFreezes++
+			done := make(chan bool, 1)
+			go func() {
+				done <- pr.sh.do(op.Op{Kind: op.Write, Path: "d/g", Off: 0, Data: []byte("live")})
+			}()
+			select {
+			case ok := <-done:
+				if ok {
+					otherWrites++
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("a write to another file waited for a file's fix")
+			}
+			fn()
+		})
+	}
+	var freezes int
+	pr.e.opt.Freeze = func(fn func()) { freezes++; pr.sh.Freeze(fn) }
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st := pr.run(t, ctx, Scope{Files: map[string][]Zone{"d/f": {{65536, 4096}}}})
+	sameTrees(t, pr.p, pr.s, treecmp.Options{IgnoreDirMtime: true})
+	if fileFreezes != 1 || otherWrites != 1 {
+		t.Errorf("%d file freezes with %d writes to another file during them, want 1 and 1", fileFreezes, otherWrites)
+	}
+	if freezes != 1 {
+		t.Errorf("%d whole freezes, want 1 (the final check)", freezes)
+	}
+	t.Logf("%+v", st)
+}
