@@ -68,7 +68,10 @@
 // be a SECOND's next.
 //
 // Freeze blocks every mutation (it takes the namespace lock exclusively)
-// while lookups, reads, getattr, readdir and xattr reads go on.
+// while lookups, reads, getattr, readdir and xattr reads go on. FreezeFile
+// blocks only the changes of one inode (its data lock, taken on the meta
+// every op on that inode uses, made if no node holds it) and renames and
+// removals (the namespace lock shared).
 //
 // A write carries the mtime it gave the file (the secondary sets it after
 // applying the write), so the copies' mtimes match even for a file that
