@@ -5,12 +5,14 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/tandem-ha/tandem/internal/replica/op"
 	"golang.org/x/sys/unix"
 )
 
@@ -23,8 +25,11 @@ import (
 // files at once, as the agent runs it. TANDEM_COMPARE_BENCH_DIR keeps the
 // trees between runs; TANDEM_COMPARE_BENCH_COLD=1 (root) drops the page
 // cache before each run. The time includes the secondary's final SyncAll.
-// Freezes take one lock, as the agent's do (TANDEM_COMPARE_BENCH_FREEZE=0:
-// none).
+// Freezes lock as the agent's do: a file's fixes that file, the rest
+// everything (TANDEM_COMPARE_BENCH_FREEZE=all: every freeze everything, as
+// before FreezeFile; =0: none). TANDEM_COMPARE_BENCH_LIVE=1 runs an
+// application writing 4 KiB to another file every millisecond during each
+// run and reports its write latency (p50, p99, max).
 func BenchmarkIncrementalTree(b *testing.B) {
 	files, bigMB := 2000, 1024
 	if v, err := strconv.Atoi(os.Getenv("TANDEM_COMPARE_BENCH_INCR_FILES")); err == nil && v > 0 {
@@ -39,16 +44,6 @@ func BenchmarkIncrementalTree(b *testing.B) {
 		par = v
 	}
 	opt := Options{TrustZones: os.Getenv("TANDEM_COMPARE_BENCH_TRUST") != "0", BlockSize: bs, Parallel: par}
-	if os.Getenv("TANDEM_COMPARE_BENCH_FREEZE") != "0" {
-		// As the agent's: the FUSE layer's namespace lock, which every
-		// freeze takes alone.
-		var ns sync.RWMutex
-		opt.Freeze = func(fn func()) {
-			ns.Lock()
-			defer ns.Unlock()
-			fn()
-		}
-	}
 	base := os.Getenv("TANDEM_COMPARE_BENCH_DIR")
 	var pr *pair
 	if base != "" {
@@ -67,6 +62,20 @@ func BenchmarkIncrementalTree(b *testing.B) {
 		pr = newPair(b, 9, 0, opt)
 		makeIncrTree(b, pr, files, bigMB)
 	}
+	// newPairIn gives the shim's freezes, which lock as the FUSE layer.
+	switch os.Getenv("TANDEM_COMPARE_BENCH_FREEZE") {
+	case "all":
+		pr.e.opt.FreezeFile = nil
+	case "0":
+		pr.e.opt.Freeze, pr.e.opt.FreezeFile = nil, nil
+	}
+	live := os.Getenv("TANDEM_COMPARE_BENCH_LIVE") == "1"
+	if live {
+		for _, root := range []string{pr.p, pr.s} {
+			write(b, filepath.Join(root, "live", "f"), make([]byte, 1<<20))
+		}
+	}
+	var lat []time.Duration
 	cold := os.Getenv("TANDEM_COMPARE_BENCH_COLD") == "1"
 	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
 	var sent, nfiles int64
@@ -83,8 +92,27 @@ func BenchmarkIncrementalTree(b *testing.B) {
 		}
 		b.StartTimer()
 		d0 := diskStat()
+		stopLive := make(chan struct{})
+		var liveWG sync.WaitGroup
+		if live {
+			liveWG.Go(func() {
+				data := make([]byte, 4096)
+				for i := 0; ; i++ {
+					select {
+					case <-stopLive:
+						return
+					case <-time.After(time.Millisecond):
+					}
+					w0 := time.Now()
+					pr.sh.do(op.Op{Kind: op.Write, Path: "live/f", Off: int64(i%256) * 4096, Data: data})
+					lat = append(lat, time.Since(w0))
+				}
+			})
+		}
 		t0 := time.Now()
 		st, err := pr.e.Run(b.Context(), scope)
+		close(stopLive)
+		liveWG.Wait()
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -114,6 +142,12 @@ func BenchmarkIncrementalTree(b *testing.B) {
 	b.ReportMetric(float64(disk[0])/float64(b.N), "disk-reads/op")
 	b.ReportMetric(float64(disk[2])/2048/float64(b.N), "disk-read-MiB/op")
 	b.ReportMetric(float64(disk[4])/float64(b.N), "disk-writes/op")
+	if len(lat) > 0 {
+		slices.Sort(lat)
+		b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "live-p50-µs")
+		b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "live-p99-µs")
+		b.ReportMetric(float64(lat[len(lat)-1].Microseconds()), "live-max-µs")
+	}
 	if os.Getenv("TANDEM_COMPARE_BENCH_VERIFY") == "1" {
 		assertSame(b, pr)
 	}
