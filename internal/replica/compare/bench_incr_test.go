@@ -69,6 +69,9 @@ func BenchmarkIncrementalTree(b *testing.B) {
 	case "0":
 		pr.e.opt.Freeze, pr.e.opt.FreezeFile = nil, nil
 	}
+	if v, err := strconv.Atoi(os.Getenv("TANDEM_COMPARE_BENCH_FILE_FREEZES")); err == nil && v > 0 {
+		maxFileFreezes = v
+	}
 	live := os.Getenv("TANDEM_COMPARE_BENCH_LIVE") == "1"
 	if live {
 		for _, root := range []string{pr.p, pr.s} {
