@@ -94,7 +94,9 @@ func (x *replica) runCompare(ctx context.Context, d *replDir, s *wire.Sender, sc
 	if sc.resume != nil {
 		wg.Go(func() { x.checkpoints(d, s, eng, *sc.resume, done) })
 	}
-	go func() { // progress for status, here and (through the heartbeat) on the SECOND
+	progressDone := make(chan struct{})
+	var progress sync.WaitGroup
+	progress.Go(func() { // progress for status, here and (through the heartbeat) on the SECOND
 		t := time.NewTicker(200 * time.Millisecond)
 		defer t.Stop()
 		for i := 0; ; i++ {
@@ -113,13 +115,16 @@ func (x *replica) runCompare(ctx context.Context, d *replDir, s *wire.Sender, sc
 				x.r.a.publish()
 			}
 			select {
-			case <-done:
+			case <-progressDone:
 				return
 			case <-t.C:
 			}
 		}
-	}()
+	})
 	st, err := eng.Run(ctx, scope)
+	// Stopped first: a last tick must not overwrite the final figures.
+	close(progressDone)
+	progress.Wait()
 	// What was examined, not the estimate (zones of files that turned
 	// out equal at the probe, or gone, are not read).
 	run.total.Store(st.Examined)
