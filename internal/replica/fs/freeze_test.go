@@ -40,15 +40,9 @@ func TestFreezeFile(t *testing.T) {
 		if err != nil {
 			t.Fatalf("FreezeFile %s: %v", name, err)
 		}
-		start := func(what string, fn func() error) chan error {
+		start := func(fn func() error) chan error {
 			ch := make(chan error, 1)
-			go func() {
-				if err := fn(); err != nil {
-					ch <- err
-					return
-				}
-				ch <- nil
-			}()
+			go func() { ch <- fn() }()
 			return ch
 		}
 		goesOn := func(what string, ch chan error) {
@@ -74,9 +68,9 @@ func TestFreezeFile(t *testing.T) {
 		if name == "a" {
 			target = "a2" // the other name of the frozen inode
 		}
-		write := start("write", func() error { return os.WriteFile(e.p(target), []byte("changed "+name), 0o644) })
-		chmod := start("chmod", func() error { return os.Chmod(e.p(name), 0o600) })
-		rename := start("rename", func() error { return os.Rename(e.p("r-"+name), e.p("renamed-"+name)) })
+		write := start(func() error { return os.WriteFile(e.p(target), []byte("changed "+name), 0o644) })
+		chmod := start(func() error { return os.Chmod(e.p(name), 0o600) })
+		rename := start(func() error { return os.Rename(e.p("r-"+name), e.p("renamed-"+name)) })
 		waits("a write to "+target, write)
 		waits("a chmod of "+name, chmod)
 		waits("a rename of another file", rename)
