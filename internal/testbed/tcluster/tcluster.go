@@ -317,11 +317,12 @@ func tail(s string, n int) string {
 // applications first, so that nothing runs between the agent's death and
 // theirs. (An application whose FUSE request the agent already read waits
 // for the answer uninterruptibly: it dies only once the agent is dead,
-// with the SIGKILL pending, so it runs none of its own code.) Killing them one after the other instead lets an application see
-// the dead agent's mount fail (ENOTCONN) and go on: SQLite, for one, counts
-// a directory it cannot open as synced and acknowledges a COMMIT whose
-// journal unlink never reached the peer. A real crash stops everything at
-// once.
+// with the SIGKILL pending, so it runs none of its own code.) Killing
+// them one after the other instead lets an application see the dead
+// agent's mount fail (ENOTCONN) and go on: SQLite, for one, counts a
+// directory it cannot open as synced and acknowledges a COMMIT whose
+// journal unlink never reached the peer. A real crash stops everything
+// at once.
 func (c *Cluster) Kill9(name string, apps ...*testbed.Proc) {
 	c.t.Helper()
 	n := c.nodes[name]
