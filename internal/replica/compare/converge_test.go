@@ -35,8 +35,8 @@ func envInt(name string, def int) int {
 
 // TestConvergeLive: random trees that diverged on both sides (files,
 // directories, hard links, symlinks, fifos and devices, xattrs, sparse
-// files, modes, owners, times), a full compare while a live writer keeps
-// changing the primary through the shim, then identical trees.
+// files, modes, owners, times), a full compare while three live writers
+// keep changing the primary through the shim, then identical trees.
 // TANDEM_COMPARE_SEEDS=n runs more seeds, TANDEM_COMPARE_SEED=s starts
 // at seed s.
 func TestConvergeLive(t *testing.T) {
@@ -77,9 +77,14 @@ func converge(t *testing.T, seed uint64, live bool, scope Scope) *pair {
 	defer cancel()
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	if live {
+	// Three writers: their changes of different files, and renames, meet
+	// the file freezes of the fixes (FreezeFile) at any point.
+	for w := range 3 {
+		if !live {
+			break
+		}
 		wg.Go(func() {
-			lg := &gen{rng: rand.New(rand.NewPCG(seed, 3)), root: isRoot()}
+			lg := &gen{rng: rand.New(rand.NewPCG(seed, 3+uint64(w))), root: isRoot()}
 			ents := walkTree(pr.p)
 			for i := 0; ; i++ {
 				select {
