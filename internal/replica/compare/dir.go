@@ -482,7 +482,7 @@ func (r *run) dataNeeded(t *task, d int, f *fix, path string) (fileHow, bool, er
 		// read already in a batch).
 		sum, n, err := p.sum, p.hashN, error(nil)
 		if !p.hashed {
-			sum, n, err = r.hashSmall(d, p.name)
+			sum, n, err = r.hashSmall(d, p)
 		}
 		if err != nil {
 			return 0, false, fmt.Errorf("compare: read %s on the primary: %w", show(path), err)
@@ -524,8 +524,10 @@ func (r *run) dataNeeded(t *task, d int, f *fix, path string) (fileHow, bool, er
 // (one block, at most 256 KiB: the answer reads them all).
 func (r *run) inline() int64 { return min(r.e.opt.BlockSize, 256<<10) }
 
-func (r *run) hashSmall(d int, name string) (uint64, int64, error) {
-	fd, err := openatNoatime(d, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK)
+// hashSmall reads and hashes the small file p of directory d; n -1 when
+// the name no longer holds the file the listing found.
+func (r *run) hashSmall(d int, p *pEntry) (uint64, int64, error) {
+	fd, err := openatNoatime(d, p.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK)
 	if err != nil {
 		if vanished(err) {
 			return 0, -1, nil
@@ -533,13 +535,22 @@ func (r *run) hashSmall(d int, name string) (uint64, int64, error) {
 		return 0, 0, err
 	}
 	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return 0, 0, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Ino != p.st.Ino || st.Dev != p.st.Dev {
+		// Replaced since the listing (a directory there now, or another
+		// file): as gone; the change that did it makes the listing stale.
+		return 0, -1, nil
+	}
 	buf := getBuf()
 	defer putBuf(buf)
-	n, err := preadFull(fd, buf[:r.inline()+1], 0)
+	k, err := preadFull(fd, buf[:r.inline()+1], 0)
 	if err != nil {
 		return 0, 0, err
 	}
-	return xxh3.Hash(buf[:n]), int64(n), nil
+	return xxh3.Hash(buf[:k]), int64(k), nil
 }
 
 // The scope's files are known by their primary inode (stat at the start

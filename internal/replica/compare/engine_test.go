@@ -617,3 +617,31 @@ func TestScopeFileComparedOnce(t *testing.T) {
 		}
 	}
 }
+
+// TestHashSmallReplaced: a small file the listing found, replaced before
+// it is read (by a directory, or by another file), counts as gone, as a
+// file task finds it; reading the directory failed the whole compare.
+func TestHashSmallReplaced(t *testing.T) {
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "x"), []byte("small"))
+	write(t, filepath.Join(dir, "y"), []byte("small"))
+	d, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	must(t, err)
+	defer unix.Close(d)
+	r := &run{e: &Engine{opt: Options{BlockSize: 4096}}}
+	px, py := &pEntry{name: "x"}, &pEntry{name: "y"}
+	must(t, unix.Fstatat(d, "x", &px.st, unix.AT_SYMLINK_NOFOLLOW))
+	must(t, unix.Fstatat(d, "y", &py.st, unix.AT_SYMLINK_NOFOLLOW))
+	if _, n, err := r.hashSmall(d, px); err != nil || n != 5 {
+		t.Fatalf("hash of an unchanged small file: %d bytes, %v", n, err)
+	}
+	must(t, os.Remove(filepath.Join(dir, "x")))
+	must(t, os.Mkdir(filepath.Join(dir, "x"), 0o755))
+	write(t, filepath.Join(dir, "y.new"), []byte("other"))
+	must(t, os.Rename(filepath.Join(dir, "y.new"), filepath.Join(dir, "y")))
+	for _, p := range []*pEntry{px, py} {
+		if _, n, err := r.hashSmall(d, p); err != nil || n != -1 {
+			t.Errorf("%s replaced since the listing: %d bytes, %v; want gone (-1), no error", p.name, n, err)
+		}
+	}
+}
