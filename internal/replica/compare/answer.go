@@ -274,7 +274,10 @@ func statEntry(dfd int, name string, e *Entry, inline int64, h *hasher, later bo
 	}
 	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
 		t, err := readTarget(dfd, name)
-		if err == unix.ENOENT {
+		if err == unix.ENOENT || err == unix.EINVAL {
+			// Gone, or no longer a symlink (EINVAL: replaced by a live op
+			// since the stat): as gone. The op that did it comes after
+			// the query, so the primary finds this answer stale.
 			return false, sf, nil
 		}
 		if err != nil {

@@ -64,6 +64,10 @@ func TestConvergeQuiet(t *testing.T) {
 	}
 }
 
+// convergeWriters is how many live writers TestConvergeLive runs by
+// default.
+const convergeWriters = 3
+
 func converge(t *testing.T, seed uint64, live bool, scope Scope) *pair {
 	t.Logf("seed %d (rerun: TANDEM_COMPARE_SEED=%d TANDEM_COMPARE_SEEDS=1)", seed, seed)
 	pr := newPair(t, seed, 500*time.Microsecond, Options{BlockSize: 16 << 10, Parallel: 3})
@@ -77,9 +81,10 @@ func converge(t *testing.T, seed uint64, live bool, scope Scope) *pair {
 	defer cancel()
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	// Three writers: their changes of different files, and renames, meet
-	// the file freezes of the fixes (FreezeFile) at any point.
-	for w := range 3 {
+	// Several writers (TANDEM_COMPARE_WRITERS): their changes of different
+	// files, and renames, meet the file freezes of the fixes (FreezeFile)
+	// at any point.
+	for w := range envInt("TANDEM_COMPARE_WRITERS", convergeWriters) {
 		if !live {
 			break
 		}

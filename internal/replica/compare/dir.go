@@ -272,8 +272,8 @@ func (r *run) statP(d int, p *pEntry) (bool, error) {
 	p.key = inoKey{p.st.Dev, p.st.Ino}
 	if p.st.Mode&unix.S_IFMT == unix.S_IFLNK {
 		t, err := readTarget(d, p.name)
-		if err == unix.ENOENT {
-			return false, nil
+		if err == unix.ENOENT || err == unix.EINVAL {
+			return false, nil // gone, or no longer a symlink since the stat
 		}
 		if err != nil {
 			return false, err
