@@ -25,9 +25,8 @@ import (
 // files at once, as the agent runs it. TANDEM_COMPARE_BENCH_DIR keeps the
 // trees between runs; TANDEM_COMPARE_BENCH_COLD=1 (root) drops the page
 // cache before each run. The time includes the secondary's final SyncAll.
-// Freezes lock as the agent's do: a file's fixes that file, the rest
-// everything (TANDEM_COMPARE_BENCH_FREEZE=all: every freeze everything, as
-// before FreezeFile; =0: none). TANDEM_COMPARE_BENCH_LIVE=1 runs an
+// Freezes lock as the agent's do: everything (TANDEM_COMPARE_BENCH_FREEZE=
+// file: a file's fixes only that file, see FreezeFile; =0: none). TANDEM_COMPARE_BENCH_LIVE=1 runs an
 // application writing 4 KiB to another file every millisecond during each
 // run and reports its write latency (p50, p99, max).
 func BenchmarkIncrementalTree(b *testing.B) {
@@ -64,8 +63,8 @@ func BenchmarkIncrementalTree(b *testing.B) {
 	}
 	// newPairIn gives the shim's freezes, which lock as the FUSE layer.
 	switch os.Getenv("TANDEM_COMPARE_BENCH_FREEZE") {
-	case "all":
-		pr.e.opt.FreezeFile = nil
+	case "file":
+		pr.e.opt.FreezeFile = pr.sh.FreezeFile
 	case "0":
 		pr.e.opt.Freeze, pr.e.opt.FreezeFile = nil, nil
 	}

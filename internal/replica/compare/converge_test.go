@@ -81,9 +81,8 @@ func converge(t *testing.T, seed uint64, live bool, scope Scope) *pair {
 	defer cancel()
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	// Several writers (TANDEM_COMPARE_WRITERS): their changes of different
-	// files, and renames, meet the file freezes of the fixes (FreezeFile)
-	// at any point.
+	// Several writers (TANDEM_COMPARE_WRITERS): changes of different files
+	// and of one directory at the same moment, as a real application makes.
 	for w := range envInt("TANDEM_COMPARE_WRITERS", convergeWriters) {
 		if !live {
 			break

@@ -656,7 +656,9 @@ func newPairIn(t testing.TB, base string, seed uint64, delay time.Duration, opt 
 	pr.pfd = fd
 	opt.RootFd = fd
 	opt.Freeze = pr.sh.Freeze
-	if os.Getenv("X_NOFF") != "1" {
+	// The agent freezes everything for every fix; file freezes are tried
+	// with TANDEM_COMPARE_FREEZE_FILE=1 (see FreezeFile in the doc).
+	if os.Getenv("TANDEM_COMPARE_FREEZE_FILE") == "1" {
 		opt.FreezeFile = pr.sh.FreezeFile
 	}
 	if opt.PollInterval == 0 {
