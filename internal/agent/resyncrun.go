@@ -89,8 +89,9 @@ func (x *replica) resyncDir(d *replDir, s *wire.Sender) error {
 	}
 
 	// The records stay in their "alone" mode until the run completes
-	// (connect did not leave it): what they held is in DIRTY now, and
-	// every change from here on will be, acknowledged or not.
+	// (connect did not leave it): what they held is in DIRTY after this
+	// checkpoint, or named by Dirty while an op still pins it, and every
+	// change from here on will be, acknowledged or not.
 	if err := d.changes.Checkpoint(); err != nil {
 		return fmt.Errorf("change records of %s: %w", d.path, err)
 	}

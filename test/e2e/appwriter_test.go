@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/binary"
 	"fmt"
 	"io"
 	"os"
@@ -160,11 +161,68 @@ func compareTreesContent(t *testing.T, a, b string, within time.Duration, what s
 			var sb strings.Builder
 			for _, d := range diffs {
 				fmt.Fprintf(&sb, "\n  %s", d)
+				if d.What == treecmp.Content {
+					sb.WriteString(describeContentDiff(filepath.Join(a, d.Path), filepath.Join(b, d.Path)))
+				}
 			}
 			t.Fatalf("%s: the two copies differ after %s (err %v):%s", what, within, err, sb.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// describeContentDiff says where two copies of a file differ: their
+// sizes, each run of differing bytes (the first 8), and for the writer's
+// data files the record ids each side holds where a run begins, so a
+// failure tells a stale zone from a torn or misplaced write.
+func describeContentDiff(pa, pb string) string {
+	a, errA := os.ReadFile(pa)
+	b, errB := os.ReadFile(pb)
+	if errA != nil || errB != nil {
+		return fmt.Sprintf("\n    (cannot read both copies: %v %v)", errA, errB)
+	}
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "\n    sizes: a %d, b %d", len(a), len(b))
+	// The writer's records all have the length of the first (header 20
+	// bytes, payload length at 12, little endian).
+	recordLen := 0
+	if len(a) >= 16 && string(a[:4]) == "TWR1" {
+		recordLen = 20 + int(binary.LittleEndian.Uint32(a[12:]))
+	}
+	idAt := func(buf []byte, off int) string {
+		allZero := true
+		for _, c := range buf[off:min(off+32, len(buf))] {
+			allZero = allZero && c == 0
+		}
+		what := "not a writer's data file"
+		if recordLen > 0 {
+			start := off / recordLen * recordLen
+			what = fmt.Sprintf("no record header at %d", start)
+			if start+12 <= len(buf) && string(buf[start:start+4]) == "TWR1" {
+				what = fmt.Sprintf("record %d at %d", binary.LittleEndian.Uint64(buf[start+4:]), start)
+			}
+		}
+		return fmt.Sprintf("%s, zeros from the difference on: %v", what, allZero)
+	}
+	runs, n := 0, min(len(a), len(b))
+	for i := 0; i < n && runs < 8; {
+		if a[i] == b[i] {
+			i++
+			continue
+		}
+		// A run ends after 64 equal bytes: random payloads match by
+		// chance one byte in 256.
+		last := i
+		for j := i; j < n && j-last < 64; j++ {
+			if a[j] != b[j] {
+				last = j
+			}
+		}
+		fmt.Fprintf(&sb, "\n    bytes %d-%d (%d) differ: a %s; b %s", i, last, last-i+1, idAt(a, i), idAt(b, i))
+		runs++
+		i = last + 1
+	}
+	return sb.String()
 }
 
 // ackWatch follows an ack log from outside and notes when acknowledgements

@@ -3,6 +3,8 @@ package e2e
 import (
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -30,7 +32,8 @@ import (
 // TestIsolationSlowStopPrim reproduces on every cable cut.
 //
 // TANDEM_SEED replays a run; TANDEM_FAULTS changes the number of faults
-// (default 50, 12 with -short).
+// (default 50, 12 with -short); TANDEM_FAULT_KINDS (a comma list) draws
+// the faults from those kinds only.
 func TestResyncFaultLoop(t *testing.T) {
 	const ballastMiB = 32
 	c := newCluster(t, tcluster.Options{Directories: []string{dataDir}, DefaultPrimary: tcluster.NoDefaultPrimary,
@@ -39,6 +42,15 @@ func TestResyncFaultLoop(t *testing.T) {
 	seed := testSeed(t)
 	faults := faultCount(t, 50, 12)
 	rng := rand.New(rand.NewPCG(seed, 0x8e5c))
+	kinds := []string{"kill9", "kill9", "cut-prim", "cut-prim", "cut-sec", "swap", "swap"}
+	if k := os.Getenv("TANDEM_FAULT_KINDS"); k != "" {
+		kinds = strings.Split(k, ",") // to hammer one sequence, e.g. swap,cut-sec
+		for _, kind := range kinds {
+			if !slices.Contains([]string{"kill9", "cut-prim", "cut-sec", "swap"}, kind) {
+				t.Fatalf("TANDEM_FAULT_KINDS=%q: %q is not one of kill9, cut-prim, cut-sec, swap", k, kind)
+			}
+		}
+	}
 	prims := watchPrims(t, c)
 	c.StartPair()
 	waitPair(t, c, "alpha", "beta", 30*time.Second)
@@ -56,7 +68,7 @@ func TestResyncFaultLoop(t *testing.T) {
 	for f.n < faults {
 		step := time.Now()
 		time.Sleep(time.Duration(100+rng.IntN(900)) * time.Millisecond)
-		kind := []string{"kill9", "kill9", "cut-prim", "cut-prim", "cut-sec", "swap", "swap"}[rng.IntN(7)]
+		kind := kinds[rng.IntN(len(kinds))]
 		f.fault(kind)
 		down := ""
 		switch kind {

@@ -78,7 +78,9 @@
 // # Resync side
 //
 // Dirty returns a sorted snapshot (files with zone ranges and an attribute
-// flag, directories), each entry with the generation of its last change.
+// flag, directories), each entry with the generation of its last change:
+// DIRTY, and the slots changed alone still in the active set (an op under
+// way pins them there, out of a Checkpoint's reach).
 // After a resync covered a snapshot, ClearDirty drops each entry whose
 // generation is unchanged; an entry changed meanwhile stays whole. For a
 // full resync take Gen before it and call Reset(gen) after: it drops the

@@ -2,10 +2,12 @@ package changelog
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -798,5 +800,81 @@ func TestOpenWritesShortTail(t *testing.T) {
 	l2 := mustOpen(t, base, testOpts())
 	if !has(l2.InFlight(), Key{2, 2}, 0) {
 		t.Fatalf("after a crash past the tail (%d records): the last zone is not in flight", seq)
+	}
+}
+
+// TestDirtyHoldsPinnedAloneSlots: a slot changed alone that an op under
+// way pins cannot leave the active set at a Checkpoint, yet a resync's
+// snapshot must name it (a steady writer keeps the extent at a file's end
+// pinned; the fault loop once ended a resync with such zones missing).
+func TestDirtyHoldsPinnedAloneSlots(t *testing.T) {
+	for _, extent := range []int64{4096, 64 << 10} {
+		t.Run(fmt.Sprint("extent=", extent), func(t *testing.T) {
+			o := testOpts()
+			o.ExtentSize = extent
+			l := mustOpen(t, t.TempDir(), o)
+			file, meta, dir, acked := Key{1, 1}, Key{1, 2}, Key{1, 3}, Key{1, 4}
+			touch(t, l, acked, 0, 1)
+			l.Acked(1)
+			if err := l.SetAlone(true); err != nil {
+				t.Fatal(err)
+			}
+			touch(t, l, file, 5, 0)
+			if err := l.Checkpoint(); err != nil { // zone 5 into DIRTY
+				t.Fatal(err)
+			}
+			touch(t, l, file, 0, 0)
+			var pins []Pin
+			for _, f := range []func() (Pin, error){
+				func() (Pin, error) { return l.Touch(file, 3*l.ZoneSize(), 1) },
+				func() (Pin, error) { return l.TouchMeta(meta) },
+				func() (Pin, error) { return l.TouchDir(dir) },
+			} {
+				p, err := f()
+				if err != nil {
+					t.Fatal(err)
+				}
+				pins = append(pins, p)
+			}
+			if err := l.Checkpoint(); err != nil {
+				t.Fatal(err)
+			}
+			check := func(when string) {
+				t.Helper()
+				d := l.Dirty()
+				for _, z := range []uint64{0, 3, 5} {
+					if !has(d, file, z) {
+						t.Errorf("%s: zone %d changed alone is not in the snapshot: %+v", when, z, d)
+					}
+				}
+				if has(d, file, 1) || has(d, file, 4) || has(d, acked, 0) {
+					t.Errorf("%s: zones never changed alone are in the snapshot: %+v", when, d)
+				}
+				var metaIn bool
+				for _, f := range d.Files {
+					metaIn = metaIn || (f.Key == meta && f.Meta)
+				}
+				if !metaIn || !hasDir(d, dir) {
+					t.Errorf("%s: attributes or entries changed alone are missing: %+v", when, d)
+				}
+				if !slices.IsSortedFunc(d.Files, func(a, b File) int { return cmpKey(a.Key, b.Key) }) {
+					t.Errorf("%s: files not sorted: %+v", when, d.Files)
+				}
+			}
+			check("pinned")
+			l.mu.Lock()
+			dirtyGen := l.dirty.files[file].gen
+			l.mu.Unlock()
+			if f := l.Dirty().Files[0]; f.Key != file || f.Gen != dirtyGen {
+				t.Errorf("a file in DIRTY and in the active set keeps DIRTY's generation %d: %+v", dirtyGen, f)
+			}
+			for _, p := range pins {
+				l.Done(p, 0)
+			}
+			if err := l.Checkpoint(); err != nil {
+				t.Fatal(err)
+			}
+			check("after Done and Checkpoint")
+		})
 	}
 }

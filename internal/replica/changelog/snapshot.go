@@ -75,14 +75,83 @@ func (l *Log) snapshot(s *set) *Snapshot {
 	return out
 }
 
-// Dirty returns a copy of the DIRTY set: what the peer may lack because it
-// changed while this node ran without it. Take it after SetAlone(false) for
-// a resync (while alone, changes still in the active set are not in it
-// yet). Memory: about 80 bytes per file plus 16 per range.
+// Dirty returns what the peer may lack because it changed while this node
+// ran without it: a copy of the DIRTY set, plus the slots changed alone
+// still in the active set. Checkpoint moves those to DIRTY unless an op
+// under way pins them: a steady writer keeps the extent at a file's end
+// pinned much of the time, and its zones changed alone must not be left
+// out of a resynchronisation. Entries from the active set only carry the
+// current generation (ClearDirty cannot drop what they later add to
+// DIRTY). Memory: about 80 bytes per file plus 16 per range.
 func (l *Log) Dirty() *Snapshot {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.snapshot(&l.dirty)
+	out := l.snapshot(&l.dirty)
+	alone := newSet()
+	for e := l.lru.next; e != &l.lru; e = e.next {
+		if !e.alone {
+			continue
+		}
+		if e.sk.slot < slotExtent {
+			for _, r := range e.fine.ranges() {
+				alone.addZones(e.sk.k, r.lo, r.hi, l.gen)
+			}
+			continue
+		}
+		alone.addSlot(e.sk.k, e.sk.slot, e.lo, e.hi, l.gen)
+	}
+	if alone.len() == 0 {
+		return out
+	}
+	return mergeSnapshots(out, l.snapshot(&alone))
+}
+
+// mergeSnapshots is the union of a and b, sorted by Key; an entry in both
+// keeps a's generation.
+func mergeSnapshots(a, b *Snapshot) *Snapshot {
+	out := &Snapshot{ZoneSize: a.ZoneSize}
+	i, j := 0, 0
+	for i < len(a.Files) || j < len(b.Files) {
+		switch {
+		case j == len(b.Files) || (i < len(a.Files) && cmpKey(a.Files[i].Key, b.Files[j].Key) < 0):
+			out.Files = append(out.Files, a.Files[i])
+			i++
+		case i == len(a.Files) || cmpKey(a.Files[i].Key, b.Files[j].Key) > 0:
+			out.Files = append(out.Files, b.Files[j])
+			j++
+		default:
+			f, g := a.Files[i], b.Files[j]
+			rs := make([]run, 0, len(f.Zones)+len(g.Zones))
+			for _, z := range f.Zones {
+				rs = append(rs, run{z.First, z.End})
+			}
+			for _, z := range g.Zones {
+				rs, _ = runsAdd(rs, z.First, z.End)
+			}
+			f.Zones = make([]Range, len(rs))
+			for k, r := range rs {
+				f.Zones[k] = Range{r.lo, r.hi}
+			}
+			f.Meta = f.Meta || g.Meta
+			out.Files = append(out.Files, f)
+			i, j = i+1, j+1
+		}
+	}
+	i, j = 0, 0
+	for i < len(a.Dirs) || j < len(b.Dirs) {
+		switch {
+		case j == len(b.Dirs) || (i < len(a.Dirs) && cmpKey(a.Dirs[i].Key, b.Dirs[j].Key) < 0):
+			out.Dirs = append(out.Dirs, a.Dirs[i])
+			i++
+		case i == len(a.Dirs) || cmpKey(a.Dirs[i].Key, b.Dirs[j].Key) > 0:
+			out.Dirs = append(out.Dirs, b.Dirs[j])
+			j++
+		default:
+			out.Dirs = append(out.Dirs, a.Dirs[i])
+			i, j = i+1, j+1
+		}
+	}
+	return out
 }
 
 // ClearDirty drops from DIRTY the entries a completed resync covered: each
