@@ -109,45 +109,49 @@ func (l *Log) Dirty() *Snapshot {
 // mergeSnapshots is the union of a and b, sorted by Key; an entry in both
 // keeps a's generation.
 func mergeSnapshots(a, b *Snapshot) *Snapshot {
-	out := &Snapshot{ZoneSize: a.ZoneSize}
-	i, j := 0, 0
-	for i < len(a.Files) || j < len(b.Files) {
-		switch {
-		case j == len(b.Files) || (i < len(a.Files) && cmpKey(a.Files[i].Key, b.Files[j].Key) < 0):
-			out.Files = append(out.Files, a.Files[i])
-			i++
-		case i == len(a.Files) || cmpKey(a.Files[i].Key, b.Files[j].Key) > 0:
-			out.Files = append(out.Files, b.Files[j])
-			j++
-		default:
-			f, g := a.Files[i], b.Files[j]
-			rs := make([]run, 0, len(f.Zones)+len(g.Zones))
-			for _, z := range f.Zones {
-				rs = append(rs, run{z.First, z.End})
-			}
-			for _, z := range g.Zones {
-				rs, _ = runsAdd(rs, z.First, z.End)
-			}
-			f.Zones = make([]Range, len(rs))
-			for k, r := range rs {
-				f.Zones[k] = Range{r.lo, r.hi}
-			}
-			f.Meta = f.Meta || g.Meta
-			out.Files = append(out.Files, f)
-			i, j = i+1, j+1
+	files := mergeByKey(a.Files, b.Files, func(f File) Key { return f.Key }, func(f, g File) File {
+		rs := make([]run, 0, len(f.Zones)+len(g.Zones))
+		for _, z := range f.Zones {
+			rs = append(rs, run{z.First, z.End})
 		}
-	}
-	i, j = 0, 0
-	for i < len(a.Dirs) || j < len(b.Dirs) {
+		for _, z := range g.Zones {
+			rs, _ = runsAdd(rs, z.First, z.End)
+		}
+		f.Zones = make([]Range, len(rs))
+		for k, r := range rs {
+			f.Zones[k] = Range{r.lo, r.hi}
+		}
+		f.Meta = f.Meta || g.Meta
+		return f
+	})
+	dirs := mergeByKey(a.Dirs, b.Dirs, func(d Dir) Key { return d.Key }, func(d, _ Dir) Dir { return d })
+	return &Snapshot{ZoneSize: a.ZoneSize, Files: files, Dirs: dirs}
+}
+
+// mergeByKey merges two slices sorted by key; both combines the entries
+// of a key present in each.
+func mergeByKey[T any](a, b []T, key func(T) Key, both func(x, y T) T) []T {
+	out := make([]T, 0, len(a)+len(b))
+	i, j := 0, 0
+	for i < len(a) || j < len(b) {
+		c := 0
 		switch {
-		case j == len(b.Dirs) || (i < len(a.Dirs) && cmpKey(a.Dirs[i].Key, b.Dirs[j].Key) < 0):
-			out.Dirs = append(out.Dirs, a.Dirs[i])
+		case j == len(b):
+			c = -1
+		case i == len(a):
+			c = 1
+		default:
+			c = cmpKey(key(a[i]), key(b[j]))
+		}
+		switch {
+		case c < 0:
+			out = append(out, a[i])
 			i++
-		case i == len(a.Dirs) || cmpKey(a.Dirs[i].Key, b.Dirs[j].Key) > 0:
-			out.Dirs = append(out.Dirs, b.Dirs[j])
+		case c > 0:
+			out = append(out, b[j])
 			j++
 		default:
-			out.Dirs = append(out.Dirs, a.Dirs[i])
+			out = append(out, both(a[i], b[j]))
 			i, j = i+1, j+1
 		}
 	}
