@@ -81,6 +81,16 @@ func converge(t *testing.T, seed uint64, live bool, scope Scope) *pair {
 	defer cancel()
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
+	var stopOnce sync.Once
+	stopWriters := func() { stopOnce.Do(func() { close(stop) }); wg.Wait() }
+	// A failed run (t.Fatal) must not leave the writers running into the
+	// next seeds, and must still leave its trace.
+	defer func() {
+		if t.Failed() {
+			stopWriters()
+			pr.dumpIfFailed(t, strconv.FormatUint(seed, 10))
+		}
+	}()
 	// Several writers (TANDEM_COMPARE_WRITERS): changes of different files
 	// and of one directory at the same moment, as a real application makes.
 	for w := range envInt("TANDEM_COMPARE_WRITERS", convergeWriters) {
@@ -107,13 +117,11 @@ func converge(t *testing.T, seed uint64, live bool, scope Scope) *pair {
 	// Live writes go on a little after the end: they apply on equal
 	// trees, strictly (the fake's applier is strict after ResyncDone).
 	time.Sleep(5 * time.Millisecond)
-	close(stop)
-	wg.Wait()
+	stopWriters()
 	pr.f.drain()
 	pr.f.checkErrs(t)
 	t.Logf("live ops %d, skipped by the secondary %d; %+v", pr.sh.ops.Load(), pr.f.skipped.Load(), st)
 	sameTrees(t, pr.p, pr.s, treecmp.Options{})
-	pr.dumpIfFailed(t, strconv.FormatUint(seed, 10))
 	return pr
 }
 
