@@ -241,6 +241,11 @@ type shim struct {
 
 	inoMu sync.Mutex
 	inos  map[uint64]*sync.Mutex
+	// createMu: the kernel resolves a create against the directory's
+	// entries under its lock, so a name that exists is opened and the
+	// FUSE layer sends no Create; the applier's create opens an existing
+	// file and succeeds, so the shim checks first, one create at a time.
+	createMu sync.Mutex
 }
 
 func newShim(t testing.TB, dir string, s Stream) *shim {
@@ -321,6 +326,14 @@ func (p *shim) tryDo(o op.Op) bool {
 }
 
 func (p *shim) doLocked(o op.Op) bool {
+	if o.Kind == op.Create {
+		p.createMu.Lock()
+		defer p.createMu.Unlock()
+		var st unix.Stat_t
+		if unix.Lstat(filepath.Join(p.dir, o.Path), &st) == nil {
+			return false // an open of the existing file: nothing to send
+		}
+	}
 	if err := p.loc.Apply(&o); err != nil {
 		return false
 	}
