@@ -129,6 +129,9 @@ func answerList(root int, q *op.Op) ([]byte, error) {
 	}
 	f := os.NewFile(uintptr(fd), q.Path)
 	defer f.Close()
+	if testHookListOpened != nil {
+		testHookListOpened(q.Path)
+	}
 	a := &ListAnswer{Status: statusOK}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
@@ -142,7 +145,14 @@ func answerList(root int, q *op.Op) ([]byte, error) {
 	if p.Only != "" {
 		names = []string{p.Only}
 	} else {
-		if names, err = f.Readdirnames(-1); err != nil {
+		names, err = f.Readdirnames(-1)
+		if errors.Is(err, unix.ENOENT) {
+			// Removed since it was opened (a live op): as if the open
+			// had come after; the primary asks again or compares it in
+			// its parent.
+			return appendListAnswer(nil, &ListAnswer{Status: statusMissing}), nil
+		}
+		if err != nil {
 			return nil, fmt.Errorf("read directory: %w", err)
 		}
 		sort.Strings(names)
@@ -203,6 +213,10 @@ func answerList(root int, q *op.Op) ([]byte, error) {
 	}
 	return appendListAnswer(make([]byte, 0, size+128), a), nil
 }
+
+// testHookListOpened, if set, runs when a listing has opened its
+// directory, before it reads it.
+var testHookListOpened func(path string)
 
 // testHookBeforeBatch, if set, runs before a listing sends a batch of
 // small files to read, between their stats and their reads.

@@ -142,6 +142,26 @@ func TestAnswerListDir(t *testing.T) {
 	}
 }
 
+// TestAnswerListDirRemovedWhileListed: a live op removes the directory
+// between the listing's open and its read (getdents then fails with
+// ENOENT): the answer is "missing", not an error that fails the compare
+// (found by TestConvergeLive with three writers).
+func TestAnswerListDirRemovedWhileListed(t *testing.T) {
+	dir := t.TempDir()
+	must(t, os.MkdirAll(filepath.Join(dir, "a", "gone"), 0o755))
+	write(t, filepath.Join(dir, "a", "gone", "f"), []byte("x"))
+	fd := rootFd(t, dir)
+	testHookListOpened = func(p string) {
+		if p == "a/gone" {
+			must(t, os.RemoveAll(filepath.Join(dir, "a", "gone")))
+		}
+	}
+	defer func() { testHookListOpened = nil }()
+	if a := listAll(t, fd, "a/gone", ListParams{}); a[0].Status != statusMissing {
+		t.Fatalf("a directory removed while listed: status %d, want missing (%d)", a[0].Status, statusMissing)
+	}
+}
+
 // TestAnswerListDirPages: a directory of 100,000 entries comes in pages
 // of bounded size, sorted, each name once.
 func TestAnswerListDirPages(t *testing.T) {
