@@ -77,6 +77,21 @@ type linkRec struct {
 	// after that queues it again (a live change through a name not yet
 	// linked missed the secondary's inode).
 	started bool
+	// linkedAt: names the engine linked to first, with the namespace
+	// generation just after the link and the first (and its gen) linked
+	// to. While sIno is unknown (0: first created by the engine), such a
+	// name, untouched since, names first's secondary inode: its listing
+	// teaches sIno instead of asking for the same link again (and, the
+	// replaced inode having other names, a search for them that finds
+	// this name and lists it again, forever).
+	linkedAt map[string]linkMark
+}
+
+// linkMark is one name the engine linked to a first name.
+type linkMark struct {
+	gen      uint64 // namespace generation after the link
+	first    string
+	firstGen uint64
 }
 
 type pageResult struct {
@@ -385,7 +400,7 @@ func (r *run) mustRecreate(path string, key inoKey) bool {
 // planNew: the primary's entry is to be created on the secondary.
 func (r *run) planNew(t *task, f *fix, path string) {
 	if f.p.st.Mode&unix.S_IFMT != unix.S_IFDIR && f.p.st.Nlink > 1 {
-		switch v, rec := r.linkVerdict(t, path, f.p, nil); v {
+		switch v, rec := r.linkVerdict(t, path, f.p, nil, 0); v {
 		case vRelink:
 			f.link = rec
 			return
@@ -418,7 +433,7 @@ func (r *run) planExisting(t *task, d int, f *fix, path string, g0 uint64) error
 		return nil
 	}
 	if p.st.Nlink > 1 || s.Nlink > 1 {
-		v, rec := r.linkVerdict(t, path, p, s)
+		v, rec := r.linkVerdict(t, path, p, s, g0)
 		switch v {
 		case vSame:
 			return nil // another name of an inode compared through its first name
@@ -610,8 +625,9 @@ const (
 )
 
 // linkVerdict places a non-directory entry in its hard-link group. s is
-// nil when the secondary lacks the entry.
-func (r *run) linkVerdict(t *task, path string, p *pEntry, s *Entry) (verdict, *linkRec) {
+// nil when the secondary lacks the entry; asked is the namespace
+// generation when s was asked for.
+func (r *run) linkVerdict(t *task, path string, p *pEntry, s *Entry, asked uint64) (verdict, *linkRec) {
 	var again []string
 	defer func() {
 		// Names matched or linked to the secondary inode the group had
@@ -643,6 +659,12 @@ func (r *run) linkVerdict(t *task, path string, p *pEntry, s *Entry) (verdict, *
 			// sending it (it vanished): this one takes over.
 			rec.first, rec.scan, takeover = path, false, true
 		} else if s != nil && rec.sIno != 0 && s.Ino == rec.sIno {
+			return vSame, nil
+		} else if m, ok := rec.linkedAt[path]; s != nil && rec.sIno == 0 && ok && m.first == rec.first && m.firstGen == rec.gen &&
+			m.gen <= asked && !r.e.ns.touchedPath(m.gen, noOwner, path) {
+			// Asked after the link, and nothing moved the name since:
+			// s is the link, first's inode there.
+			rec.sIno = s.Ino
 			return vSame, nil
 		} else {
 			return vRelink, rec
@@ -849,6 +871,12 @@ func (r *run) applyFix(t *task, d int, f *fix) (changed bool, err error) {
 		case linkOK:
 			r.submit(&op.Op{Kind: op.Link, Path: f.link.first, Path2: path}, t.id)
 			r.st.linked.Add(1)
+			r.lmu.Lock()
+			if f.link.linkedAt == nil {
+				f.link.linkedAt = map[string]linkMark{}
+			}
+			f.link.linkedAt[path] = linkMark{gen: r.e.ns.now(), first: f.link.first, firstGen: f.link.gen}
+			r.lmu.Unlock()
 			r.linked(f.link)
 			return true, nil
 		case linkWait:

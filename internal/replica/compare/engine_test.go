@@ -645,3 +645,47 @@ func TestHashSmallReplaced(t *testing.T) {
 		}
 	}
 }
+
+// TestLinkVerdictLearnsFirstsInode: a name the engine linked to a first
+// name it created itself (the first's secondary inode unknown) is that
+// inode's name there once a listing asked after the link shows it, so it
+// is left alone. Before, it was removed and linked again at every listing,
+// and the search for the replaced inode's other names found it and listed
+// it again, forever (TestConvergeLive seed 12809 ran into its deadline).
+func TestLinkVerdictLearnsFirstsInode(t *testing.T) {
+	r := &run{e: &Engine{}, links: map[inoKey]*linkRec{}, sOwner: map[uint64]inoKey{}}
+	key := inoKey{1, 100}
+	r.e.ns.add(nsEvent{a: "f", owner: 1}) // the first name, created by the engine
+	rec := &linkRec{first: "f", ready: true, gen: r.e.ns.now(), nlink: 3, seen: map[string]bool{"f": true}, key: key, reg: true}
+	r.links[key] = rec
+	linkTo := func(name string) {
+		r.e.ns.add(nsEvent{a: name, nl: "f", owner: 2})
+		rec.linkedAt = map[string]linkMark{name: {gen: r.e.ns.now(), first: "f", firstGen: rec.gen}}
+	}
+	p := func(name string) *pEntry {
+		e := &pEntry{name: name, key: key}
+		e.st.Mode, e.st.Nlink = unix.S_IFREG|0o644, 3
+		return e
+	}
+	s := &Entry{Name: "n", Mode: unix.S_IFREG | 0o644, Ino: 777, Nlink: 3}
+
+	before := r.e.ns.now()
+	linkTo("n")
+	if v, _ := r.linkVerdict(&task{}, "n", p("n"), s, before); v != vRelink || rec.sIno != 0 {
+		t.Fatalf("an answer asked before the link: verdict %d, sIno %d; want a relink (%d), nothing learned", v, rec.sIno, vRelink)
+	}
+	if v, _ := r.linkVerdict(&task{}, "n", p("n"), s, r.e.ns.now()); v != vSame || rec.sIno != 777 {
+		t.Fatalf("the linked name asked after the link: verdict %d, sIno %d; want same (%d), sIno 777", v, rec.sIno, vSame)
+	}
+	if v, _ := r.linkVerdict(&task{}, "m", p("m"), &Entry{Name: "m", Mode: unix.S_IFREG | 0o644, Ino: 777, Nlink: 3}, r.e.ns.now()); v != vSame {
+		t.Fatalf("another name of the learned inode: verdict %d, want same", v)
+	}
+
+	// A name changed since its link teaches nothing.
+	rec.sIno = 0
+	linkTo("n")
+	r.e.ns.add(nsEvent{a: "n"}) // a live op replaced it
+	if v, _ := r.linkVerdict(&task{}, "n", p("n"), s, r.e.ns.now()); v != vRelink || rec.sIno != 0 {
+		t.Fatalf("a name replaced since its link: verdict %d, sIno %d; want a relink, nothing learned", v, rec.sIno)
+	}
+}
