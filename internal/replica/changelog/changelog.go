@@ -713,16 +713,27 @@ func (l *Log) evict(n int, spill bool, keep Pin) int {
 	return done
 }
 
+// addEntry adds to s what active slot e stands for: an extent's touched
+// zones (returned), or the slot itself.
+func (s *set) addEntry(e *entry, gen uint64) []run {
+	if e.sk.slot < slotExtent {
+		rs := e.fine.ranges()
+		for _, r := range rs {
+			s.addZones(e.sk.k, r.lo, r.hi, gen)
+		}
+		return rs
+	}
+	s.addSlot(e.sk.k, e.sk.slot, e.lo, e.hi, gen)
+	return nil
+}
+
 // toDirty moves e from the active set into DIRTY. mu held.
 func (l *Log) toDirty(e *entry) {
 	l.gen++
+	rs := l.dirty.addEntry(e, l.gen)
 	if e.sk.slot < slotExtent {
 		// An extent: its touched zones, then its eviction (a torn tail
 		// keeps the extent active, counted whole).
-		rs := e.fine.ranges()
-		for _, r := range rs {
-			l.dirty.addZones(e.sk.k, r.lo, r.hi, l.gen)
-		}
 		if len(rs) > 0 {
 			l.appendRuns(recDirtyFile, e.sk.k, false, rs)
 		}
@@ -731,7 +742,6 @@ func (l *Log) toDirty(e *entry) {
 		return
 	}
 	lo, hi := e.lo, e.hi
-	l.dirty.addSlot(e.sk.k, e.sk.slot, lo, hi, l.gen)
 	b, start := l.begin(recToDirty)
 	b = appendKey(b, e.sk.k)
 	b = binary.AppendUvarint(b, e.sk.slot)

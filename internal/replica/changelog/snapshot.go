@@ -89,16 +89,9 @@ func (l *Log) Dirty() *Snapshot {
 	out := l.snapshot(&l.dirty)
 	alone := newSet()
 	for e := l.lru.next; e != &l.lru; e = e.next {
-		if !e.alone {
-			continue
+		if e.alone {
+			alone.addEntry(e, l.gen)
 		}
-		if e.sk.slot < slotExtent {
-			for _, r := range e.fine.ranges() {
-				alone.addZones(e.sk.k, r.lo, r.hi, l.gen)
-			}
-			continue
-		}
-		alone.addSlot(e.sk.k, e.sk.slot, e.lo, e.hi, l.gen)
 	}
 	if alone.len() == 0 {
 		return out

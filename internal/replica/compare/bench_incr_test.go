@@ -25,10 +25,12 @@ import (
 // files at once, as the agent runs it. TANDEM_COMPARE_BENCH_DIR keeps the
 // trees between runs; TANDEM_COMPARE_BENCH_COLD=1 (root) drops the page
 // cache before each run. The time includes the secondary's final SyncAll.
-// Freezes lock as the agent's do: everything (TANDEM_COMPARE_BENCH_FREEZE=
-// file: a file's fixes only that file, see FreezeFile; =0: none). TANDEM_COMPARE_BENCH_LIVE=1 runs an
-// application writing 4 KiB to another file every millisecond during each
-// run and reports its write latency (p50, p99, max).
+// Freezes lock as the agent's do: everything. TANDEM_COMPARE_BENCH_FREEZE
+// =file freezes only the file a fix is for (see FreezeFile), =0 nothing;
+// TANDEM_COMPARE_BENCH_FILE_FREEZES=N lets N file freezes be held at once.
+// TANDEM_COMPARE_BENCH_LIVE=1 runs an application writing 4 KiB to
+// another file every millisecond during each run and reports its write
+// latency (p50, p99, max).
 func BenchmarkIncrementalTree(b *testing.B) {
 	files, bigMB := 2000, 1024
 	if v, err := strconv.Atoi(os.Getenv("TANDEM_COMPARE_BENCH_INCR_FILES")); err == nil && v > 0 {
