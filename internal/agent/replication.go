@@ -198,7 +198,13 @@ func (x *replicator) Submit(o *op.Op) uint64 {
 	return seq
 }
 
-func (x *replicator) Wait(seq uint64, durable bool) error {
+func (x *replicator) Wait(seq uint64, durable bool) error { return x.wait(seq, durable, false) }
+
+// waitFlushed waits until every op up to seq is durable on the peer, not
+// only the file an Fsync op at seq names.
+func (x *replicator) waitFlushed(seq uint64) error { return x.wait(seq, true, true) }
+
+func (x *replicator) wait(seq uint64, durable, all bool) error {
 	if seq == 0 {
 		return x.released()
 	}
@@ -209,11 +215,20 @@ func (x *replicator) Wait(seq uint64, durable bool) error {
 		return x.released()
 	}
 	n := seq & (1<<genShift - 1)
+	if all {
+		if err := s.WaitFlushed(n); err != nil {
+			return err
+		}
+		if s.Flushed() >= n {
+			return nil
+		}
+		return x.released()
+	}
 	if err := s.Wait(n, durable); err != nil {
 		return err
 	}
-	applied, flushed := s.Acked()
-	if (durable && flushed >= n) || (!durable && applied >= n) {
+	applied, synced := s.Acked()
+	if (durable && synced >= n) || (!durable && applied >= n) {
 		return nil
 	}
 	return x.released()
@@ -379,7 +394,7 @@ func (x *replica) unmount() {
 	for _, d := range x.dirs {
 		if s := d.rep.current(); s != nil {
 			if seq := d.rep.lastSeq.Load(); seq != 0 {
-				if err := d.rep.Wait(seq, true); err != nil {
+				if err := d.rep.waitFlushed(seq); err != nil {
 					x.r.log.Add("error", "final sync of "+d.path+" failed: "+err.Error())
 				}
 			}
@@ -685,9 +700,14 @@ func (x *replica) connect(epoch uint64, need bool) {
 			// keep each zone until the peer made it durable.
 			SyncEvery: durableEvery,
 			Logger:    a.log.With("module", cfg.Name, "dir", d.path),
-			OnAck: func(_, durable uint64) {
+			// Only a SyncAll makes every op before it durable on the
+			// peer; an Fsync op flushes its own file. Were the records
+			// to forget a zone of another file at an Fsync's ack, a
+			// power cut of the peer could leave its copy without it, and
+			// no resynchronisation would send it again.
+			OnAck: func(_, flushed uint64) {
 				if gen, l := d.ackGen.Load(), d.changes; gen != 0 && l != nil {
-					l.Acked(gen<<genShift | durable)
+					l.Acked(gen<<genShift | flushed)
 				}
 			},
 			OnFailure: func(err error) {

@@ -291,43 +291,113 @@ func (a *Applier) isDir(p string) bool {
 
 // syncAll makes every op applied so far durable.
 func (a *Applier) syncAll() error {
-	if !a.syncAllFS && !a.overflow {
-		err := a.syncTracked()
-		if err == nil {
-			return nil
-		}
-		// A directory renamed or removed since it changed: the whole
-		// filesystem then. Other errors (EIO, ENOSPC) are the answer.
-		if !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTDIR) {
-			return err
-		}
-	}
-	if err := syncfs(a.root); err != nil {
+	f, err := a.takeFlushLocked()
+	if err != nil {
 		return err
 	}
-	a.forgetFiles()
-	clear(a.dirty)
-	a.overflow, a.syncAllFS = false, false
-	return nil
+	return f.Run()
 }
 
 // syncfs is a variable for the tests.
 var syncfs = unix.Syncfs
 
-// syncTracked fsyncs the changed files, then the changed directories.
-func (a *Applier) syncTracked() error {
+// Flush is what one SyncAll must make durable, taken from an Applier by
+// StartFlush: it owns its descriptors and runs without the Applier's lock,
+// so ops applied meanwhile are not held back.
+type Flush struct {
+	root    int // own duplicate of the Applier's root
+	files   []int
+	dirs    []string
+	fs      bool // syncfs instead of the tracked files and directories
+	noOpen2 bool
+}
+
+// StartFlush takes what changed since the last SyncAll (or StartFlush):
+// once Run returns nil, every op applied before StartFlush is durable.
+// The Applier tracks changes afresh from here, so a later SyncAll does not
+// wait for this Flush: the caller that needs both must Run this one first.
+func (a *Applier) StartFlush() (*Flush, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return nil, ErrClosed
+	}
+	return a.takeFlushLocked()
+}
+
+func (a *Applier) takeFlushLocked() (*Flush, error) {
+	root, err := unix.FcntlInt(uintptr(a.root), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("duplicate the root descriptor: %w", err)
+	}
+	f := &Flush{root: root, fs: a.syncAllFS || a.overflow, noOpen2: a.noOpen2}
 	for id, fd := range a.dirtyFiles {
-		if err := ignoringEINTR(func() error { return unix.Fsync(fd) }); err != nil {
-			return err
-		}
-		unix.Close(fd)
+		f.files = append(f.files, fd)
 		delete(a.dirtyFiles, id)
 	}
 	for d := range a.dirty {
-		if err := a.syncDir(d); err != nil {
+		f.dirs = append(f.dirs, d)
+	}
+	clear(a.dirty)
+	a.overflow, a.syncAllFS = false, false
+	return f, nil
+}
+
+// Run makes the Flush durable and releases its descriptors. A directory
+// renamed or removed since it changed makes it flush the whole filesystem;
+// other errors (EIO, ENOSPC) are the answer.
+func (f *Flush) Run() error {
+	defer f.Release()
+	if !f.fs {
+		err := f.tracked()
+		if err == nil || (!errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTDIR)) {
 			return err
 		}
-		delete(a.dirty, d)
+	}
+	return syncfs(f.root)
+}
+
+// Release closes the Flush's descriptors without flushing (Run does it).
+func (f *Flush) Release() {
+	for _, fd := range f.files {
+		unix.Close(fd)
+	}
+	if f.root >= 0 {
+		unix.Close(f.root)
+	}
+	f.files, f.root = nil, -1
+}
+
+// tracked fsyncs the changed files, then the changed directories.
+func (f *Flush) tracked() error {
+	for _, fd := range f.files {
+		if err := ignoringEINTR(func() error { return unix.Fsync(fd) }); err != nil {
+			return err
+		}
+	}
+	for _, d := range f.dirs {
+		if d == "" {
+			if err := ignoringEINTR(func() error { return unix.Fsync(f.root) }); err != nil {
+				return err
+			}
+			continue
+		}
+		flags := uint64(unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC)
+		fd, err := -1, error(unix.ENOSYS)
+		if !f.noOpen2 {
+			fd, err = openat2(f.root, d, flags, 0)
+		}
+		if err == unix.ENOSYS {
+			fd, err = walkBeneath(f.root, d, int(flags), 0)
+		}
+		if err != nil {
+			return err
+		}
+		err = ignoringEINTR(func() error { return unix.Fsync(fd) })
+		unix.Close(fd)
+		if err != nil {
+			return fmt.Errorf("fsync directory %q: %w", d, err)
+		}
 	}
 	return nil
 }

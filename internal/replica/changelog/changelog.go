@@ -154,8 +154,13 @@ type Log struct {
 	flushing bool
 	err      error // sticky: the journal can no longer be written
 	closed   bool
+	// aheadLSN: the last activation a Touch appended ahead of a
+	// sequential writer and left a goroutine to make durable.
+	aheadLSN uint64
 
 	syncs, spills uint64
+	// Activations a Touch waited for, and those appended ahead (tests).
+	touchActs, aheadActs uint64
 }
 
 // Open opens (or creates) the change record kept in dir. After a crash it
@@ -498,6 +503,9 @@ func (l *Log) touch(p Pin) (Pin, error) {
 			return Pin{}, err
 		}
 	}
+	if p.kind == pinZones {
+		l.prefetch(p)
+	}
 	p.phase = l.phase
 	l.pinsNow++
 	return p, nil
@@ -583,6 +591,7 @@ func (l *Log) touchSlow(p Pin) error {
 			}
 			end := l.readAhead(p, start, z)
 			lsn := l.appendActiveExt(p.k, start, end-start)
+			l.touchActs++
 			for y := start; y < end; y++ {
 				e := l.newEntry(slotKey{p.k, y}, lsn)
 				if y < z {
@@ -644,6 +653,59 @@ func (l *Log) readAhead(p Pin, start, z uint64) uint64 {
 		end++
 	}
 	return end
+}
+
+// prefetch keeps a sequential writer from waiting for the journal: once
+// it has used half of the extents activated ahead of it (by readAhead or
+// an earlier prefetch), the next ReadAhead+1 are activated and made
+// durable by a goroutine while it writes, instead of by its next Touch
+// past them. Only for a file written sequentially: p's extents run into
+// extents already active ahead of it. mu held.
+func (l *Log) prefetch(p Pin) {
+	if l.opt.ReadAhead <= 0 {
+		return
+	}
+	ahead := uint64(0)
+	window := uint64(l.opt.ReadAhead) + 1
+	for ahead < window && l.active[slotKey{p.k, p.hi + ahead}] != nil {
+		ahead++
+	}
+	if ahead == 0 || ahead > window/2 {
+		return
+	}
+	start := p.hi + ahead
+	n := min(window, uint64(l.opt.MaxActive/4), uint64(maxTouchZones))
+	if free := l.opt.MaxActive - len(l.active); free < int(n) {
+		n = uint64(free + l.evict(int(n)-free, false, p))
+	}
+	limit := uint64(1) << (63 - l.shift) >> l.xshift
+	end := start
+	for ; n > 0 && end < limit && l.active[slotKey{p.k, end}] == nil; n-- {
+		end++
+	}
+	if end == start {
+		return
+	}
+	lsn := l.appendActiveExt(p.k, start, end-start)
+	for x := start; x < end; x++ {
+		l.newEntry(slotKey{p.k, x}, lsn)
+	}
+	l.aheadActs++
+	running := l.aheadLSN != 0
+	l.aheadLSN = lsn
+	if running {
+		return // the goroutine under way syncs this record too
+	}
+	go func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		for l.synced < l.aheadLSN {
+			if l.waitDurable(l.aheadLSN) != nil {
+				break // sticky in l.err: the next Touch reports it
+			}
+		}
+		l.aheadLSN = 0
+	}()
 }
 
 func (l *Log) wake() {

@@ -294,3 +294,56 @@ func TestReadAhead(t *testing.T) {
 		t.Fatalf("in flight after the crash for the stream: %v, want %v (the two extents touched and %d ahead)", got, want, defaultReadAhead)
 	}
 }
+
+// TestPrefetch: a sequential writer that has used half of the extents
+// activated ahead of it gets the next ones activated and synced by a
+// goroutine, so after its first two extents no Touch of the stream waits
+// for the journal; the prefetched extents are in flight after a crash.
+func TestPrefetch(t *testing.T) {
+	dir := t.TempDir()
+	l := mustOpen(t, dir, Options{ZoneSize: 4 << 10, Logger: quiet})
+	k := Key{1, 1}
+	const step = 1 << 20
+	n := 64 * l.ExtentSize() / step
+	for i := int64(0); i < n; i++ {
+		p, err := l.Touch(k, i*step, step)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.Done(p, uint64(i+1))
+	}
+	l.mu.Lock()
+	touchActs, aheadActs := l.touchActs, l.aheadActs
+	l.mu.Unlock()
+	// The first extent (no read-ahead: nothing before it is active) and
+	// the second (read-ahead of 15): every later one was prefetched.
+	if touchActs != 2 || aheadActs < 64/(defaultReadAhead+1) {
+		t.Fatalf("64 extents written in order: %d activations by the writer, %d ahead; want 2 and at least %d", touchActs, aheadActs, 64/(defaultReadAhead+1))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l.mu.Lock()
+		idle, synced, lsn := l.aheadLSN == 0, l.synced, l.lsn
+		l.mu.Unlock()
+		if idle && synced == lsn {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("prefetch not durable after 10s: synced %d of %d records, goroutine idle %v", synced, lsn, idle)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	l.crash()
+	l2 := mustOpen(t, dir, Options{ZoneSize: 4 << 10, Logger: quiet})
+	defer l2.Close()
+	var got []Range
+	for _, f := range l2.InFlight().Files {
+		if f.Key == k {
+			got = f.Zones
+		}
+	}
+	end := uint64(n*step) / uint64(l.ZoneSize())
+	if len(got) != 1 || got[0].First != 0 || got[0].End <= end {
+		t.Fatalf("in flight after the crash: %v, want one range from 0 past the stream's end (zone %d): the extents written and those prefetched", got, end)
+	}
+}

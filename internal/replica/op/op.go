@@ -74,6 +74,11 @@ const DataOnly = 1
 // before it is complete; once it is durable the secondary is up to date.
 const ResyncDone = 1
 
+// Background in a SyncAll op's Flags: nobody waits for it (the primary's
+// periodic sync for its change records), so the secondary may flush while
+// it applies the ops that follow instead of holding them back.
+const Background = 2
+
 var kindNames = [...]string{"invalid", "write", "truncate", "create", "mknod", "mkdir", "unlink", "rmdir",
 	"rename", "link", "symlink", "chmod", "chown", "utimens", "setxattr", "removexattr", "fallocate", "fsync", "syncall",
 	"query", "removetree", "xattrset"}

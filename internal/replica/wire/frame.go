@@ -85,16 +85,19 @@ func (o *opener) read(buf []byte) (plain, nbuf []byte, err error) {
 
 // ack is the receiver's report.
 type ack struct {
-	Applied, Durable uint64
-	ErrSeq           uint64 // 0: no error
-	Errno            uint32
-	Msg              string
+	Applied uint64 // last op applied
+	Durable uint64 // last Fsync or SyncAll op done, in order: that op's effect is durable
+	Flushed uint64 // last SyncAll op done: every op up to it is durable
+	ErrSeq  uint64 // 0: no error
+	Errno   uint32
+	Msg     string
 }
 
 func appendAck(b []byte, a *ack) []byte {
 	b = append(b, frameAck)
 	b = binary.BigEndian.AppendUint64(b, a.Applied)
 	b = binary.BigEndian.AppendUint64(b, a.Durable)
+	b = binary.BigEndian.AppendUint64(b, a.Flushed)
 	b = binary.BigEndian.AppendUint64(b, a.ErrSeq)
 	b = binary.BigEndian.AppendUint32(b, a.Errno)
 	msg := a.Msg
@@ -106,14 +109,15 @@ func appendAck(b []byte, a *ack) []byte {
 }
 
 func parseAck(b []byte) (a ack, err error) {
-	const fixed = 1 + 8 + 8 + 8 + 4 + 2
+	const fixed = 1 + 8 + 8 + 8 + 8 + 4 + 2
 	if len(b) < fixed || b[0] != frameAck || len(b) != fixed+int(binary.BigEndian.Uint16(b[fixed-2:])) {
 		return a, errors.New("malformed ack")
 	}
 	a.Applied = binary.BigEndian.Uint64(b[1:])
 	a.Durable = binary.BigEndian.Uint64(b[9:])
-	a.ErrSeq = binary.BigEndian.Uint64(b[17:])
-	a.Errno = binary.BigEndian.Uint32(b[25:])
+	a.Flushed = binary.BigEndian.Uint64(b[17:])
+	a.ErrSeq = binary.BigEndian.Uint64(b[25:])
+	a.Errno = binary.BigEndian.Uint32(b[33:])
 	a.Msg = string(b[fixed:])
 	return a, nil
 }

@@ -17,7 +17,7 @@ import (
 
 const (
 	magic         = "TDMR"
-	version       = 1
+	version       = 2 // 2: acks carry the flushed seq
 	nonceLen      = 32
 	macLen        = sha256.Size
 	maxHandshake  = 4096

@@ -56,6 +56,8 @@ type ReceiverConfig struct {
 	// and its Data (which aliases the receive buffer) are valid only
 	// during the call.
 	Apply func(*op.Op) error
+
+	runFlush func(*apply.Flush) error // tests: replaces Flush.Run
 }
 
 // Serve accepts replication streams for one module on ln until ctx is done
@@ -167,7 +169,14 @@ type session struct {
 	done    chan struct{} // closed when the session no longer uses the Applier
 	poke    chan struct{}
 	applied atomic.Uint64
-	durable atomic.Uint64
+	synced  atomic.Uint64 // last Fsync or SyncAll op applied and flushed in order
+	flushed atomic.Uint64 // last SyncAll op made durable: every op up to it is
+
+	// Background SyncAll ops (op.Background) flush while later ops apply.
+	flushes    chan pendingFlush
+	flushing   sync.WaitGroup // flushes queued and not yet done
+	flushFail  chan *sessionError
+	flusherEnd chan struct{}
 
 	ackMu   sync.Mutex
 	tx      sealer
@@ -191,7 +200,7 @@ func (s *session) stop() {
 func (s *session) sendAck(final *sessionError) error {
 	s.ackMu.Lock()
 	defer s.ackMu.Unlock()
-	a := ack{Applied: s.applied.Load(), Durable: s.durable.Load()}
+	a := ack{Applied: s.applied.Load(), Durable: s.synced.Load(), Flushed: s.flushed.Load()}
 	if final != nil {
 		a.ErrSeq, a.Errno, a.Msg = final.seq, uint32(final.errno), final.err.Error()
 	}
@@ -334,7 +343,9 @@ func (srv *server) install(conn net.Conn, h *hello) (*session, *refusal) {
 	}
 	s := &session{srv: srv, conn: conn, node: h.Node, epoch: h.Epoch,
 		stopCh: make(chan struct{}), done: make(chan struct{}), poke: make(chan struct{}, 1),
-		answering: make(chan struct{}, MaxConcurrentAnswers)}
+		answering: make(chan struct{}, MaxConcurrentAnswers),
+		flushes:   make(chan pendingFlush, maxPendingFlushes), flushFail: make(chan *sessionError, 1),
+		flusherEnd: make(chan struct{})}
 	srv.cur = s
 	srv.mu.Unlock()
 	if old != nil {
@@ -413,7 +424,16 @@ func (s *session) run(br *bufio.Reader, c2s, s2c cipher.AEAD, startSeq uint64) {
 		}
 	}()
 
+	go s.flusher()
 	serr := s.applyLoop(frames, pool, startSeq)
+	close(s.flushes)
+	<-s.flusherEnd // the final ack says how far the copy is durable
+	if serr == nil && !s.stopped.Load() {
+		select {
+		case serr = <-s.flushFail:
+		default:
+		}
+	}
 	wasStopped := s.stopped.Load()
 	if serr == nil && !wasStopped {
 		<-readDone // frames closed: the reader said why
@@ -453,11 +473,100 @@ func (s *session) readFailure(err error, startSeq uint64) *sessionError {
 	return &sessionError{seq: next, err: fmt.Errorf("replica %s: stream from %s: %w", s.srv.cfg.Module, s.node, err)}
 }
 
+// pendingFlush is a background SyncAll (seq) being made durable.
+type pendingFlush struct {
+	seq   uint64
+	flush *apply.Flush
+}
+
+// maxPendingFlushes bounds the background SyncAlls queued at once; more
+// wait (and hold the apply loop back).
+const maxPendingFlushes = 2
+
+// flusher runs the background flushes in order; each one done advances
+// the flushed seq and is acknowledged at once. A stopped session still
+// runs them: the Applier no longer tracks what they hold, so the next
+// session's SyncAll would not flush it. After a failure it only releases
+// the rest: the apply loop ends the session, and the copy is outdated.
+func (s *session) flusher() {
+	defer close(s.flusherEnd)
+	failed := false
+	for pf := range s.flushes {
+		run := (*apply.Flush).Run
+		if h := s.srv.cfg.runFlush; h != nil {
+			run = h
+		}
+		if failed {
+			pf.flush.Release()
+		} else if err := run(pf.flush); err != nil {
+			failed = true
+			var errno syscall.Errno
+			errors.As(err, &errno)
+			s.flushFail <- &sessionError{seq: pf.seq, errno: errno,
+				err: fmt.Errorf("replica %s: op %d: flush %s: %w", s.srv.cfg.Module, pf.seq, op.SyncAll, err)}
+		} else {
+			s.flushed.Store(pf.seq)
+			if !s.stopped.Load() {
+				if err := s.sendAck(nil); err != nil {
+					s.stop()
+				}
+			}
+		}
+		s.flushing.Done()
+	}
+}
+
+// syncOp applies Fsync or SyncAll op o (seq), or for a background SyncAll
+// hands its flush to the flusher. A SyncAll that someone waits for first
+// waits for the background flushes before it: its ack says every op up
+// to it is durable.
+func (s *session) syncOp(o *op.Op, seq uint64) error {
+	background := o.Kind == op.SyncAll && o.Flags&op.Background != 0
+	if background && s.srv.cfg.Applier != nil {
+		f, err := s.srv.cfg.Applier.StartFlush()
+		if err != nil {
+			return fmt.Errorf("apply %s: %w", o, err)
+		}
+		// Applied before the flusher can say it is durable.
+		s.applied.Store(seq)
+		s.srv.lastApplied.Store(seq)
+		s.flushing.Add(1)
+		select {
+		case s.flushes <- pendingFlush{seq, f}:
+			return nil
+		case <-s.stopCh:
+			s.flushing.Done()
+			return f.Run() // as the flusher would: nobody else flushes it
+		}
+	}
+	if o.Kind == op.SyncAll {
+		s.flushing.Wait()
+	}
+	if err := s.srv.apply(o); err != nil {
+		return err
+	}
+	if o.Kind == op.SyncAll {
+		s.flushed.Store(seq)
+	}
+	s.synced.Store(seq)
+	return nil
+}
+
 func (s *session) applyLoop(frames <-chan rxFrame, pool chan<- []byte, next uint64) *sessionError {
 	mod := s.srv.cfg.Module
 	var o op.Op
 	lastAck := time.Now()
-	for fr := range frames {
+	for {
+		var fr rxFrame
+		var ok bool
+		select {
+		case fr, ok = <-frames:
+		case serr := <-s.flushFail:
+			return serr
+		}
+		if !ok {
+			return nil
+		}
 		p := fr.plain
 		if len(p) < 9 || p[0] != frameBatch {
 			return &sessionError{seq: next, err: fmt.Errorf("replica %s: stream from %s: unexpected frame type %q", mod, s.node, p[:min(1, len(p))])}
@@ -474,19 +583,24 @@ func (s *session) applyLoop(frames <-chan rxFrame, pool chan<- []byte, next uint
 				return &sessionError{seq: next, err: fmt.Errorf("replica %s: stream from %s: op %d: %w", mod, s.node, next, err)}
 			}
 			p = p[n:]
-			if o.Kind == op.Query {
+			switch {
+			case o.Kind == op.Query:
 				if !s.answer(next, &o) {
 					return nil
 				}
-			} else if err := s.srv.apply(&o); err != nil {
+			case o.Kind == op.Fsync || o.Kind == op.SyncAll:
+				err = s.syncOp(&o, next)
+			default:
+				err = s.srv.apply(&o)
+			}
+			if err != nil {
 				var errno syscall.Errno
 				errors.As(err, &errno)
 				return &sessionError{seq: next, errno: errno, err: fmt.Errorf("replica %s: op %d: %w", mod, next, err)}
 			}
 			s.applied.Store(next)
 			s.srv.lastApplied.Store(next)
-			if o.Kind == op.Fsync || o.Kind == op.SyncAll {
-				s.durable.Store(next)
+			if s.synced.Load() == next {
 				// Someone waits for this: answer now, not via the acker.
 				if err := s.sendAck(nil); err != nil {
 					s.stop()
@@ -511,7 +625,6 @@ func (s *session) applyLoop(frames <-chan rxFrame, pool chan<- []byte, next uint
 		}
 		lastAck = time.Now()
 	}
-	return nil
 }
 
 func errnoOf(e uint32) syscall.Errno { return syscall.Errno(e) }

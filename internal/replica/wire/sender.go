@@ -60,16 +60,19 @@ type SenderConfig struct {
 	// SyncAll ops, and every op a Wait needs, leave at once. Default
 	// DefaultLinger; negative sends every op at once.
 	Linger time.Duration
-	// SyncEvery: ops not followed by an Fsync or SyncAll get a SyncAll
-	// this long after the last one, so the secondary's durable point
-	// follows the stream even when the application never syncs (the
-	// primary's change records wait for it). 0: never.
+	// SyncEvery: ops not followed by a SyncAll get one (op.Background:
+	// the secondary flushes it while applying the next ops) this long
+	// after the last, so the point up to which everything is durable on
+	// the secondary follows the stream (the primary's change records wait
+	// for it). Fsync ops do not count: they make one file durable, not
+	// the ops before them. 0: never.
 	SyncEvery time.Duration
 	Logger    *slog.Logger // nil: slog.Default()
 	// OnAck, when set, is called by the goroutine reading the peer's
-	// acknowledgements each time they advance, with the last applied and
-	// the last durable seq (keep it short: acks wait for it).
-	OnAck func(applied, durable uint64)
+	// acknowledgements each time they advance, with the last applied seq
+	// and the last flushed one, up to which every op is durable on the
+	// secondary (keep it short: acks wait for it).
+	OnAck func(applied, flushed uint64)
 	// OnFailure is called once, in its own goroutine, when the peer is
 	// declared failed: no progress within Timeout, a connection error, or
 	// an op the secondary failed to apply. Not called after Close.
@@ -87,30 +90,32 @@ type Sender struct {
 	peerNode  string
 	peerEpoch uint64
 
-	mu       sync.Mutex
-	nextSeq  uint64      // seq of the next Submit
-	queued   uint64      // last seq encoded for sending
-	lastSync uint64      // last Fsync or SyncAll op queued
-	syncedAt time.Time   // when lastSync was queued
-	autoSync atomic.Bool // a SyncEvery SyncAll is being submitted
-	cur      *frame      // batch being filled, nil if none
-	linger   *time.Timer
-	ready    []*frame
-	sending  bool // a goroutine holds the token to seal and write a frame
-	free     []*frame
-	inflight []frameRec // closed batches not yet acknowledged, oldest first
-	inHead   int
-	lagBytes int
-	applied  uint64
-	durable  uint64
-	progress time.Time // last progress, or when ops became outstanding
-	failed   error
-	closed   bool
-	pending  map[uint64]chan Reply // queries waiting for their answer
-	ackCh    chan struct{}         // closed on the next state change; nil when nobody waits
-	wake     chan struct{}         // writer wake-up, capacity 1
-	done     chan struct{}         // closed on failure or Close
-	wg       sync.WaitGroup
+	mu          sync.Mutex
+	nextSeq     uint64      // seq of the next Submit
+	queued      uint64      // last seq encoded for sending
+	lastSync    uint64      // last Fsync or SyncAll op queued
+	lastSyncAll uint64      // last SyncAll op queued
+	syncAllAt   time.Time   // when lastSyncAll was queued
+	autoSync    atomic.Bool // a SyncEvery SyncAll is being submitted
+	cur         *frame      // batch being filled, nil if none
+	linger      *time.Timer
+	ready       []*frame
+	sending     bool // a goroutine holds the token to seal and write a frame
+	free        []*frame
+	inflight    []frameRec // closed batches not yet acknowledged, oldest first
+	inHead      int
+	lagBytes    int
+	applied     uint64
+	durable     uint64    // last Fsync or SyncAll op done (in order)
+	flushed     uint64    // last SyncAll op done: every op up to it is durable
+	progress    time.Time // last progress, or when ops became outstanding
+	failed      error
+	closed      bool
+	pending     map[uint64]chan Reply // queries waiting for their answer
+	ackCh       chan struct{}         // closed on the next state change; nil when nobody waits
+	wake        chan struct{}         // writer wake-up, capacity 1
+	done        chan struct{}         // closed on failure or Close
+	wg          sync.WaitGroup
 
 	writerWakes atomic.Int64 // the writer's wake-ups (tests)
 }
@@ -281,7 +286,10 @@ func (s *Sender) submit(o *op.Op, urgent bool, reply chan Reply) uint64 {
 	f.last, f.bytes = seq, f.bytes+size
 	s.queued = seq
 	if o.Kind == op.Fsync || o.Kind == op.SyncAll {
-		s.lastSync, s.syncedAt = seq, time.Now()
+		s.lastSync = seq
+	}
+	if o.Kind == op.SyncAll {
+		s.lastSyncAll, s.syncAllAt = seq, time.Now()
 	}
 	urgent = urgent || o.Kind == op.Fsync || o.Kind == op.SyncAll || s.cfg.Linger < 0
 	s.lagBytes += size
@@ -425,12 +433,33 @@ func (s *Sender) notifyLocked() {
 // It never blocks longer than Timeout: then the peer is declared failed and
 // Wait returns nil. An error means seq was never submitted.
 func (s *Sender) Wait(seq uint64, durable bool) error {
+	if durable {
+		return s.wait(seq, waitSynced)
+	}
+	return s.wait(seq, waitApplied)
+}
+
+// WaitFlushed blocks until every op up to seq is durable on the
+// secondary: a SyncAll at or after seq is done (Wait's durable also
+// accepts an Fsync op, which flushes one file). It submits that SyncAll
+// when none was, and otherwise behaves as Wait.
+func (s *Sender) WaitFlushed(seq uint64) error { return s.wait(seq, waitFlushed) }
+
+type waitFor int
+
+const (
+	waitApplied waitFor = iota
+	waitSynced          // an Fsync or SyncAll op at or after seq done
+	waitFlushed         // a SyncAll op at or after seq done
+)
+
+func (s *Sender) wait(seq uint64, what waitFor) error {
 	if seq == 0 {
 		return nil
 	}
 	var timer *time.Timer
 	s.mu.Lock()
-	if durable && s.usable() && seq < s.nextSeq && s.lastSync < seq {
+	if s.usable() && seq < s.nextSeq && ((what == waitSynced && s.lastSync < seq) || (what == waitFlushed && s.lastSyncAll < seq)) {
 		s.mu.Unlock()
 		seq = s.Submit(&op.Op{Kind: op.SyncAll})
 		s.mu.Lock()
@@ -446,8 +475,11 @@ func (s *Sender) Wait(seq uint64, durable bool) error {
 			return fmt.Errorf("replica %s: wait for op %d, but only %d ops were submitted", s.cfg.Module, seq, n-1)
 		}
 		got := s.applied
-		if durable {
-			got = s.durable
+		switch what {
+		case waitSynced:
+			got = max(s.durable, s.flushed)
+		case waitFlushed:
+			got = s.flushed
 		}
 		if got >= seq {
 			s.mu.Unlock()
@@ -468,7 +500,7 @@ func (s *Sender) Wait(seq uint64, durable bool) error {
 		case <-ch:
 		case <-timer.C:
 			kind := "applied"
-			if durable {
+			if what != waitApplied {
 				kind = "made durable"
 			}
 			s.fail(fmt.Errorf("%w: op %d not %s within %s", ErrPeerTimeout, seq, kind, s.cfg.Timeout))
@@ -503,11 +535,20 @@ func (s *Sender) Lag() (ops int, bytes int) {
 	return int(s.queued - s.applied), s.lagBytes
 }
 
-// Acked returns the last applied and last durable seq acknowledged.
+// Acked returns the last applied seq acknowledged and the last durable
+// one: the last Fsync or SyncAll op done (Wait's durable point).
 func (s *Sender) Acked() (applied, durable uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.applied, s.durable
+	return s.applied, max(s.durable, s.flushed)
+}
+
+// Flushed returns the last SyncAll op acknowledged: every op up to it is
+// durable on the secondary.
+func (s *Sender) Flushed() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.flushed
 }
 
 // Failed returns why the peer was declared failed, ErrClosed after Close,
@@ -694,9 +735,9 @@ func (s *Sender) reader() {
 			return
 		}
 		s.mu.Lock()
-		if a.Applied > s.queued || a.Durable > a.Applied {
+		if a.Applied > s.queued || a.Durable > a.Applied || a.Flushed > a.Applied {
 			s.mu.Unlock()
-			s.fail(fmt.Errorf("ack of op %d (durable %d) beyond the last op sent (%d)", a.Applied, a.Durable, s.queued))
+			s.fail(fmt.Errorf("ack of op %d (durable %d, flushed %d) beyond the last op sent (%d)", a.Applied, a.Durable, a.Flushed, s.queued))
 			return
 		}
 		if a.Applied > s.applied {
@@ -719,11 +760,14 @@ func (s *Sender) reader() {
 		if a.Durable > s.durable {
 			s.durable = a.Durable
 		}
-		applied, durable := s.applied, s.durable
+		if a.Flushed > s.flushed {
+			s.flushed = a.Flushed
+		}
+		applied, flushed := s.applied, s.flushed
 		s.notifyLocked()
 		s.mu.Unlock()
 		if s.cfg.OnAck != nil {
-			s.cfg.OnAck(applied, durable)
+			s.cfg.OnAck(applied, flushed)
 		}
 		if a.ErrSeq != 0 {
 			s.fail(&ApplyError{Seq: a.ErrSeq, Errno: errnoOf(a.Errno), Msg: a.Msg})
@@ -751,7 +795,7 @@ func (s *Sender) watchdog() {
 			s.mu.Lock()
 			stuck := s.applied < s.queued && now.Sub(s.progress) > s.cfg.Timeout
 			n := s.queued - s.applied
-			needSync := s.cfg.SyncEvery > 0 && s.lastSync < s.queued && now.Sub(s.syncedAt) >= s.cfg.SyncEvery
+			needSync := s.cfg.SyncEvery > 0 && s.lastSyncAll < s.queued && now.Sub(s.syncAllAt) >= s.cfg.SyncEvery
 			s.mu.Unlock()
 			if stuck {
 				s.fail(fmt.Errorf("%w: %d ops unacknowledged for %s", ErrPeerTimeout, n, s.cfg.Timeout))
@@ -760,7 +804,7 @@ func (s *Sender) watchdog() {
 				// goroutine ends a stuck peer.
 				go func() {
 					defer s.autoSync.Store(false)
-					s.Submit(&op.Op{Kind: op.SyncAll})
+					s.Submit(&op.Op{Kind: op.SyncAll, Flags: op.Background})
 				}()
 			}
 		}

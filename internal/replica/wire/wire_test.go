@@ -1074,3 +1074,152 @@ func TestSyncedWriteWakesNoWriter(t *testing.T) {
 		t.Fatalf("%d synced writes woke the writer %d times, want (almost) none", n, w)
 	}
 }
+
+// TestFsyncAckIsNotFlushed: an Fsync op makes its own file durable, not
+// the ops before it: the flushed point (what OnAck reports, and the change
+// records forget) stays behind until a SyncAll, which WaitFlushed sends.
+func TestFsyncAckIsNotFlushed(t *testing.T) {
+	r := newRig(t, "", nil)
+	cfg := r.senderConfig()
+	var flushed atomic.Uint64
+	cfg.OnAck = func(_, f uint64) { flushed.Store(f) }
+	s := dial(t, cfg)
+	s.Submit(&op.Op{Kind: op.Create, Path: "a", Mode: 0o644, Uid: -1, Gid: -1})
+	s.Submit(&op.Op{Kind: op.Create, Path: "b", Mode: 0o644, Uid: -1, Gid: -1})
+	w := s.Submit(&op.Op{Kind: op.Write, Path: "a", Data: []byte("not synced")})
+	fs := s.Submit(&op.Op{Kind: op.Fsync, Path: "b"})
+	if err := s.Wait(fs, true); err != nil || s.Failed() != nil {
+		t.Fatal(err, s.Failed())
+	}
+	if f := s.Flushed(); f >= w {
+		t.Fatalf("flushed %d after an Fsync of another file, want < %d (the write to a)", f, w)
+	}
+	if f := flushed.Load(); f >= w {
+		t.Fatalf("OnAck reported flushed %d after an Fsync of another file, want < %d", f, w)
+	}
+	if err := s.WaitFlushed(fs); err != nil || s.Failed() != nil {
+		t.Fatal(err, s.Failed())
+	}
+	if f := s.Flushed(); f <= fs {
+		t.Fatalf("flushed %d after WaitFlushed(%d), want a SyncAll after it", f, fs)
+	}
+	for deadline := time.Now().Add(5 * time.Second); flushed.Load() <= fs && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+	if f := flushed.Load(); f <= fs {
+		t.Fatalf("OnAck reported flushed %d, want > %d", f, fs)
+	}
+}
+
+// TestSyncEveryDespiteFsyncs: an application that fsyncs one file all the
+// time still gets the periodic SyncAll, so the flushed point advances.
+func TestSyncEveryDespiteFsyncs(t *testing.T) {
+	r := newRig(t, "", nil)
+	cfg := r.senderConfig()
+	cfg.SyncEvery = 30 * time.Millisecond
+	s := dial(t, cfg)
+	s.Submit(&op.Op{Kind: op.Create, Path: "log", Mode: 0o644, Uid: -1, Gid: -1})
+	s.Submit(&op.Op{Kind: op.Create, Path: "data", Mode: 0o644, Uid: -1, Gid: -1})
+	w := s.Submit(&op.Op{Kind: op.Write, Path: "data", Data: []byte("page")})
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Flushed() < w {
+		if time.Now().After(deadline) {
+			t.Fatalf("flushed %d after 5s of fsyncs, want >= %d: the periodic SyncAll never came", s.Flushed(), w)
+		}
+		l := s.Submit(&op.Op{Kind: op.Write, Path: "log", Data: []byte("commit")})
+		if err := s.Wait(s.Submit(&op.Op{Kind: op.Fsync, Path: "log"}), true); err != nil || s.Failed() != nil || l == 0 {
+			t.Fatal(err, s.Failed())
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// TestBackgroundFlushHoldsNothing: while a background SyncAll flushes, the
+// ops after it are applied and acknowledged; its flushed point comes when
+// the flush is done; a SyncAll someone waits for waits for it too.
+func TestBackgroundFlushHoldsNothing(t *testing.T) {
+	entered, release := make(chan struct{}, 4), make(chan struct{})
+	r := newRig(t, "", func(c *ReceiverConfig) {
+		c.runFlush = func(f *apply.Flush) error {
+			entered <- struct{}{}
+			<-release
+			return f.Run()
+		}
+	})
+	s := dial(t, r.senderConfig())
+	s.Submit(&op.Op{Kind: op.Create, Path: "f", Mode: 0o644, Uid: -1, Gid: -1})
+	s.Submit(&op.Op{Kind: op.Write, Path: "f", Data: []byte("before")})
+	bg := s.Submit(&op.Op{Kind: op.SyncAll, Flags: op.Background})
+	select {
+	case <-entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the background SyncAll's flush did not start within 5s")
+	}
+	released := false
+	defer func() {
+		if !released {
+			close(release)
+		}
+	}()
+	w := s.Submit(&op.Op{Kind: op.Write, Path: "f", Data: []byte("after"), Off: 6})
+	if err := s.Wait(w, false); err != nil || s.Failed() != nil {
+		t.Fatalf("write after a background SyncAll not applied while it flushes: %v %v", err, s.Failed())
+	}
+	if f := s.Flushed(); f >= bg {
+		t.Fatalf("flushed %d while the flush of %d is held", f, bg)
+	}
+	got := make(chan error, 1)
+	go func() { got <- s.WaitFlushed(w) }()
+	select {
+	case err := <-got:
+		t.Fatalf("a SyncAll after a held background flush returned first (%v): flushed %d", err, s.Flushed())
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+	released = true
+	select {
+	case err := <-got:
+		if err != nil || s.Failed() != nil {
+			t.Fatal(err, s.Failed())
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("WaitFlushed did not return within 5s of the flush's release")
+	}
+	if f := s.Flushed(); f <= w {
+		t.Fatalf("flushed %d, want > %d", f, w)
+	}
+	if b, err := os.ReadFile(filepath.Join(r.dir, "f")); err != nil || string(b) != "beforeafter" {
+		t.Fatalf("copy holds %q (%v)", b, err)
+	}
+}
+
+// TestBackgroundFlushFailure: a background flush that fails (EIO) ends
+// the session with that op's error, as an inline one does.
+func TestBackgroundFlushFailure(t *testing.T) {
+	r := newRig(t, "", func(c *ReceiverConfig) {
+		c.runFlush = func(f *apply.Flush) error {
+			f.Release()
+			return syscall.EIO
+		}
+	})
+	s := dial(t, r.senderConfig())
+	s.Submit(&op.Op{Kind: op.Create, Path: "f", Mode: 0o644, Uid: -1, Gid: -1})
+	bg := s.Submit(&op.Op{Kind: op.SyncAll, Flags: op.Background})
+	select {
+	case <-s.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the sender did not fail within 5s of a failed flush")
+	}
+	var ae *ApplyError
+	if err := s.Failed(); !errors.As(err, &ae) || ae.Seq != bg || ae.Errno != syscall.EIO {
+		t.Fatalf("sender failed with %v, want the apply error of op %d (EIO)", err, bg)
+	}
+	select {
+	case err := <-r.errs:
+		if !errors.Is(err, syscall.EIO) {
+			t.Fatalf("OnError got %v, want EIO", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("OnError not called within 5s")
+	}
+}
