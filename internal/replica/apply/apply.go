@@ -27,7 +27,9 @@
 // or after an op on attributes alone (chmod, chown, times, xattrs,
 // symlinks, device nodes, links). syncfs would flush every unrelated
 // writer of the filesystem too: on a busy system disk it can take longer
-// than the peer's timeout.
+// than the peer's timeout. StartFlush takes the same set without flushing
+// it: the returned Flush runs without the Applier's lock, so a background
+// SyncAll does not hold back the ops after it (replica/wire).
 //
 // A failed op may leave a partial effect only where the kernel gives no
 // way to undo it (a write cut short by ENOSPC leaves the part that fitted);

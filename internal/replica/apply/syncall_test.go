@@ -2,6 +2,7 @@ package apply
 
 import (
 	"fmt"
+	"os"
 	"testing"
 
 	"github.com/tandem-ha/tandem/internal/replica/op"
@@ -65,4 +66,76 @@ func TestSyncAllTargeted(t *testing.T) {
 		apply(&op.Op{Kind: op.Create, Path: fmt.Sprint("f", i), Mode: 0o644, Uid: -1, Gid: -1})
 	}
 	syncAll("more files than tracked", true)
+}
+
+// TestStartFlush: StartFlush takes what the next SyncAll would flush, so
+// the Applier tracks afresh while the Flush waits; Run falls back to
+// syncfs for a directory renamed in between; Run and Release leave no
+// descriptor open.
+func TestStartFlush(t *testing.T) {
+	calls := 0
+	old := syncfs
+	syncfs = func(fd int) error { calls++; return old(fd) }
+	t.Cleanup(func() { syncfs = old })
+	a, err := New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	fds := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	apply := func(ops ...*op.Op) {
+		t.Helper()
+		for _, o := range ops {
+			if err := a.Apply(o); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	apply(&op.Op{Kind: op.Mkdir, Path: "d", Mode: 0o755, Uid: -1, Gid: -1},
+		&op.Op{Kind: op.Create, Path: "d/f", Mode: 0o644, Uid: -1, Gid: -1},
+		&op.Op{Kind: op.Write, Path: "d/f", Data: []byte("data")})
+	base := fds() // the tracked file's descriptor among them
+	f, err := a.StartFlush()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(a.dirtyFiles) != 0 || len(a.dirty) != 0 || len(f.files) != 1 || len(f.dirs) != 2 {
+		t.Fatalf("after StartFlush: applier tracks %d files, %d directories; flush holds %d files, %d directories (%q); want 0, 0, 1, 2",
+			len(a.dirtyFiles), len(a.dirty), len(f.files), len(f.dirs), f.dirs)
+	}
+	if err := f.Run(); err != nil || calls != 0 {
+		t.Fatalf("flush: %v, %d syncfs; want nil, 0", err, calls)
+	}
+	if n := fds(); n != base-1 {
+		t.Fatalf("%d descriptors open after Run, want %d", n, base-1)
+	}
+	apply(&op.Op{Kind: op.Write, Path: "d/f", Data: []byte("more"), Off: 4})
+	if f, err = a.StartFlush(); err != nil {
+		t.Fatal(err)
+	}
+	f.Release()
+	if n := fds(); n != base-1 {
+		t.Fatalf("%d descriptors open after Release, want %d", n, base-1)
+	}
+
+	// Ops applied while a Flush waits are tracked for the next one; a
+	// directory the Flush holds, renamed meanwhile: syncfs instead.
+	apply(&op.Op{Kind: op.Create, Path: "d/g", Mode: 0o644, Uid: -1, Gid: -1})
+	if f, err = a.StartFlush(); err != nil {
+		t.Fatal(err)
+	}
+	apply(&op.Op{Kind: op.Write, Path: "d/g", Data: []byte("later")},
+		&op.Op{Kind: op.Rename, Path: "d", Path2: "e"})
+	if len(a.dirtyFiles) != 1 || len(a.dirty) == 0 {
+		t.Fatalf("ops after StartFlush: %d files, %d directories tracked; want 1 and some", len(a.dirtyFiles), len(a.dirty))
+	}
+	if err := f.Run(); err != nil || calls != 1 {
+		t.Fatalf("flush of a directory renamed since: %v, %d syncfs; want nil, 1 (the fallback)", err, calls)
+	}
 }

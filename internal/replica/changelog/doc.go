@@ -14,7 +14,9 @@
 // extents (Options.ExtentSize, 4 MiB by default), so a sequential writer
 // pays one journal sync per extent, not per zone (and one per
 // ReadAhead+1 extents: a Touch past an active extent of the file activates
-// the next ones with it); the zones touched inside
+// the next ones with it; once it has used half of them, the next
+// ReadAhead+1 are appended and synced by a goroutine, so the stream does
+// not wait for the journal at all); the zones touched inside
 // an active extent are kept in memory with it (no I/O). When an extent
 // leaves the active set acknowledged its zones are dropped; otherwise
 // (changed alone, or spilled) they are written to DIRTY at zone

@@ -25,9 +25,15 @@
 // Primary to secondary: batches, "B", the first op's seq, then ops with
 // consecutive seqs in the compact encoding of AppendOp (about 1 MiB per
 // batch; a batch goes out as soon as the writer is idle, so a lone op is
-// not delayed). Secondary to primary: acks, "K", applied seq, durable seq
-// (the last Fsync/SyncAll op applied), and an error (seq, errno, message)
-// that ends the session.
+// not delayed). Secondary to primary: acks, "K", the applied seq, the
+// durable seq (the last Fsync or SyncAll op done, in order: that op's
+// effect is durable, for an Fsync one file), the flushed seq (the last
+// SyncAll done: every op up to it is durable; what the primary's change
+// records may forget), and an error (seq, errno, message) that ends the
+// session. A SyncAll flagged op.Background (the primary's periodic one,
+// which nobody waits for) is flushed by its own goroutine while the ops
+// after it are applied; a SyncAll someone waits for first waits for the
+// background ones before it.
 //
 // # Failure
 //

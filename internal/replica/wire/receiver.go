@@ -200,7 +200,9 @@ func (s *session) stop() {
 func (s *session) sendAck(final *sessionError) error {
 	s.ackMu.Lock()
 	defer s.ackMu.Unlock()
-	a := ack{Applied: s.applied.Load(), Durable: s.synced.Load(), Flushed: s.flushed.Load()}
+	// Each is stored after applied: loaded before it, neither passes it.
+	a := ack{Durable: s.synced.Load(), Flushed: s.flushed.Load()}
+	a.Applied = s.applied.Load()
 	if final != nil {
 		a.ErrSeq, a.Errno, a.Msg = final.seq, uint32(final.errno), final.err.Error()
 	}
@@ -545,6 +547,8 @@ func (s *session) syncOp(o *op.Op, seq uint64) error {
 	if err := s.srv.apply(o); err != nil {
 		return err
 	}
+	s.applied.Store(seq) // first: an ack never says durable beyond applied
+	s.srv.lastApplied.Store(seq)
 	if o.Kind == op.SyncAll {
 		s.flushed.Store(seq)
 	}
