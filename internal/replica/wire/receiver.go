@@ -66,9 +66,11 @@ type ReceiverConfig struct {
 // this node's replaces the current session, after that session's op in
 // progress completes. Ops are applied strictly in sequence order; the
 // applied seq is acknowledged after each batch and at least every 2 ms
-// while applying, the durable seq after each Fsync/SyncAll op. The first
-// op that fails to apply is reported in an ack and ends the session. The
-// Applier is not closed.
+// while applying, the durable seq after each Fsync/SyncAll op, the
+// flushed seq after each SyncAll (a background one, op.Background, once
+// its flush is done: it runs beside the ops after it). The first op that
+// fails to apply, or flush, is reported in an ack and ends the session.
+// The Applier is not closed.
 func Serve(ctx context.Context, ln net.Listener, cfg ReceiverConfig) error {
 	if len(cfg.Key) < minKeyLen {
 		return fmt.Errorf("replica %s: cluster key of %d bytes, need at least %d", cfg.Module, len(cfg.Key), minKeyLen)
