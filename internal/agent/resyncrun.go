@@ -166,7 +166,7 @@ func (x *replica) resyncDir(d *replDir, s *wire.Sender) error {
 	el := time.Since(run.started)
 	x.r.log.Add("resync", fmt.Sprintf("%s resynchronisation of %s complete: %d bytes examined, %d sent, %d files, in %s",
 		run.kind, d.path, run.done.Load(), run.sent.Load(), run.files.Load(), el.Round(time.Millisecond)),
-		"dir", d.path, "kind", run.kind, "result", "complete", "bytes_examined", run.done.Load(),
+		"dir", d.path, "kind", run.kind, "reason", run.reason, "result", "complete", "bytes_examined", run.done.Load(),
 		"bytes_sent", run.sent.Load(), "files", run.files.Load(), "seconds", el.Seconds())
 	return nil
 }

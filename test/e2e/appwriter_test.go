@@ -597,5 +597,9 @@ func waitResync(t *testing.T, c *tcluster.Cluster, node, module, result string, 
 // resyncSummary formats a resync event's numbers.
 func resyncSummary(e eventlog.Event) string {
 	f := e.Fields
-	return fmt.Sprintf("%v resync: %.0f bytes examined, %.0f sent, %.3fs", f["kind"], num(f["bytes_examined"]), num(f["bytes_sent"]), num(f["seconds"]))
+	s := fmt.Sprintf("%v resync: %.0f bytes examined, %.0f sent, %.3fs", f["kind"], num(f["bytes_examined"]), num(f["bytes_sent"]), num(f["seconds"]))
+	if r, _ := f["reason"].(string); r != "" {
+		s += " (" + r + ")"
+	}
+	return s
 }
