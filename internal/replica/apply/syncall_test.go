@@ -8,22 +8,20 @@ import (
 	"github.com/tandem-ha/tandem/internal/replica/op"
 )
 
-// TestSyncAllTargeted: SyncAll flushes the files and directories changed
-// since the last one, not the whole filesystem (syncfs), unless an op
-// changed what is not tracked (a symlink) or more files changed than are
-// tracked; directories renamed or removed after they changed do not force
-// syncfs either.
-func TestSyncAllTargeted(t *testing.T) {
-	calls := 0
+// syncRig is an Applier on a temp dir, the count of its syncfs calls, and
+// a helper applying ops that fails the test on an error.
+func syncRig(t *testing.T) (*Applier, *int, func(...*op.Op)) {
+	t.Helper()
+	calls := new(int)
 	old := syncfs
-	syncfs = func(fd int) error { calls++; return old(fd) }
+	syncfs = func(fd int) error { *calls++; return old(fd) }
 	t.Cleanup(func() { syncfs = old })
 	a, err := New(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer a.Close()
-	apply := func(ops ...*op.Op) {
+	t.Cleanup(func() { a.Close() })
+	return a, calls, func(ops ...*op.Op) {
 		t.Helper()
 		for _, o := range ops {
 			if err := a.Apply(o); err != nil {
@@ -31,11 +29,20 @@ func TestSyncAllTargeted(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestSyncAllTargeted: SyncAll flushes the files and directories changed
+// since the last one, not the whole filesystem (syncfs), unless an op
+// changed what is not tracked (a symlink) or more files changed than are
+// tracked; directories renamed or removed after they changed do not force
+// syncfs either.
+func TestSyncAllTargeted(t *testing.T) {
+	a, calls, apply := syncRig(t)
 	syncAll := func(what string, wantFS bool) {
 		t.Helper()
-		before := calls
+		before := *calls
 		apply(&op.Op{Kind: op.SyncAll})
-		if got := calls > before; got != wantFS {
+		if got := *calls > before; got != wantFS {
 			t.Fatalf("%s: syncfs %v, want %v", what, got, wantFS)
 		}
 		if len(a.dirtyFiles) != 0 || len(a.dirty) != 0 || a.syncAllFS || a.overflow {
@@ -73,29 +80,13 @@ func TestSyncAllTargeted(t *testing.T) {
 // syncfs for a directory renamed in between; Run and Release leave no
 // descriptor open.
 func TestStartFlush(t *testing.T) {
-	calls := 0
-	old := syncfs
-	syncfs = func(fd int) error { calls++; return old(fd) }
-	t.Cleanup(func() { syncfs = old })
-	a, err := New(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	a, calls, apply := syncRig(t)
 	fds := func() int {
 		ents, err := os.ReadDir("/proc/self/fd")
 		if err != nil {
 			t.Fatal(err)
 		}
 		return len(ents)
-	}
-	apply := func(ops ...*op.Op) {
-		t.Helper()
-		for _, o := range ops {
-			if err := a.Apply(o); err != nil {
-				t.Fatal(err)
-			}
-		}
 	}
 	apply(&op.Op{Kind: op.Mkdir, Path: "d", Mode: 0o755, Uid: -1, Gid: -1},
 		&op.Op{Kind: op.Create, Path: "d/f", Mode: 0o644, Uid: -1, Gid: -1},
@@ -109,8 +100,8 @@ func TestStartFlush(t *testing.T) {
 		t.Fatalf("after StartFlush: applier tracks %d files, %d directories; flush holds %d files, %d directories (%q); want 0, 0, 1, 2",
 			len(a.dirtyFiles), len(a.dirty), len(f.files), len(f.dirs), f.dirs)
 	}
-	if err := f.Run(); err != nil || calls != 0 {
-		t.Fatalf("flush: %v, %d syncfs; want nil, 0", err, calls)
+	if err := f.Run(); err != nil || *calls != 0 {
+		t.Fatalf("flush: %v, %d syncfs; want nil, 0", err, *calls)
 	}
 	if n := fds(); n != base-1 {
 		t.Fatalf("%d descriptors open after Run, want %d", n, base-1)
@@ -135,7 +126,7 @@ func TestStartFlush(t *testing.T) {
 	if len(a.dirtyFiles) != 1 || len(a.dirty) == 0 {
 		t.Fatalf("ops after StartFlush: %d files, %d directories tracked; want 1 and some", len(a.dirtyFiles), len(a.dirty))
 	}
-	if err := f.Run(); err != nil || calls != 1 {
-		t.Fatalf("flush of a directory renamed since: %v, %d syncfs; want nil, 1 (the fallback)", err, calls)
+	if err := f.Run(); err != nil || *calls != 1 {
+		t.Fatalf("flush of a directory renamed since: %v, %d syncfs; want nil, 1 (the fallback)", err, *calls)
 	}
 }

@@ -280,15 +280,7 @@ func TestReadAhead(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	l.crash()
-	l2 := mustOpen(t, dir, Options{ZoneSize: 4 << 10, Logger: quiet})
-	defer l2.Close()
-	var got []Range
-	for _, f := range l2.InFlight().Files {
-		if f.Key == seq {
-			got = f.Zones
-		}
-	}
+	got := inFlightAfterCrash(t, l, dir, seq)
 	want := []Range{{0, uint64(2+defaultReadAhead) * uint64(l.ExtentSize()/l.ZoneSize())}}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("in flight after the crash for the stream: %v, want %v (the two extents touched and %d ahead)", got, want, defaultReadAhead)
@@ -333,17 +325,24 @@ func TestPrefetch(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	l.crash()
-	l2 := mustOpen(t, dir, Options{ZoneSize: 4 << 10, Logger: quiet})
-	defer l2.Close()
-	var got []Range
-	for _, f := range l2.InFlight().Files {
-		if f.Key == k {
-			got = f.Zones
-		}
-	}
+	got := inFlightAfterCrash(t, l, dir, k)
 	end := uint64(n*step) / uint64(l.ZoneSize())
 	if len(got) != 1 || got[0].First != 0 || got[0].End <= end {
 		t.Fatalf("in flight after the crash: %v, want one range from 0 past the stream's end (zone %d): the extents written and those prefetched", got, end)
 	}
+}
+
+// inFlightAfterCrash crashes l, opens its record again (4 KiB zones) and
+// returns the zones of k it reports in flight.
+func inFlightAfterCrash(t *testing.T, l *Log, dir string, k Key) []Range {
+	t.Helper()
+	l.crash()
+	l2 := mustOpen(t, dir, Options{ZoneSize: 4 << 10, Logger: quiet})
+	defer l2.Close()
+	for _, f := range l2.InFlight().Files {
+		if f.Key == k {
+			return f.Zones
+		}
+	}
+	return nil
 }
