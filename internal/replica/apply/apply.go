@@ -378,26 +378,7 @@ func (f *Flush) tracked() error {
 		}
 	}
 	for _, d := range f.dirs {
-		if d == "" {
-			if err := ignoringEINTR(func() error { return unix.Fsync(f.root) }); err != nil {
-				return err
-			}
-			continue
-		}
-		flags := uint64(unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC)
-		fd, err := -1, error(unix.ENOSYS)
-		if !f.noOpen2 {
-			fd, err = openat2(f.root, d, flags, 0)
-		}
-		if err == unix.ENOSYS {
-			fd, err = walkBeneath(f.root, d, int(flags), 0)
-		}
-		if err != nil {
-			return err
-		}
-		err = ignoringEINTR(func() error { return unix.Fsync(fd) })
-		unix.Close(fd)
-		if err != nil {
+		if err := syncDirBeneath(f.root, d, f.noOpen2); err != nil {
 			return fmt.Errorf("fsync directory %q: %w", d, err)
 		}
 	}
@@ -835,11 +816,23 @@ func (a *Applier) fsync(o *op.Op) error {
 	return nil
 }
 
-func (a *Applier) syncDir(d string) error {
+func (a *Applier) syncDir(d string) error { return syncDirBeneath(a.root, d, a.noOpen2) }
+
+// syncDirBeneath fsyncs directory d below root ("" is root itself). It
+// does not touch the Applier (a Flush runs without its lock): after an
+// ENOSYS it walks, but only openBeneath remembers to skip openat2.
+func syncDirBeneath(root int, d string, noOpen2 bool) error {
 	if d == "" {
-		return unix.Fsync(a.root)
+		return ignoringEINTR(func() error { return unix.Fsync(root) })
 	}
-	fd, err := a.openBeneath(a.root, d, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	flags := uint64(unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC)
+	fd, err := -1, error(unix.ENOSYS)
+	if !noOpen2 {
+		fd, err = openat2(root, d, flags, 0)
+	}
+	if err == unix.ENOSYS {
+		fd, err = walkBeneath(root, d, int(flags), 0)
+	}
 	if err != nil {
 		return err
 	}

@@ -665,9 +665,10 @@ func (l *Log) prefetch(p Pin) {
 	if l.opt.ReadAhead <= 0 {
 		return
 	}
+	// Every write of a stream comes here: look no further than needed.
 	ahead := uint64(0)
 	window := uint64(l.opt.ReadAhead) + 1
-	for ahead < window && l.active[slotKey{p.k, p.hi + ahead}] != nil {
+	for ahead <= window/2 && l.active[slotKey{p.k, p.hi + ahead}] != nil {
 		ahead++
 	}
 	if ahead == 0 || ahead > window/2 {
