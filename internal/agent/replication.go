@@ -39,7 +39,7 @@ import (
 const preamblePrefix = "TANDEM-STREAM "
 
 // durableEvery is how often the primary asks the secondary to make the
-// stream durable when the application does not (wire.SenderConfig.SyncEvery).
+// whole stream durable (a background SyncAll, wire.SenderConfig.SyncEvery).
 const durableEvery = 500 * time.Millisecond
 
 func streamName(module string, idx int) string { return module + "/" + strconv.Itoa(idx) }
@@ -696,7 +696,7 @@ func (x *replica) connect(epoch uint64, need bool) {
 		s, err := wire.Dial(ctx, wire.SenderConfig{
 			Cluster: a.cluster.Name, Module: name, Node: a.node, Key: a.key, Epoch: epoch, Addr: addr,
 			Timeout: cfg.Replication.Timeout, MaxLag: int(cfg.Replication.MaxLag),
-			// The durable point follows the stream: the change records
+			// The flushed point follows the stream: the change records
 			// keep each zone until the peer made it durable.
 			SyncEvery: durableEvery,
 			Logger:    a.log.With("module", cfg.Name, "dir", d.path),

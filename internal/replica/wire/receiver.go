@@ -197,8 +197,8 @@ func (s *session) stop() {
 	})
 }
 
-// sendAck sends the current applied and durable seqs if they changed, or
-// final's error.
+// sendAck sends the current applied, durable and flushed seqs if they
+// changed, or final's error.
 func (s *session) sendAck(final *sessionError) error {
 	s.ackMu.Lock()
 	defer s.ackMu.Unlock()
