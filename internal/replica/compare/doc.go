@@ -63,9 +63,15 @@
 // since). Seeds 10000-13999 with it then found no divergence, only two
 // defects that whole freezes share (a directory removed while listed, a
 // hard-link relink without end), both fixed. With whole freezes,
-// clean-clone CI once (2026-12-05, under the suite's load) saw seed 4 end
-// with a file's content different; 880 runs after it (seed 4 alone, and
-// seeds 1-30 with TANDEM_COMPARE_LOG=1) did not repeat it.
+// clean-clone CI once (2026-12-05) saw seed 4 end with a file's content
+// different. Looped under CPU load (three test processes on two CPUs)
+// the convergence test then failed twice in 2,130 seed runs, for two
+// reasons, both fixed: an op skipped through a hard-linked inode's name
+// (below, the likely cause of both earlier failures: a content or owner
+// different on a file with several names), and the test's model of the
+// FUSE layer, which could send a write to a file before the create that
+// made it (the kernel holds the directory's lock until the FUSE layer has
+// replied to a create, so a real application cannot).
 //
 // Namespace changes are not of this kind: a rename or a link moves a
 // content from one name to another, so an answer about a name may
@@ -84,7 +90,14 @@
 // secondary's applier then runs lenient (apply.Applier.SetLenient): it
 // skips the op and records its paths (Answerer.Skipped); the engine asks
 // for them (QuerySkipped) and compares those entries again, after the
-// skipped op. The final check asks once more with mutations frozen and
+// skipped op. The path alone is not enough when the op changed the data
+// or attributes of an inode with other names: by the time the engine
+// looks, the path may name nothing (a rename of its directory skipped
+// too, then an unlink), and the other names, compared before the op,
+// would keep the old content on the secondary. So Observe notes, for
+// such ops, the inode their path names on the primary when it has
+// several names, and every current name of an inode changed through a
+// skipped path is compared again. The final check asks once more with mutations frozen and
 // only then submits the SyncAll flagged op.ResyncDone: no op before it
 // was skipped, so every later op applies to identical trees.
 //

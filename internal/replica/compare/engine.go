@@ -160,9 +160,14 @@ type Engine struct {
 	obsMu    sync.Mutex
 	pending  []string
 	overflow bool
-	ns       nsLog
-	lim      *limiter
-	prog     struct {
+	// Data and attribute ops through a name of a hard-linked inode, and
+	// the names the secondary skipped ops through: see linkedTouches.
+	touched      map[string][]inoKey
+	skippedSeen  map[string]bool
+	touchedLimit bool // touched or skippedSeen reached maxPending
+	ns           nsLog
+	lim          *limiter
+	prog         struct {
 		start    atomic.Int64 // unix nanoseconds
 		total    atomic.Int64
 		examined atomic.Int64
@@ -223,13 +228,18 @@ func New(st Stream, opt Options) (*Engine, error) {
 
 // Observe must be called with every live op after it was submitted to the
 // stream, in the same critical section as its local apply and submission
-// (the one Freeze excludes); it is cheap for data ops. The engine learns
+// (the one Freeze excludes); for a data or attribute op it costs a stat
+// of the path (see linkedTouches). The engine learns
 // from it which answers a namespace change made stale, and which entries
 // a rename or link moved into place without their content having been
 // compared: those are compared again. It works from New on: the caller
 // registers it before it computes an incremental scope, so that a rename
 // between that computation and Run is not missed.
 func (e *Engine) Observe(o *op.Op) {
+	if changesInode(o.Kind) {
+		e.noteTouched(o.Path)
+		return
+	}
 	ev, ok := event(o)
 	if !ok {
 		return
@@ -265,8 +275,85 @@ func (e *Engine) Observe(o *op.Op) {
 }
 
 // maxPending bounds the renames remembered between runs; past it the
-// next Run compares everything.
+// next Run compares everything. It bounds the names of linkedTouches too.
 const maxPending = 100000
+
+// changesInode: an op of this kind changes the data or attributes of the
+// inode its path names, whatever other names that inode has.
+func changesInode(k op.Kind) bool {
+	switch k {
+	case op.Write, op.Truncate, op.Fallocate, op.Chmod, op.Chown, op.Utimens, op.SetXattr, op.RemoveXattr:
+		return true
+	}
+	return false
+}
+
+// noteTouched remembers the inode a data or attribute op changed through
+// path when that inode has other names (see linkedTouches). Called from
+// Observe, so the path still names the inode the op changed.
+func (e *Engine) noteTouched(path string) {
+	if path == "" {
+		return
+	}
+	var st unix.Stat_t
+	if unix.Fstatat(e.opt.RootFd, path, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || st.Nlink < 2 || st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		return
+	}
+	k := inoKey{st.Dev, st.Ino}
+	e.obsMu.Lock()
+	defer e.obsMu.Unlock()
+	if slices.Contains(e.touched[path], k) {
+		return
+	}
+	if e.touched == nil {
+		e.touched = make(map[string][]inoKey)
+	}
+	if len(e.touched) >= maxPending {
+		e.touchedLimit = true
+		return
+	}
+	e.touched[path] = append(e.touched[path], k)
+}
+
+// linkedTouches records the paths the secondary skipped ops through and
+// returns the hard-linked inodes changed through them (each once), and
+// whether too many were seen to tell (then everything must be compared
+// again).
+//
+// An op the secondary skipped (its path not there yet) changed an inode on
+// the primary. The path is compared again, but if it names nothing by
+// then, or another inode, the change is lost for the inode's other names,
+// which may have been compared before the op: they must be compared again
+// too. Paths skipped and inodes touched meet here in whichever order they
+// came (an op's Observe may run after the secondary skipped it): under the
+// final check's freeze every op submitted was observed, so none escapes.
+func (e *Engine) linkedTouches(skipped []string) (keys []inoKey, all bool) {
+	e.obsMu.Lock()
+	defer e.obsMu.Unlock()
+	for _, p := range skipped {
+		if e.skippedSeen == nil {
+			e.skippedSeen = make(map[string]bool)
+		}
+		if len(e.skippedSeen) >= maxPending {
+			e.touchedLimit = true
+			break
+		}
+		e.skippedSeen[p] = true
+	}
+	if e.touchedLimit {
+		e.touchedLimit = false
+		clear(e.touched)
+		clear(e.skippedSeen)
+		return nil, true
+	}
+	for p, ks := range e.touched {
+		if e.skippedSeen[p] {
+			keys = append(keys, ks...)
+			delete(e.touched, p)
+		}
+	}
+	return keys, false
+}
 
 // Progress returns the current (or last) Run's progress.
 func (e *Engine) Progress() Progress {
@@ -472,6 +559,13 @@ func (e *Engine) Run(ctx context.Context, scope Scope) (Stats, error) {
 	err = r.main()
 	cancel(errDone)
 	wg.Wait()
+	if err == nil {
+		// No op before the end marker was skipped, none after it can be.
+		e.obsMu.Lock()
+		clear(e.touched)
+		clear(e.skippedSeen)
+		e.obsMu.Unlock()
+	}
 	if err == nil {
 		if cerr := context.Cause(ctx); cerr != errDone && cerr != nil {
 			err = cerr
@@ -777,13 +871,22 @@ func (r *run) pollSkipped(ctx context.Context) (int, error) {
 	for _, p := range paths {
 		r.recheck(p)
 	}
-	if overflow {
-		r.e.log.Warn("resync compare: the secondary skipped more ops than it could list; comparing everything again")
+	keys, all := r.e.linkedTouches(paths)
+	if overflow || all {
+		r.e.log.Warn("resync compare: the secondary skipped more ops than the engine can follow; comparing everything again")
 		r.scope.Full = true
 		r.push(&task{dir: true, path: "", recurse: true})
 		return len(paths) + 1, nil
 	}
-	return len(paths), nil
+	if len(keys) > 0 {
+		for _, k := range keys {
+			r.e.log.Debug("resync compare: skipped op changed a hard-linked inode; its names are compared again", "ino", k.ino)
+		}
+		r.mu.Lock()
+		r.lostKeys = append(r.lostKeys, keys...)
+		r.mu.Unlock()
+	}
+	return len(paths) + len(keys), nil
 }
 
 // recheck queues the comparison of entry p (and below it) after whatever

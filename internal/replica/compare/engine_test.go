@@ -247,6 +247,53 @@ func TestSkippedRechecked(t *testing.T) {
 	}
 }
 
+// TestSkippedThroughLinkedName: a live op the secondary skips, through a
+// name it lacks of an inode with other names, reaches those names even
+// when the name it went through is gone when the engine looks at it (the
+// skipped path alone would compare nothing). The empty scope compares
+// only what the skipped ops name.
+func TestSkippedThroughLinkedName(t *testing.T) {
+	for _, change := range []op.Op{
+		{Kind: op.Chmod, Path: "x/m/p", Mode: 0o600},
+		{Kind: op.Chown, Path: "x/m/p", Uid: -1, Gid: int64(os.Getgid()) + 1},
+		{Kind: op.Write, Path: "x/m/p", Off: 3, Data: []byte("-WRITTEN-")},
+		{Kind: op.Truncate, Path: "x/m/p", Off: 5},
+	} {
+		t.Run(change.Kind.String(), func(t *testing.T) {
+			if change.Kind == op.Chown && !isRoot() {
+				t.Skip("chown to another group needs root")
+			}
+			pr := newPair(t, 9, 0, Options{})
+			data := randBytes(9, 40<<10)
+			for _, root := range []string{pr.p, pr.s} {
+				write(t, filepath.Join(root, "a"), data)
+				must(t, os.Mkdir(filepath.Join(root, "m"), 0o755))
+			}
+			must(t, os.Mkdir(filepath.Join(pr.p, "x"), 0o755)) // not on the secondary yet
+			// The link reaches the secondary; the rename does not (no x
+			// there), nor, then, the change and the unlink through x/m/p.
+			for _, o := range []op.Op{
+				{Kind: op.Link, Path: "a", Path2: "m/p"},
+				{Kind: op.Rename, Path: "m", Path2: "x/m"},
+				change,
+				{Kind: op.Unlink, Path: "x/m/p"},
+			} {
+				if !pr.sh.do(o) {
+					t.Fatalf("%s on the primary failed", &o)
+				}
+			}
+			pr.f.drain()
+			if n := pr.f.skipped.Load(); n < 3 {
+				t.Fatalf("the secondary skipped %d ops, want at least the rename, the change and the unlink", n)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			pr.run(t, ctx, Scope{})
+			sameTrees(t, pr.p, pr.s, treecmp.Options{})
+		})
+	}
+}
+
 // TestIncremental: only the listed directories and zones are compared;
 // new, removed and replaced entries there are fixed; a difference
 // outside the scope stays (it proves the scope is honoured).

@@ -241,11 +241,14 @@ type shim struct {
 
 	inoMu sync.Mutex
 	inos  map[uint64]*sync.Mutex
-	// createMu: the kernel resolves a create against the directory's
-	// entries under its lock, so a name that exists is opened and the
-	// FUSE layer sends no Create; the applier's create opens an existing
-	// file and succeeds, so the shim checks first, one create at a time.
-	createMu sync.Mutex
+	// createMu plays the kernel's lock of a directory while it adds a
+	// name: the new name is visible to no one (a lookup of it waits)
+	// until the FUSE layer has replied, so no op through it can be
+	// submitted before the op that made it. Ops that add a name hold it;
+	// others hold it shared while they find their inode. And a name that
+	// exists is opened, with no Create sent; the applier's create opens
+	// an existing file and succeeds, so the shim checks first.
+	createMu sync.RWMutex
 }
 
 func newShim(t testing.TB, dir string, s Stream) *shim {
@@ -300,6 +303,8 @@ func (p *shim) lock(o *op.Op) (unlock func()) {
 		return p.mu.RUnlock
 	}
 	p.mu.RLock()
+	p.createMu.RLock()
+	defer p.createMu.RUnlock()
 	var st unix.Stat_t
 	if unix.Lstat(filepath.Join(p.dir, o.Path), &st) != nil {
 		return p.mu.RUnlock // the op fails: nothing to order
@@ -326,9 +331,11 @@ func (p *shim) tryDo(o op.Op) bool {
 }
 
 func (p *shim) doLocked(o op.Op) bool {
-	if o.Kind == op.Create {
+	if nsShared(o.Kind) {
 		p.createMu.Lock()
 		defer p.createMu.Unlock()
+	}
+	if o.Kind == op.Create {
 		var st unix.Stat_t
 		if unix.Lstat(filepath.Join(p.dir, o.Path), &st) == nil {
 			return false // an open of the existing file: nothing to send
