@@ -172,7 +172,8 @@ type replicator struct {
 	demoting atomic.Bool
 	lastSeq  atomic.Uint64
 	// observer sees every op submitted, in the FUSE layer's critical
-	// section (a running compare engine learns of namespace changes).
+	// section (a running compare engine learns of namespace changes, and
+	// of the hard-linked inodes ops change).
 	observer atomic.Pointer[compare.Engine]
 }
 
@@ -190,9 +191,13 @@ func (x *replicator) Submit(o *op.Op) uint64 {
 	if s == nil {
 		return 0
 	}
+	e := x.observer.Load()
+	if e != nil {
+		e.Touch(o)
+	}
 	seq := gen<<genShift | s.Submit(o)
 	x.lastSeq.Store(seq)
-	if e := x.observer.Load(); e != nil {
+	if e != nil {
 		e.Observe(o)
 	}
 	return seq

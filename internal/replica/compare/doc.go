@@ -94,9 +94,10 @@
 // or attributes of an inode with other names: by the time the engine
 // looks, the path may name nothing (a rename of its directory skipped
 // too, then an unlink), and the other names, compared before the op,
-// would keep the old content on the secondary. So Observe notes, for
-// such ops, the inode their path names on the primary when it has
-// several names, and every current name of an inode changed through a
+// would keep the old content on the secondary. So the caller reports
+// every live op through Engine.Touch too, before its submission; for such
+// ops the engine notes the inode their path names on the primary when it
+// has several names, and every current name of an inode changed through a
 // skipped path is compared again. The final check asks once more with mutations frozen and
 // only then submits the SyncAll flagged op.ResyncDone: no op before it
 // was skipped, so every later op applies to identical trees.

@@ -160,11 +160,10 @@ type Engine struct {
 	obsMu    sync.Mutex
 	pending  []string
 	overflow bool
-	// Data and attribute ops through a name of a hard-linked inode, and
-	// the names the secondary skipped ops through: see linkedTouches.
+	// The hard-linked inodes data and attribute ops changed, by the name
+	// they went through (see Touch).
 	touched      map[string][]inoKey
-	skippedSeen  map[string]bool
-	touchedLimit bool // touched or skippedSeen reached maxPending
+	touchedLimit bool // more names than maxPending: not all remembered
 	ns           nsLog
 	lim          *limiter
 	prog         struct {
@@ -228,18 +227,13 @@ func New(st Stream, opt Options) (*Engine, error) {
 
 // Observe must be called with every live op after it was submitted to the
 // stream, in the same critical section as its local apply and submission
-// (the one Freeze excludes); for a data or attribute op it costs a stat
-// of the path (see linkedTouches). The engine learns
+// (the one Freeze excludes); it is cheap for data ops. The engine learns
 // from it which answers a namespace change made stale, and which entries
 // a rename or link moved into place without their content having been
 // compared: those are compared again. It works from New on: the caller
 // registers it before it computes an incremental scope, so that a rename
 // between that computation and Run is not missed.
 func (e *Engine) Observe(o *op.Op) {
-	if changesInode(o.Kind) {
-		e.noteTouched(o.Path)
-		return
-	}
 	ev, ok := event(o)
 	if !ok {
 		return
@@ -275,7 +269,7 @@ func (e *Engine) Observe(o *op.Op) {
 }
 
 // maxPending bounds the renames remembered between runs; past it the
-// next Run compares everything. It bounds the names of linkedTouches too.
+// next Run compares everything. It bounds the names Touch remembers too.
 const maxPending = 100000
 
 // changesInode: an op of this kind changes the data or attributes of the
@@ -288,21 +282,30 @@ func changesInode(k op.Kind) bool {
 	return false
 }
 
-// noteTouched remembers the inode a data or attribute op changed through
-// path when that inode has other names (see linkedTouches). Called from
-// Observe, so the path still names the inode the op changed.
-func (e *Engine) noteTouched(path string) {
-	if path == "" {
+// Touch must be called with every live op after its local apply and
+// before its submission, in the same critical section; for an op that
+// changes a file's data or attributes it costs a stat of the path.
+//
+// If the secondary skips such an op (its path is not there yet), the path
+// is compared again; but when the op changed an inode with other names,
+// the path may name nothing by then (a rename of its directory skipped
+// too, then an unlink), and the other names, perhaps compared before the
+// op, would keep the old content on the secondary. So Touch notes the
+// inode of a path with several names, and every current name of an inode
+// changed through a skipped path is compared again. Noted before the
+// submission, the inode is known by the time the skip is reported.
+func (e *Engine) Touch(o *op.Op) {
+	if !changesInode(o.Kind) || o.Path == "" {
 		return
 	}
 	var st unix.Stat_t
-	if unix.Fstatat(e.opt.RootFd, path, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || st.Nlink < 2 || st.Mode&unix.S_IFMT == unix.S_IFDIR {
+	if unix.Fstatat(e.opt.RootFd, o.Path, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || st.Nlink < 2 || st.Mode&unix.S_IFMT == unix.S_IFDIR {
 		return
 	}
 	k := inoKey{st.Dev, st.Ino}
 	e.obsMu.Lock()
 	defer e.obsMu.Unlock()
-	if slices.Contains(e.touched[path], k) {
+	if slices.Contains(e.touched[o.Path], k) {
 		return
 	}
 	if e.touched == nil {
@@ -312,45 +315,24 @@ func (e *Engine) noteTouched(path string) {
 		e.touchedLimit = true
 		return
 	}
-	e.touched[path] = append(e.touched[path], k)
+	e.touched[o.Path] = append(e.touched[o.Path], k)
 }
 
-// linkedTouches records the paths the secondary skipped ops through and
-// returns the hard-linked inodes changed through them (each once), and
-// whether too many were seen to tell (then everything must be compared
-// again).
-//
-// An op the secondary skipped (its path not there yet) changed an inode on
-// the primary. The path is compared again, but if it names nothing by
-// then, or another inode, the change is lost for the inode's other names,
-// which may have been compared before the op: they must be compared again
-// too. Paths skipped and inodes touched meet here in whichever order they
-// came (an op's Observe may run after the secondary skipped it): under the
-// final check's freeze every op submitted was observed, so none escapes.
+// linkedTouches returns the hard-linked inodes changed through the paths
+// of skipped ops (see Touch), each once, or all: Touch could not remember
+// every one, so everything must be compared again.
 func (e *Engine) linkedTouches(skipped []string) (keys []inoKey, all bool) {
 	e.obsMu.Lock()
 	defer e.obsMu.Unlock()
-	for _, p := range skipped {
-		if e.skippedSeen == nil {
-			e.skippedSeen = make(map[string]bool)
-		}
-		if len(e.skippedSeen) >= maxPending {
-			e.touchedLimit = true
-			break
-		}
-		e.skippedSeen[p] = true
-	}
-	if e.touchedLimit {
+	if e.touchedLimit && len(skipped) > 0 {
+		// The walk queued now compares every name after these ops.
 		e.touchedLimit = false
 		clear(e.touched)
-		clear(e.skippedSeen)
 		return nil, true
 	}
-	for p, ks := range e.touched {
-		if e.skippedSeen[p] {
-			keys = append(keys, ks...)
-			delete(e.touched, p)
-		}
+	for _, p := range skipped {
+		keys = append(keys, e.touched[p]...)
+		delete(e.touched, p)
 	}
 	return keys, false
 }
@@ -563,7 +545,6 @@ func (e *Engine) Run(ctx context.Context, scope Scope) (Stats, error) {
 		// No op before the end marker was skipped, none after it can be.
 		e.obsMu.Lock()
 		clear(e.touched)
-		clear(e.skippedSeen)
 		e.obsMu.Unlock()
 	}
 	if err == nil {

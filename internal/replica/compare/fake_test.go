@@ -403,11 +403,12 @@ func nsShared(k op.Kind) bool {
 }
 
 func (p *shim) send(o *op.Op) {
+	if p.e != nil {
+		p.e.Touch(o)
+	}
 	seq := p.s.Submit(o)
 	if p.e != nil {
 		p.e.log.Debug("live", "seq", seq, "op", o.String(), "mode", fmt.Sprintf("%#o", o.Mode), "uid", o.Uid, "flags", o.Flags)
-	}
-	if p.e != nil {
 		p.e.Observe(o)
 	}
 }
