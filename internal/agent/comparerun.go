@@ -37,10 +37,24 @@ func blockSize(full bool, zone int64) int64 {
 // marker (op.ResyncDone) is durable on the SECOND.
 func (x *replica) runCompare(ctx context.Context, d *replDir, s *wire.Sender, sc *compareScope, run *resyncRun) error {
 	cfg := x.r.cfg.Replication
+	var warnOnce sync.Once
 	eng, err := compare.New(senderStream{s}, compare.Options{
 		RootFd: d.mount.RootFd(),
 		Freeze: func(fn func()) {
 			thaw := d.mount.Freeze()
+			defer thaw()
+			fn()
+		},
+		// A file's fixes stop only that file's changes (and renames and
+		// removals), not the application's writes elsewhere.
+		FreezeFile: func(fd int, fn func()) {
+			thaw, err := d.mount.FreezeFile(fd)
+			if err != nil {
+				warnOnce.Do(func() {
+					x.r.a.log.Warn("resync: freezing one file failed; freezing every change instead", "dir", d.path, "err", err)
+				})
+				thaw = d.mount.Freeze()
+			}
 			defer thaw()
 			fn()
 		},

@@ -25,8 +25,9 @@ import (
 // files at once, as the agent runs it. TANDEM_COMPARE_BENCH_DIR keeps the
 // trees between runs; TANDEM_COMPARE_BENCH_COLD=1 (root) drops the page
 // cache before each run. The time includes the secondary's final SyncAll.
-// Freezes lock as the agent's do: everything. TANDEM_COMPARE_BENCH_FREEZE
-// =file freezes only the file a fix is for (see FreezeFile), =0 nothing;
+// Freezes lock as the agent's do: a file's fixes that file (FreezeFile),
+// the rest everything. TANDEM_COMPARE_BENCH_FREEZE=all freezes everything
+// for every fix, =0 nothing;
 // TANDEM_COMPARE_BENCH_FILE_FREEZES=N lets N file freezes be held at once.
 // TANDEM_COMPARE_BENCH_LIVE=1 runs an application writing 4 KiB to
 // another file every millisecond during each run and reports its write
@@ -65,8 +66,8 @@ func BenchmarkIncrementalTree(b *testing.B) {
 	}
 	// newPairIn gives the shim's freezes, which lock as the FUSE layer.
 	switch os.Getenv("TANDEM_COMPARE_BENCH_FREEZE") {
-	case "file":
-		pr.e.opt.FreezeFile = pr.sh.FreezeFile
+	case "all":
+		pr.e.opt.FreezeFile = nil
 	case "0":
 		pr.e.opt.Freeze, pr.e.opt.FreezeFile = nil, nil
 	}

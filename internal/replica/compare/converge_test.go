@@ -38,14 +38,27 @@ func envInt(name string, def int) int {
 // files, modes, owners, times), a full compare while three live writers
 // keep changing the primary through the shim, then identical trees.
 // TANDEM_COMPARE_SEEDS=n runs more seeds, TANDEM_COMPARE_SEED=s starts
-// at seed s.
+// at seed s. A file's fixes freeze that file only, as the agent's do.
 func TestConvergeLive(t *testing.T) {
 	seeds := envInt("TANDEM_COMPARE_SEEDS", 30)
 	first := envInt("TANDEM_COMPARE_SEED", 1)
 	for i := range seeds {
 		seed := uint64(first + i)
 		t.Run(strconv.FormatUint(seed, 10), func(t *testing.T) {
-			converge(t, seed, true, Scope{Full: true})
+			converge(t, seed, true, Scope{Full: true}, false)
+		})
+	}
+}
+
+// TestConvergeLiveWholeFreezes is TestConvergeLive with every fix
+// freezing every change: the agent's way when it cannot freeze one file.
+func TestConvergeLiveWholeFreezes(t *testing.T) {
+	seeds := envInt("TANDEM_COMPARE_SEEDS", 10)
+	first := envInt("TANDEM_COMPARE_SEED", 1001)
+	for i := range seeds {
+		seed := uint64(first + i)
+		t.Run(strconv.FormatUint(seed, 10), func(t *testing.T) {
+			converge(t, seed, true, Scope{Full: true}, true)
 		})
 	}
 }
@@ -55,7 +68,7 @@ func TestConvergeLive(t *testing.T) {
 func TestConvergeQuiet(t *testing.T) {
 	for seed := uint64(100); seed < 105; seed++ {
 		t.Run(strconv.FormatUint(seed, 10), func(t *testing.T) {
-			pr := converge(t, seed, false, Scope{Full: true})
+			pr := converge(t, seed, false, Scope{Full: true}, false)
 			st := pr.run(t, context.Background(), Scope{Full: true})
 			if st.BytesSent != 0 || st.Created != 0 || st.Removed != 0 || st.MetaFixed != 0 || st.Linked != 0 {
 				t.Fatalf("second run on identical trees sent something: %+v", st)
@@ -68,9 +81,13 @@ func TestConvergeQuiet(t *testing.T) {
 // default.
 const convergeWriters = 3
 
-func converge(t *testing.T, seed uint64, live bool, scope Scope) *pair {
+// converge runs one seed; whole: every fix freezes every change.
+func converge(t *testing.T, seed uint64, live bool, scope Scope, whole bool) *pair {
 	t.Logf("seed %d (rerun: TANDEM_COMPARE_SEED=%d TANDEM_COMPARE_SEEDS=1)", seed, seed)
 	pr := newPair(t, seed, 500*time.Microsecond, Options{BlockSize: 16 << 10, Parallel: 3})
+	if whole {
+		pr.e.opt.FreezeFile = nil
+	}
 	g := &gen{rng: rand.New(rand.NewPCG(seed, 1)), root: isRoot(), big: true}
 	g.mutate(t, pr.p, 150, true)
 	copyTree(t, pr.p, pr.s)

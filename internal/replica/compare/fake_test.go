@@ -677,9 +677,9 @@ func newPairIn(t testing.TB, base string, seed uint64, delay time.Duration, opt 
 	pr.pfd = fd
 	opt.RootFd = fd
 	opt.Freeze = pr.sh.Freeze
-	// The agent freezes everything for every fix; file freezes are tried
-	// with TANDEM_COMPARE_FREEZE_FILE=1 (see FreezeFile in the doc).
-	if os.Getenv("TANDEM_COMPARE_FREEZE_FILE") == "1" {
+	// A file's fixes freeze only that file, as the agent's do;
+	// TANDEM_COMPARE_FREEZE_FILE=0: every fix freezes everything.
+	if os.Getenv("TANDEM_COMPARE_FREEZE_FILE") != "0" {
 		opt.FreezeFile = pr.sh.FreezeFile
 	}
 	if opt.PollInterval == 0 {
