@@ -39,26 +39,21 @@ func envInt(name string, def int) int {
 // keep changing the primary through the shim, then identical trees.
 // TANDEM_COMPARE_SEEDS=n runs more seeds, TANDEM_COMPARE_SEED=s starts
 // at seed s. A file's fixes freeze that file only, as the agent's do.
-func TestConvergeLive(t *testing.T) {
-	seeds := envInt("TANDEM_COMPARE_SEEDS", 30)
-	first := envInt("TANDEM_COMPARE_SEED", 1)
-	for i := range seeds {
-		seed := uint64(first + i)
-		t.Run(strconv.FormatUint(seed, 10), func(t *testing.T) {
-			converge(t, seed, true, Scope{Full: true}, false)
-		})
-	}
-}
+func TestConvergeLive(t *testing.T) { convergeSeeds(t, 30, 1, false) }
 
 // TestConvergeLiveWholeFreezes is TestConvergeLive with every fix
 // freezing every change: the agent's way when it cannot freeze one file.
-func TestConvergeLiveWholeFreezes(t *testing.T) {
-	seeds := envInt("TANDEM_COMPARE_SEEDS", 10)
-	first := envInt("TANDEM_COMPARE_SEED", 1001)
-	for i := range seeds {
+func TestConvergeLiveWholeFreezes(t *testing.T) { convergeSeeds(t, 10, 1001, true) }
+
+// convergeSeeds runs converge with live writers on n seeds from first
+// (TANDEM_COMPARE_SEEDS and TANDEM_COMPARE_SEED change them).
+func convergeSeeds(t *testing.T, n, first int, whole bool) {
+	n = envInt("TANDEM_COMPARE_SEEDS", n)
+	first = envInt("TANDEM_COMPARE_SEED", first)
+	for i := range n {
 		seed := uint64(first + i)
 		t.Run(strconv.FormatUint(seed, 10), func(t *testing.T) {
-			converge(t, seed, true, Scope{Full: true}, true)
+			converge(t, seed, true, Scope{Full: true}, whole)
 		})
 	}
 }
