@@ -542,15 +542,15 @@ func (e *Engine) Run(ctx context.Context, scope Scope) (Stats, error) {
 	cancel(errDone)
 	wg.Wait()
 	if err == nil {
+		if cerr := context.Cause(ctx); cerr != errDone && cerr != nil {
+			err = cerr
+		}
+	}
+	if err == nil {
 		// No op before the end marker was skipped, none after it can be.
 		e.obsMu.Lock()
 		clear(e.touched)
 		e.obsMu.Unlock()
-	}
-	if err == nil {
-		if cerr := context.Cause(ctx); cerr != errDone && cerr != nil {
-			err = cerr
-		}
 	}
 	s := r.stats()
 	s.Duration = time.Since(start)
