@@ -101,9 +101,10 @@
 // every live op through Engine.Touch too, before its submission; for such
 // ops the engine notes the inode their path names on the primary when it
 // has several names, and every current name of an inode changed through a
-// skipped path is compared again. The final check asks once more with mutations frozen and
-// only then submits the SyncAll flagged op.ResyncDone: no op before it
-// was skipped, so every later op applies to identical trees.
+// skipped path is compared again. The final check asks once more with
+// mutations frozen and only then submits the SyncAll flagged
+// op.ResyncDone: no op before it was skipped, so every later op applies to
+// identical trees.
 //
 // # Order of the fixes
 //
