@@ -736,3 +736,21 @@ func TestLinkVerdictLearnsFirstsInode(t *testing.T) {
 		t.Fatalf("a name replaced since its link: verdict %d, sIno %d; want a relink, nothing learned", v, rec.sIno)
 	}
 }
+
+// BenchmarkTouch: what Engine.Touch adds to a live op while a compare
+// runs (a stat of its path; for a hard-linked file a map entry too).
+func BenchmarkTouch(b *testing.B) {
+	for _, linked := range []bool{false, true} {
+		b.Run(map[bool]string{false: "one-name", true: "hard-linked"}[linked], func(b *testing.B) {
+			pr := newPair(b, 1, 0, Options{})
+			write(b, filepath.Join(pr.p, "d1/d2/f"), []byte("x"))
+			if linked {
+				must(b, os.Link(filepath.Join(pr.p, "d1/d2/f"), filepath.Join(pr.p, "d1/g")))
+			}
+			o := &op.Op{Kind: op.Write, Path: "d1/d2/f", Data: []byte("x")}
+			for b.Loop() {
+				pr.e.Touch(o)
+			}
+		})
+	}
+}
