@@ -60,7 +60,17 @@ job() {
 }
 : >"$out/results"
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT INT TERM
+# Stop the jobs and the test each one runs (timeout passes the signal on).
+stop_jobs() {
+  local p kids
+  for p in "${pids[@]}"; do
+    kids=$(pgrep -P "$p" || true)
+    kill "$p" 2>/dev/null || true
+    [ -n "$kids" ] && kill $kids 2>/dev/null || true
+  done
+}
+trap 'stop_jobs; exit 130' INT TERM
+trap stop_jobs EXIT
 for ((j = 0; j < jobs; j++)); do
   job "$j" &
   pids+=($!)
