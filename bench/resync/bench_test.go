@@ -39,6 +39,7 @@ const (
 	envSmallDirs = "TANDEM_BENCH_SMALL_DIRS"  // their directories, default 1000
 	envSmallKB   = "TANDEM_BENCH_SMALL_KB"    // their mean size, KiB, default 1
 	envZone      = "TANDEM_BENCH_ZONE"        // module replication.zone_size (default: Tandem's)
+	envHashCache = "TANDEM_BENCH_HASH_CACHE"  // 0: module replication.resync_hash_cache: false
 	envCold      = "TANDEM_BENCH_COLD"        // 0: keep the page cache between steps (default 1: drop it)
 	envDelta     = "TANDEM_BENCH_DELTA"       // 0: skip the rsync --no-whole-file row
 	envVerify    = "TANDEM_BENCH_VERIFY"      // 0: do not compare the copies after the resyncs
@@ -109,6 +110,7 @@ type sizes struct {
 	create, remove             int
 	small, smallDirs, smallKB  int
 	zone                       string
+	noHashCache                bool
 	cold, delta, verify, quick bool
 	seed                       uint64
 	cases                      []string
@@ -165,6 +167,7 @@ func loadSizes() (sizes, error) {
 		s.seed = n
 	}
 	s.zone = os.Getenv(envZone)
+	s.noHashCache = os.Getenv(envHashCache) == "0"
 	s.cold = os.Getenv(envCold) != "0"
 	s.delta = os.Getenv(envDelta) != "0"
 	s.verify = os.Getenv(envVerify) != "0"
@@ -195,10 +198,17 @@ func has(list []string, x string) bool {
 func (s sizes) treeBytes() int64 { return int64(s.files)*int64(s.fileKB)<<10 + int64(s.bigMB)<<20 }
 
 func (s sizes) moduleExtra() string {
-	if s.zone == "" {
+	var b strings.Builder
+	if s.zone != "" {
+		b.WriteString("  zone_size: " + s.zone + "\n")
+	}
+	if s.noHashCache {
+		b.WriteString("  resync_hash_cache: false\n")
+	}
+	if b.Len() == 0 {
 		return ""
 	}
-	return "replication:\n  zone_size: " + s.zone + "\n"
+	return "replication:\n" + b.String()
 }
 
 func (s sizes) String() string {
@@ -210,8 +220,12 @@ func (s sizes) String() string {
 	if !s.cold {
 		cache = "page cache kept (warm)"
 	}
-	return fmt.Sprintf("%d runs; cases %s; tree %d files of %d KiB + %d MiB; %.3g %% of blocks rewritten, %d files created, %d removed; compare %d files of %d KiB in %d directories; %s; %s; seed %d",
-		s.runs, strings.Join(s.cases, ","), s.files, s.fileKB, s.bigMB, s.pct, s.create, s.remove, s.small, s.smallKB, s.smallDirs, zone, cache, s.seed)
+	hashes := "resync hash cache on"
+	if s.noHashCache {
+		hashes = "resync hash cache off"
+	}
+	return fmt.Sprintf("%d runs; cases %s; tree %d files of %d KiB + %d MiB; %.3g %% of blocks rewritten, %d files created, %d removed; compare %d files of %d KiB in %d directories; %s; %s; %s; seed %d",
+		s.runs, strings.Join(s.cases, ","), s.files, s.fileKB, s.bigMB, s.pct, s.create, s.remove, s.small, s.smallKB, s.smallDirs, zone, hashes, cache, s.seed)
 }
 
 // TestResyncBench runs the cases and prints the report.

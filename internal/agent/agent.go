@@ -218,6 +218,7 @@ func Run(ctx context.Context, opts Options) error {
 	stopAll()
 	a.mem.Close()
 	wg.Wait()
+	a.saveSums()
 	for _, r := range a.mods {
 		r.checks.close()
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/tandem-ha/tandem/internal/replica/compare"
 	rfs "github.com/tandem-ha/tandem/internal/replica/fs"
 	"github.com/tandem-ha/tandem/internal/replica/op"
+	"github.com/tandem-ha/tandem/internal/replica/sumcache"
 	"github.com/tandem-ha/tandem/internal/replica/wire"
 )
 
@@ -302,6 +303,9 @@ type replDir struct {
 	// the live ops its copy could not apply while it differed.
 	answerer *compare.Answerer
 	cpStop   chan struct{} // ends the checkpoint loop of changes
+
+	sumsOnce  sync.Once
+	sumsCache *sumcache.Cache // replica.sums
 }
 
 // replica is the replication state of one module.
@@ -488,7 +492,7 @@ func (x *replica) startReceiver(m module.Machine) error {
 			return fmt.Errorf("replicated directory %s: %w", d.path, err)
 		}
 		d.applier = ap
-		d.answerer = compare.NewAnswerer(fd)
+		d.answerer = compare.NewAnswerer(fd, x.sums(d))
 		if !m.Handover {
 			// Until the compare reached every entry, a live op may find
 			// the copy different: skipped and reported, not an error.

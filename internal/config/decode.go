@@ -208,6 +208,14 @@ func (d *decoder) decode(n *yaml.Node, path string, v reflect.Value) {
 			return
 		}
 		v.SetInt(int64(i))
+	case reflect.Bool:
+		// YAML 1.2 booleans only: "yes" or "on" are strings there, and a
+		// setting silently read as false would surprise.
+		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!bool" || (n.Value != "true" && n.Value != "false") {
+			d.fail(n.Line, path, "expected true or false, got %s", describe(n))
+			return
+		}
+		v.SetBool(n.Value == "true")
 	default:
 		// Only reached by a programming error in a raw struct.
 		d.fail(n.Line, path, "internal error: cannot decode into %s", v.Type())

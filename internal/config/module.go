@@ -84,6 +84,10 @@ type Replication struct {
 	ResyncBandwidth int64
 	// ResyncParallel is how many files a resynchronisation compares at once.
 	ResyncParallel int
+	// ResyncHashCache: a full compare takes the hashes of files unchanged
+	// since a compare read them (same inode, size and ctime) from memory
+	// instead of reading them again.
+	ResyncHashCache bool
 }
 
 // Replication defaults and limits.
@@ -124,6 +128,7 @@ type rawReplication struct {
 	ZoneSize        string        `yaml:"zone_size"`
 	ResyncBandwidth string        `yaml:"resync_bandwidth"`
 	ResyncParallel  int           `yaml:"resync_parallel"`
+	ResyncHashCache bool          `yaml:"resync_hash_cache"`
 }
 
 type rawVIP struct {
@@ -400,7 +405,10 @@ func (d *decoder) validateReplication(raw *rawModule, m *Module) {
 		d.add(d.line("sync"), "sync", "unknown mode %q: fsync (durable calls wait for the secondary) or write (every write waits)", raw.Sync)
 	}
 	m.Replication = Replication{Timeout: DefaultReplicationTimeout, MaxLag: DefaultMaxLag,
-		ZoneSize: DefaultZoneSize, ResyncParallel: DefaultResyncParallel}
+		ZoneSize: DefaultZoneSize, ResyncParallel: DefaultResyncParallel, ResyncHashCache: true}
+	if d.set("replication.resync_hash_cache") {
+		m.Replication.ResyncHashCache = raw.Replication.ResyncHashCache
+	}
 	if raw.Replication.ZoneSize != "" {
 		n, err := ParseSize(raw.Replication.ZoneSize)
 		switch {

@@ -73,7 +73,7 @@ scripts:
 		},
 		Scripts:     Scripts{Timeout: 90 * time.Second, StopTimeout: 10 * time.Second},
 		Sync:        SyncFsync,
-		Replication: Replication{Timeout: DefaultReplicationTimeout, MaxLag: DefaultMaxLag, ZoneSize: DefaultZoneSize, ResyncParallel: DefaultResyncParallel},
+		Replication: Replication{Timeout: DefaultReplicationTimeout, MaxLag: DefaultMaxLag, ZoneSize: DefaultZoneSize, ResyncParallel: DefaultResyncParallel, ResyncHashCache: true},
 	}
 	if fmt.Sprint(m) != fmt.Sprint(want) {
 		t.Errorf("got  %+v\nwant %+v", m, want)
@@ -397,6 +397,7 @@ replication:
   zone_size: 48KiB
   resync_bandwidth: 10KiB
   resync_parallel: 0
+  resync_hash_cache: yes
 `)
 	_, err := LoadModule(filepath.Dir(file), e.c)
 	for _, want := range []string{
@@ -408,6 +409,7 @@ replication:
 		file + ":12: replication.zone_size: 48KiB: a power of two",
 		file + ":13: replication.resync_bandwidth: 10KiB per second is too small",
 		file + ":14: replication.resync_parallel: 0 files at once",
+		file + ":15: replication.resync_hash_cache: expected true or false, got \"yes\"",
 	} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("missing error %q in:\n%v", want, err)
@@ -417,7 +419,7 @@ replication:
 nodes: [alpha, beta]
 directories: [/srv/db2/]
 sync: write
-replication: {timeout: 2s, max_lag: 8MiB, zone_size: 1MiB, resync_bandwidth: 50MiB, resync_parallel: 8}
+replication: {timeout: 2s, max_lag: 8MiB, zone_size: 1MiB, resync_bandwidth: 50MiB, resync_parallel: 8, resync_hash_cache: false}
 `)
 	m, err := LoadModule(filepath.Dir(file), e.c)
 	if err != nil {
@@ -425,8 +427,13 @@ replication: {timeout: 2s, max_lag: 8MiB, zone_size: 1MiB, resync_bandwidth: 50M
 	}
 	if len(m.Directories) != 1 || m.Directories[0] != "/srv/db2" || m.Sync != SyncWrite ||
 		m.Replication.Timeout != 2*time.Second || m.Replication.MaxLag != 8<<20 ||
-		m.Replication.ZoneSize != 1<<20 || m.Replication.ResyncBandwidth != 50<<20 || m.Replication.ResyncParallel != 8 {
+		m.Replication.ZoneSize != 1<<20 || m.Replication.ResyncBandwidth != 50<<20 || m.Replication.ResyncParallel != 8 ||
+		m.Replication.ResyncHashCache {
 		t.Errorf("parsed %+v", m)
+	}
+	file = e.module(t, "db3", "kind: mirror\nnodes: [alpha, beta]\ndirectories: [/srv/db3]\n")
+	if m, err = LoadModule(filepath.Dir(file), e.c); err != nil || !m.Replication.ResyncHashCache {
+		t.Errorf("resync_hash_cache should default to true: %+v, %v", m, err)
 	}
 }
 

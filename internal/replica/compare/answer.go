@@ -13,6 +13,7 @@ import (
 
 	"github.com/tandem-ha/tandem/internal/replica/apply"
 	"github.com/tandem-ha/tandem/internal/replica/op"
+	"github.com/tandem-ha/tandem/internal/replica/sumcache"
 	"github.com/zeebo/xxh3"
 	"golang.org/x/sys/unix"
 )
@@ -28,7 +29,11 @@ import (
 // regular files are ever opened for reading (a device node is not). A
 // missing entry is an answer, not an error. QuerySkipped needs the state
 // of an Answerer.
-func Answer(rootFd int, q *op.Op) ([]byte, error) {
+func Answer(rootFd int, q *op.Op) ([]byte, error) { return answer(rootFd, nil, q) }
+
+// answer is Answer with the hashes of unchanged files taken from sums
+// (nil: read).
+func answer(rootFd int, sums *sumcache.Cache, q *op.Op) ([]byte, error) {
 	if q.Kind != op.Query {
 		return nil, fmt.Errorf("compare: answer a %s op: not a query", q.Kind)
 	}
@@ -39,7 +44,7 @@ func Answer(rootFd int, q *op.Op) ([]byte, error) {
 	var err error
 	switch q.Flags {
 	case op.QueryListDir:
-		b, err = answerList(rootFd, q)
+		b, err = answerList(rootFd, sums, q)
 	case op.QueryHashBlocks:
 		b, err = answerHash(rootFd, q)
 	case op.QueryXattrs:
@@ -109,7 +114,7 @@ func readTarget(dfd int, name string) (string, error) {
 	}
 }
 
-func answerList(root int, q *op.Op) ([]byte, error) {
+func answerList(root int, sums *sumcache.Cache, q *op.Op) ([]byte, error) {
 	p, err := parseListParams(q.Data)
 	if err != nil {
 		return nil, err
@@ -133,6 +138,10 @@ func answerList(root int, q *op.Op) ([]byte, error) {
 		testHookListOpened(q.Path)
 	}
 	a := &ListAnswer{Status: statusOK}
+	sums.Check()
+	// Before every stat of the listing: what is read after a stat is
+	// recorded for the stat's ctime only if that lies well before.
+	ls := lister{sums: sums, before: sumcache.Now()}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return nil, fmt.Errorf("stat directory: %w", err)
@@ -173,7 +182,7 @@ func answerList(root int, q *op.Op) ([]byte, error) {
 			break
 		}
 		e := Entry{Name: name}
-		ok, sf, err := statEntry(fd, name, &e, p.InlineMax, &h, later)
+		ok, sf, err := ls.statEntry(fd, name, &e, p.InlineMax, &h, later)
 		if err != nil {
 			br.wait()
 			return nil, err
@@ -194,12 +203,13 @@ func answerList(root int, q *op.Op) ([]byte, error) {
 			e := &a.Entries[f.tag]
 			if f.ok {
 				e.Hash, e.HasHash = f.sum, true
+				sums.PutSum(f.stamp, ls.before, f.sum)
 				continue
 			}
 			// Changed, replaced or removed since its stat, or no
 			// io_uring: described again, one by one.
 			*e = Entry{Name: e.Name}
-			ok, _, err := statEntry(fd, e.Name, e, p.InlineMax, &h, false)
+			ok, _, err := ls.statEntry(fd, e.Name, e, p.InlineMax, &h, false)
 			if err != nil {
 				return nil, err
 			}
@@ -222,12 +232,33 @@ var testHookListOpened func(path string)
 // small files to read, between their stats and their reads.
 var testHookBeforeBatch func()
 
+// lister is one listing's use of the hashes of unchanged files.
+type lister struct {
+	sums   *sumcache.Cache // nil: none
+	before int64           // sumcache.Now() before the listing's first stat
+}
+
+// xattrs is the attribute digest of the entry name inside dfd, whose
+// stat st was: remembered, or read (fd ≥ 0: through it) and remembered.
+func (l *lister) xattrs(dfd int, name string, st *unix.Stat_t) (uint64, error) {
+	s := sumcache.StampOf(st)
+	if d, ok := l.sums.Xattrs(s); ok {
+		return d, nil
+	}
+	d, err := xattrDigest(dfd, name)
+	if err == nil {
+		l.sums.PutXattrs(s, l.before, d)
+	}
+	return d, err
+}
+
 // statEntry fills e for name inside dfd: attributes, xattr digest, symlink
 // target, and the content hash of a regular file up to inline bytes.
 // False when the entry vanished meanwhile. With later, a small regular
 // file is not read: sf names it (its expected size, its inode) for the
-// caller to read in a batch; else sf.name is "".
-func statEntry(dfd int, name string, e *Entry, inline int64, h *hasher, later bool) (ok bool, sf smallFile, err error) {
+// caller to read in a batch; else sf.name is "". A file unchanged since a
+// listing read it is not read again (l.sums).
+func (l *lister) statEntry(dfd int, name string, e *Entry, inline int64, h *hasher, later bool) (ok bool, sf smallFile, err error) {
 	var st unix.Stat_t
 	if err := unix.Fstatat(dfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		if err == unix.ENOENT {
@@ -236,14 +267,23 @@ func statEntry(dfd int, name string, e *Entry, inline int64, h *hasher, later bo
 		return false, sf, fmt.Errorf("stat %q: %w", name, err)
 	}
 	fillEntry(e, &st)
-	if later && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size <= inline {
-		if e.Xattrs, err = xattrDigest(dfd, name); err != nil {
+	small := st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size <= inline
+	if small {
+		if sum, ok := l.sums.Sum(sumcache.StampOf(&st)); ok {
+			if dig, ok := l.sums.Xattrs(sumcache.StampOf(&st)); ok {
+				e.Xattrs, e.Hash, e.HasHash = dig, sum, true
+				return true, sf, nil
+			}
+		}
+	}
+	if later && small {
+		if e.Xattrs, err = l.xattrs(dfd, name, &st); err != nil {
 			if err == unix.ENOENT {
 				return false, sf, nil
 			}
 			return false, sf, fmt.Errorf("read the attributes of %q: %w", name, err)
 		}
-		return true, smallFile{dfd: dfd, name: name, ino: st.Ino, size: st.Size}, nil
+		return true, smallFile{dfd: dfd, name: name, ino: st.Ino, size: st.Size, stamp: sumcache.StampOf(&st)}, nil
 	}
 	if st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size <= inline {
 		// O_NONBLOCK: should a fifo have replaced the file, the open does
@@ -263,13 +303,19 @@ func statEntry(dfd int, name string, e *Entry, inline int64, h *hasher, later bo
 			// The attributes of what was opened: the descriptor's call
 			// is cheaper than one by name.
 			fillEntry(e, &st)
-			if e.Xattrs, err = xattrDigest(ffd, ""); err != nil {
+			if e.Xattrs, err = l.xattrs(ffd, "", &st); err != nil {
 				return false, sf, fmt.Errorf("read the attributes of %q: %w", name, err)
 			}
 			if st.Size > inline {
 				return true, sf, nil
 			}
-			return true, sf, hashOpen(ffd, e, inline, h)
+			if err := hashOpen(ffd, e, inline, h); err != nil {
+				return false, sf, err
+			}
+			if e.HasHash && e.Size == st.Size {
+				l.sums.PutSum(sumcache.StampOf(&st), l.before, e.Hash)
+			}
+			return true, sf, nil
 		}
 		// Replaced meanwhile by another type: described by name below.
 		if err := unix.Fstatat(dfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
@@ -280,7 +326,7 @@ func statEntry(dfd int, name string, e *Entry, inline int64, h *hasher, later bo
 		}
 		fillEntry(e, &st)
 	}
-	if e.Xattrs, err = xattrDigest(dfd, name); err != nil {
+	if e.Xattrs, err = l.xattrs(dfd, name, &st); err != nil {
 		if err == unix.ENOENT {
 			return false, sf, nil
 		}
@@ -631,6 +677,7 @@ func preadFull(fd int, b []byte, off int64) (int, error) {
 // Answerer.Skipped), until the primary asks for them.
 type Answerer struct {
 	root     int
+	sums     *sumcache.Cache
 	mu       sync.Mutex
 	skipped  map[string]struct{}
 	overflow bool
@@ -642,8 +689,10 @@ const maxSkipped = 100000
 
 // NewAnswerer answers from the copy below rootFd, which the caller keeps
 // open.
-func NewAnswerer(rootFd int) *Answerer {
-	return &Answerer{root: rootFd, skipped: make(map[string]struct{})}
+// sums, if not nil, keeps the hashes of the files a listing read, and
+// spares the next listing the reads of those unchanged since.
+func NewAnswerer(rootFd int, sums *sumcache.Cache) *Answerer {
+	return &Answerer{root: rootFd, sums: sums, skipped: make(map[string]struct{})}
 }
 
 // Answer is the package function Answer, plus QuerySkipped, which hands
@@ -652,7 +701,7 @@ func (a *Answerer) Answer(q *op.Op) ([]byte, error) {
 	if q.Kind == op.Query && q.Flags == op.QuerySkipped {
 		return a.drain(), nil
 	}
-	return Answer(a.root, q)
+	return answer(a.root, a.sums, q)
 }
 
 // Skipped records the paths of an op the applier skipped (the signature

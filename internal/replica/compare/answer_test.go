@@ -310,7 +310,7 @@ func TestAnswerXattrs(t *testing.T) {
 }
 
 func TestAnswererSkipped(t *testing.T) {
-	a := NewAnswerer(rootFd(t, t.TempDir()))
+	a := NewAnswerer(rootFd(t, t.TempDir()), nil)
 	a.Skipped(&op.Op{Kind: op.Write, Path: "x/y"}, unix.ENOENT)
 	a.Skipped(&op.Op{Kind: op.Rename, Path: "a", Path2: "b/c"}, unix.ENOENT)
 	a.Skipped(&op.Op{Kind: op.Write, Path: "x/y"}, unix.ENOENT)

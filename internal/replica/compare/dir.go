@@ -9,6 +9,7 @@ import (
 	"sort"
 
 	"github.com/tandem-ha/tandem/internal/replica/op"
+	"github.com/tandem-ha/tandem/internal/replica/sumcache"
 	"github.com/zeebo/xxh3"
 	"golang.org/x/sys/unix"
 )
@@ -23,6 +24,7 @@ type pEntry struct {
 	hashed bool // sum is the hash of its first hashN bytes, all it had (read in a batch)
 	sum    uint64
 	hashN  int64
+	before int64 // sumcache.Now() before its stat
 }
 
 // smallCandidate: p is a small file whose answer came with a hash (j
@@ -223,8 +225,11 @@ func (r *run) page(t *task, after string, locked bool) (res pageResult, err erro
 	// Small files are read in batches while the next ones are stat'ed.
 	var br batchReader
 	reading, inline, j := uringOn(), r.inline(), 0
+	sums := r.e.opt.Sums
+	sums.Check()
+	before := sumcache.Now()
 	for _, n := range names {
-		p := &pEntry{name: n}
+		p := &pEntry{name: n, before: before}
 		ok, err := r.statP(d, p)
 		if err != nil {
 			br.wait()
@@ -234,8 +239,14 @@ func (r *run) page(t *task, after string, locked bool) (res pageResult, err erro
 			continue
 		}
 		pents = append(pents, p)
+		if p.st.Mode&unix.S_IFMT == unix.S_IFREG && p.st.Size <= inline {
+			if sum, ok := sums.Sum(sumcache.StampOf(&p.st)); ok {
+				p.hashed, p.sum, p.hashN = true, sum, p.st.Size
+				continue
+			}
+		}
 		if reading && smallCandidate(p, ans.Entries, &j, inline) {
-			br.add(smallFile{dfd: d, name: p.name, ino: p.st.Ino, size: p.st.Size, tag: len(pents) - 1})
+			br.add(smallFile{dfd: d, name: p.name, ino: p.st.Ino, size: p.st.Size, tag: len(pents) - 1, stamp: sumcache.StampOf(&p.st)})
 		}
 	}
 	for _, batch := range br.wait() {
@@ -243,6 +254,7 @@ func (r *run) page(t *task, after string, locked bool) (res pageResult, err erro
 			if f.ok {
 				p := pents[f.tag]
 				p.hashed, p.sum, p.hashN = true, f.sum, f.size
+				sums.PutSum(f.stamp, before, f.sum)
 			}
 		}
 	}
@@ -295,6 +307,11 @@ func (r *run) statP(d int, p *pEntry) (bool, error) {
 		}
 		p.target = t
 	}
+	stamp := sumcache.StampOf(&p.st)
+	if dig, ok := r.e.opt.Sums.Xattrs(stamp); ok {
+		p.xdig = dig
+		return true, nil
+	}
 	dig, err := xattrDigest(d, p.name)
 	if err == unix.ENOENT {
 		return false, nil
@@ -303,6 +320,7 @@ func (r *run) statP(d int, p *pEntry) (bool, error) {
 		return false, fmt.Errorf("read attributes: %w", err)
 	}
 	p.xdig = dig
+	r.e.opt.Sums.PutXattrs(stamp, p.before, dig)
 	return true, nil
 }
 
@@ -565,7 +583,11 @@ func (r *run) hashSmall(d int, p *pEntry) (uint64, int64, error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	return xxh3.Hash(buf[:k]), int64(k), nil
+	sum := xxh3.Hash(buf[:k])
+	if int64(k) == st.Size {
+		r.e.opt.Sums.PutSum(sumcache.StampOf(&st), p.before, sum)
+	}
+	return sum, int64(k), nil
 }
 
 // The scope's files are known by their primary inode (stat at the start

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tandem-ha/tandem/internal/replica/op"
+	"github.com/tandem-ha/tandem/internal/replica/sumcache"
 	"golang.org/x/sys/unix"
 )
 
@@ -109,7 +110,11 @@ type Options struct {
 	// SyncAll (op.ResyncDone) is submitted: the caller's records of what
 	// changed up to there are covered by the run.
 	BeforeDone func()
-	Logger     *slog.Logger
+	// Sums, if not nil, keeps the hashes of the primary's files a listing
+	// read, and spares later listings the reads of those unchanged since
+	// (their ctime tells). Nil: every listing reads every small file.
+	Sums   *sumcache.Cache
+	Logger *slog.Logger
 }
 
 // Stats tell what a Run did.

@@ -474,7 +474,7 @@ func TestCancel(t *testing.T) {
 
 func TestOptionsChecked(t *testing.T) {
 	fd := rootFd(t, t.TempDir())
-	f := newFake(t, t.TempDir(), 1, 0)
+	f := newFake(t, t.TempDir(), 1, 0, nil)
 	for _, o := range []Options{{RootFd: fd, BlockSize: 100}, {RootFd: fd, Bandwidth: -1}, {RootFd: -1}} {
 		if _, err := New(f, o); err == nil {
 			t.Errorf("%+v accepted", o)

@@ -17,6 +17,7 @@ import (
 	"github.com/tandem-ha/tandem/internal/replica/apply"
 	"github.com/tandem-ha/tandem/internal/replica/op"
 	"github.com/tandem-ha/tandem/internal/replica/resync"
+	"github.com/tandem-ha/tandem/internal/replica/sumcache"
 	"github.com/tandem-ha/tandem/internal/replica/treecmp"
 	"golang.org/x/sys/unix"
 )
@@ -75,7 +76,7 @@ type fitem struct {
 	reply chan Reply
 }
 
-func newFake(t testing.TB, dir string, seed uint64, maxDelay time.Duration) *fake {
+func newFake(t testing.TB, dir string, seed uint64, maxDelay time.Duration, sums *sumcache.Cache) *fake {
 	t.Helper()
 	a, err := apply.New(dir)
 	if err != nil {
@@ -85,7 +86,7 @@ func newFake(t testing.TB, dir string, seed uint64, maxDelay time.Duration) *fak
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fake{t: t, a: a, rootFd: fd, ans: NewAnswerer(fd), rng: rand.New(rand.NewPCG(seed, 99)), maxDelay: maxDelay, done: make(chan struct{})}
+	f := &fake{t: t, a: a, rootFd: fd, ans: NewAnswerer(fd, sums), rng: rand.New(rand.NewPCG(seed, 99)), maxDelay: maxDelay, done: make(chan struct{})}
 	f.cond.L = &f.mu
 	a.SetLenient(func(o *op.Op, err error) {
 		f.skipped.Add(1)
@@ -649,6 +650,16 @@ type pair struct {
 	pfd   int
 	stats Stats
 	tr    *traceBuf
+	sSums *sumcache.Cache // the secondary's (the primary's: e.opt.Sums)
+}
+
+// testSums is a cache of hashes that records files unchanged for 50 ms
+// (five ticks at the slowest kernel clock), not Margin's seconds: a
+// test's files are all new.
+func testSums() *sumcache.Cache {
+	c := sumcache.New(0)
+	c.SetMargin(50 * time.Millisecond)
+	return c
 }
 
 func newPair(t testing.TB, seed uint64, delay time.Duration, opt Options) *pair {
@@ -667,7 +678,13 @@ func newPair(t testing.TB, seed uint64, delay time.Duration, opt Options) *pair 
 func newPairIn(t testing.TB, base string, seed uint64, delay time.Duration, opt Options) *pair {
 	t.Helper()
 	pr := &pair{p: filepath.Join(base, "primary"), s: filepath.Join(base, "secondary")}
-	pr.f = newFake(t, pr.s, seed, delay)
+	// Both sides remember the hashes of unchanged files, as the agent's
+	// do (TANDEM_COMPARE_SUMS=0: they read every file every time).
+	if os.Getenv("TANDEM_COMPARE_SUMS") != "0" && opt.Sums == nil {
+		opt.Sums = testSums()
+		pr.sSums = testSums()
+	}
+	pr.f = newFake(t, pr.s, seed, delay, pr.sSums)
 	pr.sh = newShim(t, pr.p, pr.f)
 	fd, err := unix.Open(pr.p, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {

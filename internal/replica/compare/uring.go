@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"unsafe"
 
+	"github.com/tandem-ha/tandem/internal/replica/sumcache"
 	"github.com/zeebo/xxh3"
 	"golang.org/x/sys/unix"
 )
@@ -39,8 +40,11 @@ type smallFile struct {
 	ino  uint64 // its stat's: the order of the reads
 	size int64
 	tag  int // the caller's (its entry)
-	sum  uint64
-	ok   bool // read exactly size bytes (then EOF) and hashed
+	// stamp: the stat's, under which its hash is remembered (a zero
+	// stamp is not remembered).
+	stamp sumcache.Stamp
+	sum   uint64
+	ok    bool // read exactly size bytes (then EOF) and hashed
 }
 
 const (

@@ -1,0 +1,48 @@
+package agent
+
+import (
+	"path/filepath"
+	"strconv"
+
+	"github.com/tandem-ha/tandem/internal/replica/sumcache"
+)
+
+// sumsPath is where a replicated directory's remembered hashes are saved
+// when the agent stops.
+func (x *replica) sumsPath(d *replDir) string {
+	return filepath.Join(modDir(x.r.a.settings.StateDir, x.r.cfg.Name), "hashes-"+strconv.Itoa(d.idx))
+}
+
+// sums is the cache of hashes of the directory's unchanged files, shared
+// by the compares this node runs as primary and the answers it gives as
+// secondary (the same tree either way); loaded on first use from what the
+// agent saved when it last stopped, if this boot saved it. Nil when the
+// module turns it off (replication.resync_hash_cache: false).
+func (x *replica) sums(d *replDir) *sumcache.Cache {
+	if !x.r.cfg.Replication.ResyncHashCache {
+		return nil
+	}
+	d.sumsOnce.Do(func() {
+		c, err := sumcache.Load(x.sumsPath(d), sumcache.DefaultMax)
+		if err != nil {
+			x.r.a.log.Info("resync hashes not reused", "module", x.r.cfg.Name, "dir", d.path, "err", err)
+		}
+		d.sumsCache = c
+	})
+	return d.sumsCache
+}
+
+// saveSums saves every directory's remembered hashes (the agent stops):
+// an agent started again in the same boot skips rereading unchanged files.
+func (a *Agent) saveSums() {
+	for _, r := range a.mods {
+		for _, d := range r.repl.dirs {
+			if d.sumsCache == nil || d.sumsCache.Stats().Entries == 0 {
+				continue
+			}
+			if err := d.sumsCache.Save(r.repl.sumsPath(d)); err != nil {
+				a.log.Warn("could not save the resync hashes", "module", r.cfg.Name, "dir", d.path, "err", err)
+			}
+		}
+	}
+}

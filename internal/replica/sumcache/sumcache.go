@@ -1,0 +1,395 @@
+// Package sumcache remembers, per inode, the content hash and the
+// extended-attribute digest a compare computed, so that the next full
+// compare of an unchanged file costs one stat instead of an attribute
+// list and a read.
+//
+// # Why it is safe
+//
+// The kernel moves an inode's ctime on every change made through it:
+// data (write, truncate, fallocate, a mapped page made writable), owner,
+// mode, times, attributes, and every link or unlink of one of its names.
+// So an inode whose device, number, size and ctime are those of an entry
+// has the content and attributes the entry was computed from, with two
+// exceptions the cache guards against:
+//
+//   - Timestamps are coarse (a scheduler tick, or a second on some
+//     filesystems): a change in the same tick as the last one leaves the
+//     ctime as it was. An entry is therefore recorded only for an inode
+//     whose ctime is older than Margin before the stat that preceded the
+//     read: any later change falls in a later tick, and moves the ctime.
+//   - The clock may be stepped back, and a change could then land on an
+//     old ctime. Every use compares the wall clock's offset from the
+//     boot clock with the one the cache started with, and forgets every
+//     entry when it moved by more than Margin.
+//
+// The cache is also forgotten across reboots (Load checks the boot id):
+// after a power cut a file's data may have reached the disk without the
+// inode update that moved its ctime. What the cache cannot see is a
+// change that bypasses the kernel's file operations: the disk's own
+// corruption, or writes to the block device under the filesystem. A
+// compare that must read everything runs without a cache.
+package sumcache
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/zeebo/xxh3"
+	"golang.org/x/sys/unix"
+)
+
+// Margin is how old a ctime must be, at the stat before a read, for the
+// result to be recorded: above the coarsest timestamp granularity of
+// the filesystems Linux supports for this (ext4 with small inodes: 1 s).
+const Margin = 3 * time.Second
+
+// DefaultMax bounds the entries of one cache: about 64 bytes each, so
+// 64 MiB at most for a tree of up to a million files.
+const DefaultMax = 1 << 20
+
+type key struct{ dev, ino uint64 }
+
+const (
+	hasSum = 1 << iota
+	hasXattrs
+)
+
+type entry struct {
+	ctime int64 // ns since the epoch
+	size  int64
+	sum   uint64 // xxh3 of the whole content (hasSum)
+	xdig  uint64 // digest of the attributes (hasXattrs)
+	flags uint8
+}
+
+// Cache is safe for concurrent use.
+type Cache struct {
+	mu     sync.Mutex
+	m      map[key]entry
+	max    int
+	margin int64 // Margin, ns (SetMargin)
+	offset int64 // wall clock minus boot clock when the entries began, ns
+
+	hits, misses, drops atomic.Int64
+}
+
+// New returns an empty cache of at most max entries (DefaultMax if ≤ 0).
+func New(max int) *Cache {
+	if max <= 0 {
+		max = DefaultMax
+	}
+	return &Cache{m: make(map[key]entry), max: max, margin: int64(Margin), offset: clockOffset()}
+}
+
+// SetMargin replaces Margin for this cache: for tests, whose files are
+// all new. It must exceed the filesystem's timestamp granularity (a
+// scheduler tick on ext4, xfs and tmpfs: at most 10 ms).
+func (c *Cache) SetMargin(d time.Duration) { c.margin = int64(d) }
+
+// clockOffset is the wall clock minus the boot clock: constant unless
+// the wall clock is stepped.
+func clockOffset() int64 {
+	var rt, bt unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_REALTIME, &rt)
+	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &bt)
+	return rt.Nano() - bt.Nano()
+}
+
+// Stamp is what identifies one state of an inode.
+type Stamp struct {
+	Dev, Ino uint64
+	Size     int64
+	Ctime    int64 // ns since the epoch
+}
+
+// StampOf is st's stamp.
+func StampOf(st *unix.Stat_t) Stamp {
+	return Stamp{Dev: st.Dev, Ino: st.Ino, Size: st.Size, Ctime: st.Ctim.Nano()}
+}
+
+// Check forgets every entry if the wall clock was stepped by more than
+// Margin since they were recorded. Callers call it before a batch of
+// lookups (a directory's listing).
+func (c *Cache) Check() {
+	if c == nil {
+		return
+	}
+	off := clockOffset()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if d := off - c.offset; d > int64(Margin) || d < -int64(Margin) {
+		if len(c.m) > 0 {
+			c.drops.Add(1)
+		}
+		clear(c.m)
+		c.offset = off
+	}
+}
+
+func (c *Cache) lookup(s Stamp, flag uint8) (entry, bool) {
+	if c == nil {
+		return entry{}, false
+	}
+	c.mu.Lock()
+	e, ok := c.m[key{s.Dev, s.Ino}]
+	c.mu.Unlock()
+	if !ok || e.flags&flag == 0 || e.ctime != s.Ctime || e.size != s.Size {
+		c.misses.Add(1)
+		return entry{}, false
+	}
+	c.hits.Add(1)
+	return e, true
+}
+
+// Sum is the content hash recorded for the regular file in state s.
+func (c *Cache) Sum(s Stamp) (uint64, bool) {
+	e, ok := c.lookup(s, hasSum)
+	return e.sum, ok
+}
+
+// Xattrs is the attribute digest recorded for the inode in state s.
+func (c *Cache) Xattrs(s Stamp) (uint64, bool) {
+	e, ok := c.lookup(s, hasXattrs)
+	return e.xdig, ok
+}
+
+// Now is the time to pass to PutSum and PutXattrs: taken before the
+// stat whose result they record.
+func Now() int64 { return time.Now().UnixNano() }
+
+func (c *Cache) put(s Stamp, before int64, flag uint8, v uint64) {
+	if c == nil || s.Ino == 0 || s.Ctime > before-c.margin {
+		// Changed too recently (a change in the same tick would not
+		// show), or no stamp.
+		return
+	}
+	k := key{s.Dev, s.Ino}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[k]
+	if !ok || e.ctime != s.Ctime || e.size != s.Size {
+		if !ok && len(c.m) >= c.max {
+			// Full: start again. Entries of files deleted since are never
+			// met again, and the next compare records what it meets.
+			clear(c.m)
+			c.drops.Add(1)
+		}
+		e = entry{ctime: s.Ctime, size: s.Size}
+	}
+	e.flags |= flag
+	if flag == hasSum {
+		e.sum = v
+	} else {
+		e.xdig = v
+	}
+	c.m[k] = e
+}
+
+// PutSum records sum, the hash of the whole content of the regular file
+// whose stat gave s, read after that stat. before is Now() taken before
+// the stat.
+func (c *Cache) PutSum(s Stamp, before int64, sum uint64) {
+	c.put(s, before, hasSum, sum)
+}
+
+// PutXattrs records dig, the attribute digest of the inode whose stat
+// gave s, read after that stat. before is Now() taken before the stat.
+func (c *Cache) PutXattrs(s Stamp, before int64, dig uint64) {
+	c.put(s, before, hasXattrs, dig)
+}
+
+// Stats are a cache's counters.
+type Stats struct {
+	Entries              int
+	Hits, Misses, Resets int64
+}
+
+func (c *Cache) Stats() Stats {
+	if c == nil {
+		return Stats{}
+	}
+	c.mu.Lock()
+	n := len(c.m)
+	c.mu.Unlock()
+	return Stats{Entries: n, Hits: c.hits.Load(), Misses: c.misses.Load(), Resets: c.drops.Load()}
+}
+
+// Reset forgets every entry.
+func (c *Cache) Reset() {
+	c.mu.Lock()
+	clear(c.m)
+	c.mu.Unlock()
+}
+
+const (
+	magic     = "tandem-sums-1\n"
+	entrySize = 8 + 8 + 8 + 8 + 8 + 8 + 1
+)
+
+// bootIDFile names this boot of the kernel (a variable for tests).
+var bootIDFile = "/proc/sys/kernel/random/boot_id"
+
+// bootID names this boot of the kernel.
+func bootID() (string, error) {
+	b, err := os.ReadFile(bootIDFile)
+	if err != nil {
+		return "", fmt.Errorf("read the boot id: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// Save writes the entries to path (atomically: a temporary file renamed
+// over it), with this boot's id and the clock offset, so that Load
+// refuses them after a reboot or a clock step.
+func (c *Cache) Save(path string) error {
+	id, err := bootID()
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".sums-*")
+	if err != nil {
+		return fmt.Errorf("save the compare's hashes: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	h := xxh3.New()
+	w := bufio.NewWriterSize(io.MultiWriter(tmp, h), 1<<20)
+	c.mu.Lock()
+	var head []byte
+	head = append(head, magic...)
+	head = binary.AppendUvarint(head, uint64(len(id)))
+	head = append(head, id...)
+	head = binary.LittleEndian.AppendUint64(head, uint64(c.offset))
+	head = binary.LittleEndian.AppendUint64(head, uint64(len(c.m)))
+	w.Write(head)
+	var rec [entrySize]byte
+	for k, e := range c.m {
+		binary.LittleEndian.PutUint64(rec[0:], k.dev)
+		binary.LittleEndian.PutUint64(rec[8:], k.ino)
+		binary.LittleEndian.PutUint64(rec[16:], uint64(e.ctime))
+		binary.LittleEndian.PutUint64(rec[24:], uint64(e.size))
+		binary.LittleEndian.PutUint64(rec[32:], e.sum)
+		binary.LittleEndian.PutUint64(rec[40:], e.xdig)
+		rec[48] = e.flags
+		w.Write(rec[:])
+	}
+	c.mu.Unlock()
+	err = w.Flush()
+	if err == nil {
+		_, err = tmp.Write(binary.LittleEndian.AppendUint64(nil, h.Sum64()))
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		return fmt.Errorf("save the compare's hashes to %s: %w", path, err)
+	}
+	return nil
+}
+
+// ErrStale: the saved entries belong to another boot, or the clock was
+// stepped since; they were not loaded.
+var ErrStale = errors.New("saved before a reboot or a clock step")
+
+// Load reads a cache Save wrote. A missing file gives an empty cache and
+// no error; a stale or damaged one, an empty cache and the reason.
+func Load(path string, max int) (*Cache, error) {
+	c := New(max)
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return c, nil
+	}
+	if err != nil {
+		return c, fmt.Errorf("load the compare's hashes: %w", err)
+	}
+	defer f.Close()
+	id, err := bootID()
+	if err != nil {
+		return c, err
+	}
+	bad := func(what string) (*Cache, error) {
+		c.Reset()
+		return c, fmt.Errorf("load the compare's hashes from %s: %s; they will be computed again", path, what)
+	}
+	br := bufio.NewReaderSize(f, 1<<20)
+	r := &hashReader{r: br, h: xxh3.New()}
+	head := make([]byte, len(magic))
+	if _, err := io.ReadFull(r, head); err != nil || string(head) != magic {
+		return bad("not a file of saved hashes")
+	}
+	n, err := binary.ReadUvarint(r)
+	if err != nil || n > 64 {
+		return bad("damaged (boot id)")
+	}
+	saved := make([]byte, n)
+	var fixed [16]byte
+	if _, err := io.ReadFull(r, saved); err != nil {
+		return bad("damaged (boot id)")
+	}
+	if _, err := io.ReadFull(r, fixed[:]); err != nil {
+		return bad("damaged (header)")
+	}
+	offset := int64(binary.LittleEndian.Uint64(fixed[:8]))
+	count := binary.LittleEndian.Uint64(fixed[8:])
+	if string(saved) != id {
+		return c, fmt.Errorf("load the compare's hashes from %s: %w (another boot); they will be computed again", path, ErrStale)
+	}
+	if d := c.offset - offset; d > int64(Margin) || d < -int64(Margin) {
+		return c, fmt.Errorf("load the compare's hashes from %s: %w (the clock moved by %v); they will be computed again", path, ErrStale, time.Duration(d))
+	}
+	var rec [entrySize]byte
+	for i := uint64(0); i < count; i++ {
+		if _, err := io.ReadFull(r, rec[:]); err != nil {
+			return bad("damaged (length)")
+		}
+		if len(c.m) >= c.max {
+			continue
+		}
+		c.m[key{binary.LittleEndian.Uint64(rec[0:]), binary.LittleEndian.Uint64(rec[8:])}] = entry{
+			ctime: int64(binary.LittleEndian.Uint64(rec[16:])),
+			size:  int64(binary.LittleEndian.Uint64(rec[24:])),
+			sum:   binary.LittleEndian.Uint64(rec[32:]),
+			xdig:  binary.LittleEndian.Uint64(rec[40:]),
+			flags: rec[48],
+		}
+	}
+	var sum [8]byte
+	if _, err := io.ReadFull(br, sum[:]); err != nil || binary.LittleEndian.Uint64(sum[:]) != r.h.Sum64() {
+		return bad("damaged (checksum)")
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		return bad("damaged (trailing bytes)")
+	}
+	return c, nil
+}
+
+// hashReader hashes what is read through it.
+type hashReader struct {
+	r *bufio.Reader
+	h *xxh3.Hasher
+}
+
+func (h *hashReader) Read(p []byte) (int, error) {
+	n, err := h.r.Read(p)
+	h.h.Write(p[:n])
+	return n, err
+}
+
+func (h *hashReader) ReadByte() (byte, error) {
+	b, err := h.r.ReadByte()
+	if err == nil {
+		h.h.Write([]byte{b})
+	}
+	return b, err
+}
