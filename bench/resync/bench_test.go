@@ -505,11 +505,12 @@ func compareCase(t *testing.T, sz sizes, res *Results) {
 type tandemRun struct {
 	Run
 	reason string
+	reused int64 // files whose hash alpha remembered (not read)
 }
 
 func (r tandemRun) describe() string {
-	s := fmt.Sprintf("%s resync complete %.2fs after the start (own %.2fs, \"started\" after %.2fs, beta synced after %.2fs): %s examined, %s sent, %d files",
-		r.Kind, r.Seconds, r.Own, r.Started, r.SyncedAfter, mib(r.Examined), mib(r.Sent), r.Files)
+	s := fmt.Sprintf("%s resync complete %.2fs after the start (own %.2fs, \"started\" after %.2fs, beta synced after %.2fs): %s examined (%d files' hashes remembered on alpha), %s sent, %d files",
+		r.Kind, r.Seconds, r.Own, r.Started, r.SyncedAfter, mib(r.Examined), r.reused, mib(r.Sent), r.Files)
 	if r.reason != "" {
 		s += "; reason: " + r.reason
 	}
@@ -579,6 +580,7 @@ func tandemWait(t *testing.T, c *tcluster.Cluster, since time.Time, within time.
 			run.Kind, _ = done.Fields["kind"].(string)
 			run.Own = fnum(done.Fields["seconds"])
 			run.Examined, run.Sent, run.Files = int64(fnum(done.Fields["bytes_examined"])), int64(fnum(done.Fields["bytes_sent"])), int64(fnum(done.Fields["files"]))
+			run.reused = int64(fnum(done.Fields["hashes_reused"]))
 			if started != nil {
 				run.Started = started.Time.Sub(since).Seconds()
 				run.reason, _ = started.Fields["reason"].(string)

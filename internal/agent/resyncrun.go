@@ -148,6 +148,7 @@ func (x *replica) resyncDir(d *replDir, s *wire.Sender) error {
 	}
 	x.r.log.Add("resync", run.kind+" resynchronisation of "+d.path+" to "+x.r.peer+" started", fields...)
 
+	sums0 := x.sums(d).Stats()
 	if err := x.runCompare(ctx, d, s, sc, run); err != nil {
 		x.r.log.Add("resync", run.kind+" resynchronisation of "+d.path+" failed: "+err.Error(), "dir", d.path, "kind", run.kind, "result", "failed")
 		return err
@@ -164,9 +165,12 @@ func (x *replica) resyncDir(d *replDir, s *wire.Sender) error {
 		return fmt.Errorf("change records of %s: %w", d.path, err)
 	}
 	el := time.Since(run.started)
-	x.r.log.Add("resync", fmt.Sprintf("%s resynchronisation of %s complete: %d bytes examined, %d sent, %d files, in %s",
-		run.kind, d.path, run.done.Load(), run.sent.Load(), run.files.Load(), el.Round(time.Millisecond)),
+	// Files whose content this node did not read: their hashes were
+	// remembered (replication.resync_hash_cache).
+	reused := x.sums(d).Stats().SumHits - sums0.SumHits
+	x.r.log.Add("resync", fmt.Sprintf("%s resynchronisation of %s complete: %d bytes examined (%d files' hashes remembered), %d sent, %d files, in %s",
+		run.kind, d.path, run.done.Load(), reused, run.sent.Load(), run.files.Load(), el.Round(time.Millisecond)),
 		"dir", d.path, "kind", run.kind, "reason", run.reason, "result", "complete", "bytes_examined", run.done.Load(),
-		"bytes_sent", run.sent.Load(), "files", run.files.Load(), "seconds", el.Seconds())
+		"hashes_reused", reused, "bytes_sent", run.sent.Load(), "files", run.files.Load(), "seconds", el.Seconds())
 	return nil
 }

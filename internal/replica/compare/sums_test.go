@@ -67,9 +67,9 @@ func TestSumsSpareReads(t *testing.T) {
 	}
 	p1, s1 := pSums.Stats(), pr.sSums.Stats()
 	// Each file: its hash and its attribute digest, on each side.
-	if p1.Hits-p0.Hits < 2*files || s1.Hits-s0.Hits < 2*files {
+	if p1.Hits()-p0.Hits() < 2*files || s1.Hits()-s0.Hits() < 2*files {
 		t.Fatalf("second compare: %d hits on the primary, %d on the secondary; want ≥ %d each",
-			p1.Hits-p0.Hits, s1.Hits-s0.Hits, 2*files)
+			p1.Hits()-p0.Hits(), s1.Hits()-s0.Hits(), 2*files)
 	}
 	if p1.Misses != p0.Misses || s1.Misses != s0.Misses {
 		t.Fatalf("second compare: misses primary %d→%d, secondary %d→%d", p0.Misses, p1.Misses, s0.Misses, s1.Misses)

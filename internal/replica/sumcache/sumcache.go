@@ -79,7 +79,7 @@ type Cache struct {
 	margin int64 // Margin, ns (SetMargin)
 	offset int64 // wall clock minus boot clock when the entries began, ns
 
-	hits, misses, drops atomic.Int64
+	sumHits, xattrHits, misses, drops atomic.Int64
 }
 
 // New returns an empty cache of at most max entries (DefaultMax if ≤ 0).
@@ -146,7 +146,11 @@ func (c *Cache) lookup(s Stamp, flag uint8) (entry, bool) {
 		c.misses.Add(1)
 		return entry{}, false
 	}
-	c.hits.Add(1)
+	if flag == hasSum {
+		c.sumHits.Add(1)
+	} else {
+		c.xattrHits.Add(1)
+	}
 	return e, true
 }
 
@@ -209,9 +213,15 @@ func (c *Cache) PutXattrs(s Stamp, before int64, dig uint64) {
 
 // Stats are a cache's counters.
 type Stats struct {
-	Entries              int
-	Hits, Misses, Resets int64
+	Entries int
+	// SumHits: contents not read; XattrHits: attribute lists not read;
+	// Misses: lookups that found nothing usable.
+	SumHits, XattrHits, Misses int64
+	Resets                     int64 // times every entry was forgotten (full, clock step)
 }
+
+// Hits is every lookup answered.
+func (s Stats) Hits() int64 { return s.SumHits + s.XattrHits }
 
 func (c *Cache) Stats() Stats {
 	if c == nil {
@@ -220,7 +230,7 @@ func (c *Cache) Stats() Stats {
 	c.mu.Lock()
 	n := len(c.m)
 	c.mu.Unlock()
-	return Stats{Entries: n, Hits: c.hits.Load(), Misses: c.misses.Load(), Resets: c.drops.Load()}
+	return Stats{Entries: n, SumHits: c.sumHits.Load(), XattrHits: c.xattrHits.Load(), Misses: c.misses.Load(), Resets: c.drops.Load()}
 }
 
 // Reset forgets every entry.

@@ -98,7 +98,7 @@ func TestChangedInodeMisses(t *testing.T) {
 	if _, ok := c.Sum(stat(t, p)); ok {
 		t.Fatal("a file that gained a name hit")
 	}
-	if st := c.Stats(); st.Hits != 2 || st.Misses != 3 {
+	if st := c.Stats(); st.Hits() != 2 || st.Misses != 3 {
 		t.Fatalf("counters %+v", st)
 	}
 }
