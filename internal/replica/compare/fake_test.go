@@ -88,16 +88,23 @@ func newFake(t testing.TB, dir string, seed uint64, maxDelay time.Duration, sums
 	}
 	f := &fake{t: t, a: a, rootFd: fd, ans: NewAnswerer(fd, sums), rng: rand.New(rand.NewPCG(seed, 99)), maxDelay: maxDelay, done: make(chan struct{})}
 	f.cond.L = &f.mu
-	a.SetLenient(func(o *op.Op, err error) {
+	f.lenient()
+	go f.loop()
+	t.Cleanup(f.close)
+	return f
+}
+
+// lenient makes the applier skip and record the ops that fail, as the
+// agent's does until a resync is done (call it when the stream is idle).
+func (f *fake) lenient() {
+	f.ans.Reset()
+	f.a.SetLenient(func(o *op.Op, err error) {
 		f.skipped.Add(1)
 		if f.tr != nil {
 			f.tr.printf("skipped: %s: %v", o, err)
 		}
 		f.ans.Skipped(o, err)
 	})
-	go f.loop()
-	t.Cleanup(f.close)
-	return f
 }
 
 func (f *fake) Submit(o *op.Op) uint64 {
