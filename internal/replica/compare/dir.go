@@ -24,7 +24,8 @@ type pEntry struct {
 	hashed bool // sum is the hash of its first hashN bytes, all it had (read in a batch)
 	sum    uint64
 	hashN  int64
-	before int64 // sumcache.Now() before its stat
+	before int64           // sumcache.Now() before its stat
+	sums   *sumcache.Cache // the hashes its listing may take or record (nil: none)
 }
 
 // smallCandidate: p is a small file whose answer came with a hash (j
@@ -225,11 +226,10 @@ func (r *run) page(t *task, after string, locked bool) (res pageResult, err erro
 	// Small files are read in batches while the next ones are stat'ed.
 	var br batchReader
 	reading, inline, j := uringOn(), r.inline(), 0
-	sums := r.e.opt.Sums
-	sums.Check()
+	sums := r.e.opt.Sums.For(d) // nil on a filesystem whose ctimes cannot be trusted
 	before := sumcache.Now()
 	for _, n := range names {
-		p := &pEntry{name: n, before: before}
+		p := &pEntry{name: n, before: before, sums: sums}
 		ok, err := r.statP(d, p)
 		if err != nil {
 			br.wait()
@@ -308,7 +308,7 @@ func (r *run) statP(d int, p *pEntry) (bool, error) {
 		p.target = t
 	}
 	stamp := sumcache.StampOf(&p.st)
-	if dig, ok := r.e.opt.Sums.Xattrs(stamp); ok {
+	if dig, ok := p.sums.Xattrs(stamp); ok {
 		p.xdig = dig
 		return true, nil
 	}
@@ -320,7 +320,7 @@ func (r *run) statP(d int, p *pEntry) (bool, error) {
 		return false, fmt.Errorf("read attributes: %w", err)
 	}
 	p.xdig = dig
-	r.e.opt.Sums.PutXattrs(stamp, p.before, dig)
+	p.sums.PutXattrs(stamp, p.before, dig)
 	return true, nil
 }
 
@@ -585,7 +585,7 @@ func (r *run) hashSmall(d int, p *pEntry) (uint64, int64, error) {
 	}
 	sum := xxh3.Hash(buf[:k])
 	if int64(k) == st.Size {
-		r.e.opt.Sums.PutSum(sumcache.StampOf(&st), p.before, sum)
+		p.sums.PutSum(sumcache.StampOf(&st), p.before, sum)
 	}
 	return sum, int64(k), nil
 }

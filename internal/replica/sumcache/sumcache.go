@@ -6,11 +6,14 @@
 // # Why it is safe
 //
 // The kernel moves an inode's ctime on every change made through it:
-// data (write, truncate, fallocate, a mapped page made writable), owner,
-// mode, times, attributes, and every link or unlink of one of its names.
-// So an inode whose device, number, size and ctime are those of an entry
-// has the content and attributes the entry was computed from, with two
-// exceptions the cache guards against:
+// data (write, truncate, fallocate), owner, mode, times, attributes, and
+// every link or unlink of one of its names. (Stores into a shared mapping
+// move it only when a clean page is first written; the replicated copies
+// are changed by the FUSE layer's and the applier's system calls, never
+// through a mapping of the backing files.) So an inode whose device,
+// number, size and ctime are those of an entry has the content and
+// attributes the entry was computed from, with two exceptions the cache
+// guards against:
 //
 //   - Timestamps are coarse (a scheduler tick, or a second on some
 //     filesystems): a change in the same tick as the last one leaves the
@@ -22,9 +25,10 @@
 //     boot clock with the one the cache started with, and forgets every
 //     entry when it moved by more than Margin.
 //
-// The cache is also forgotten across reboots (Load checks the boot id):
-// after a power cut a file's data may have reached the disk without the
-// inode update that moved its ctime. What the cache cannot see is a
+// Only filesystems known to keep stable inode numbers and to move the
+// ctime themselves use it (Trusted). The cache is also forgotten across
+// reboots (Load checks the boot id): after a power cut a file's data may
+// have reached the disk without the inode update that moved its ctime. What the cache cannot see is a
 // change that bypasses the kernel's file operations: the disk's own
 // corruption, or writes to the block device under the filesystem. A
 // compare that must read everything runs without a cache.
@@ -52,8 +56,8 @@ import (
 // the filesystems Linux supports for this (ext4 with small inodes: 1 s).
 const Margin = 3 * time.Second
 
-// DefaultMax bounds the entries of one cache: about 64 bytes each, so
-// 64 MiB at most for a tree of up to a million files.
+// DefaultMax bounds the entries of one cache: about 64 bytes each (more
+// while the map grows), so 64-128 MiB for a tree of a million files.
 const DefaultMax = 1 << 20
 
 type key struct{ dev, ino uint64 }
@@ -79,7 +83,7 @@ type Cache struct {
 	margin int64 // Margin, ns (SetMargin)
 	offset int64 // wall clock minus boot clock when the entries began, ns
 
-	sumHits, xattrHits, misses, drops atomic.Int64
+	sumHits, xattrHits, misses, drops, evicted atomic.Int64
 }
 
 // New returns an empty cache of at most max entries (DefaultMax if ≤ 0).
@@ -114,6 +118,39 @@ type Stamp struct {
 // StampOf is st's stamp.
 func StampOf(st *unix.Stat_t) Stamp {
 	return Stamp{Dev: st.Dev, Ino: st.Ino, Size: st.Size, Ctime: st.Ctim.Nano()}
+}
+
+// Trusted reports whether the filesystem of the open directory dfd keeps
+// stable inode numbers and moves the ctime on every change, as the cache
+// needs: ext2/3/4, xfs, btrfs, tmpfs, f2fs, zfs, bcachefs. Others (vfat
+// numbers its inodes anew at each mount; network and FUSE filesystems
+// take their times from elsewhere) are read every time.
+func Trusted(dfd int) bool {
+	var fs unix.Statfs_t
+	if unix.Fstatfs(dfd, &fs) != nil {
+		return false
+	}
+	switch uint64(fs.Type) {
+	case unix.EXT4_SUPER_MAGIC, unix.XFS_SUPER_MAGIC, unix.BTRFS_SUPER_MAGIC,
+		unix.TMPFS_MAGIC, unix.F2FS_SUPER_MAGIC, zfsMagic, bcachefsMagic:
+		return true
+	}
+	return false
+}
+
+const (
+	zfsMagic      = 0x2fc12fc1
+	bcachefsMagic = 0xca451a4e
+)
+
+// For is c if the filesystem of the open directory dfd is Trusted, else
+// nil (no cache): what a listing of dfd uses. It also runs Check.
+func (c *Cache) For(dfd int) *Cache {
+	if c == nil || !Trusted(dfd) {
+		return nil
+	}
+	c.Check()
+	return c
 }
 
 // Check forgets every entry if the wall clock was stepped by more than
@@ -182,10 +219,14 @@ func (c *Cache) put(s Stamp, before int64, flag uint8, v uint64) {
 	e, ok := c.m[k]
 	if !ok || e.ctime != s.Ctime || e.size != s.Size {
 		if !ok && len(c.m) >= c.max {
-			// Full: start again. Entries of files deleted since are never
-			// met again, and the next compare records what it meets.
-			clear(c.m)
-			c.drops.Add(1)
+			// Full: one entry out, any (a map's iteration starts at
+			// random). A tree larger than the cache keeps a share of its
+			// entries; those of files deleted since leave in time.
+			for k := range c.m {
+				delete(c.m, k)
+				break
+			}
+			c.evicted.Add(1)
 		}
 		e = entry{ctime: s.Ctime, size: s.Size}
 	}
@@ -217,7 +258,8 @@ type Stats struct {
 	// SumHits: contents not read; XattrHits: attribute lists not read;
 	// Misses: lookups that found nothing usable.
 	SumHits, XattrHits, Misses int64
-	Resets                     int64 // times every entry was forgotten (full, clock step)
+	Resets                     int64 // times every entry was forgotten (a clock step)
+	Evicted                    int64 // entries dropped to make room
 }
 
 // Hits is every lookup answered.
@@ -230,7 +272,7 @@ func (c *Cache) Stats() Stats {
 	c.mu.Lock()
 	n := len(c.m)
 	c.mu.Unlock()
-	return Stats{Entries: n, SumHits: c.sumHits.Load(), XattrHits: c.xattrHits.Load(), Misses: c.misses.Load(), Resets: c.drops.Load()}
+	return Stats{Entries: n, SumHits: c.sumHits.Load(), XattrHits: c.xattrHits.Load(), Misses: c.misses.Load(), Resets: c.drops.Load(), Evicted: c.evicted.Load()}
 }
 
 // Reset forgets every entry.

@@ -123,17 +123,41 @@ func TestClockStepForgets(t *testing.T) {
 	}
 }
 
-func TestFullStartsAgain(t *testing.T) {
+func TestFullEvicts(t *testing.T) {
 	c := New(2)
 	c.SetMargin(0)
 	for ino := uint64(1); ino <= 3; ino++ {
 		c.PutSum(Stamp{Dev: 1, Ino: ino, Ctime: 1}, 10, ino)
 	}
-	if st := c.Stats(); st.Entries != 1 || st.Resets != 1 {
+	if st := c.Stats(); st.Entries != 2 || st.Evicted != 1 {
 		t.Fatalf("after 3 entries into 2: %+v", st)
 	}
 	if v, ok := c.Sum(Stamp{Dev: 1, Ino: 3, Ctime: 1}); !ok || v != 3 {
 		t.Fatalf("the newest entry: %d, %v", v, ok)
+	}
+	// Updating an entry in place evicts nothing.
+	c.PutXattrs(Stamp{Dev: 1, Ino: 3, Ctime: 1}, 10, 9)
+	if st := c.Stats(); st.Entries != 2 || st.Evicted != 1 {
+		t.Fatalf("after an update: %+v", st)
+	}
+}
+
+func TestTrusted(t *testing.T) {
+	for dir, want := range map[string]bool{"/dev/shm": true, "/proc": false, "/sys": false} {
+		fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY, 0)
+		if err != nil {
+			t.Logf("%s: %v", dir, err)
+			continue
+		}
+		var fs unix.Statfs_t
+		unix.Fstatfs(fd, &fs)
+		if got := Trusted(fd); got != want {
+			t.Errorf("Trusted(%s, type %#x) = %v, want %v", dir, fs.Type, got, want)
+		}
+		if got := New(0).For(fd) != nil; got != want {
+			t.Errorf("For(%s) gave a cache: %v, want %v", dir, got, want)
+		}
+		unix.Close(fd)
 	}
 }
 
