@@ -306,6 +306,7 @@ type replDir struct {
 
 	sumsOnce  sync.Once
 	sumsCache *sumcache.Cache // replica.sums
+	sumHits0  int64           // its SumHits when the receiver started or the last resync ended
 }
 
 // replica is the replication state of one module.
@@ -493,6 +494,7 @@ func (x *replica) startReceiver(m module.Machine) error {
 		}
 		d.applier = ap
 		d.answerer = compare.NewAnswerer(fd, x.sums(d))
+		d.sumHits0 = x.sums(d).Stats().SumHits
 		if !m.Handover {
 			// Until the compare reached every entry, a live op may find
 			// the copy different: skipped and reported, not an error.
@@ -558,7 +560,13 @@ func (x *replica) receive(ctx context.Context, d *replDir) {
 					x.r.log.Add("warn", "change records of "+d.path+": "+err.Error())
 				}
 				d.resynced.Store(true)
-				x.r.log.Add("info", "resynchronisation of "+d.path+" complete")
+				// Files this node did not read for the primary's listings:
+				// their hashes were remembered.
+				hits := x.sums(d).Stats().SumHits
+				reused := hits - d.sumHits0
+				d.sumHits0 = hits
+				x.r.log.Add("info", fmt.Sprintf("resynchronisation of %s complete (%d files' hashes remembered here)", d.path, reused),
+					"dir", d.path, "hashes_reused", reused)
 				if x.allResynced() {
 					os.Remove(x.fullRequestPath()) // a second --full is done
 					if err := x.setSyncedEpoch(x.r.machine().Epoch); err != nil {

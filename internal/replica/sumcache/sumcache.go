@@ -12,8 +12,9 @@
 // are changed by the FUSE layer's and the applier's system calls, never
 // through a mapping of the backing files.) So an inode whose device,
 // number, size and ctime are those of an entry has the content and
-// attributes the entry was computed from, with two exceptions the cache
-// guards against:
+// attributes the entry was computed from (an entry keeps a 62-bit hash
+// of the device, size and ctime), with two exceptions the cache guards
+// against:
 //
 //   - Timestamps are coarse (a scheduler tick, or a second on some
 //     filesystems): a change in the same tick as the last one leaves the
@@ -56,29 +57,39 @@ import (
 // the filesystems Linux supports for this (ext4 with small inodes: 1 s).
 const Margin = 3 * time.Second
 
-// DefaultMax bounds the entries of one cache: about 64 bytes each (more
-// while the map grows), so 64-128 MiB for a tree of a million files.
+// DefaultMax bounds the entries of one cache: 32 bytes each in a map
+// (37-73 MiB for a tree of a million files, as full as the map is).
 const DefaultMax = 1 << 20
-
-type key struct{ dev, ino uint64 }
 
 const (
 	hasSum = 1 << iota
 	hasXattrs
+	flagBits = hasSum | hasXattrs
 )
 
+// entry is what the cache knows of one inode number.
 type entry struct {
-	ctime int64 // ns since the epoch
-	size  int64
+	// stamp: the 62 high bits of a hash of the inode's device, size and
+	// ctime (stampHash), the 2 low bits which of sum and xdig are known.
+	// Two states of one inode number share a stamp with a chance of
+	// 2^-62, as small as two contents sharing their 64-bit hash.
+	stamp uint64
 	sum   uint64 // xxh3 of the whole content (hasSum)
 	xdig  uint64 // digest of the attributes (hasXattrs)
-	flags uint8
+}
+
+func stampHash(s Stamp) uint64 {
+	var b [24]byte
+	binary.LittleEndian.PutUint64(b[0:], s.Dev)
+	binary.LittleEndian.PutUint64(b[8:], uint64(s.Size))
+	binary.LittleEndian.PutUint64(b[16:], uint64(s.Ctime))
+	return xxh3.Hash(b[:]) &^ flagBits
 }
 
 // Cache is safe for concurrent use.
 type Cache struct {
 	mu     sync.Mutex
-	m      map[key]entry
+	m      map[uint64]entry // by inode number
 	max    int
 	margin int64 // Margin, ns (SetMargin)
 	offset int64 // wall clock minus boot clock when the entries began, ns
@@ -91,7 +102,7 @@ func New(max int) *Cache {
 	if max <= 0 {
 		max = DefaultMax
 	}
-	return &Cache{m: make(map[key]entry), max: max, margin: int64(Margin), offset: clockOffset()}
+	return &Cache{m: make(map[uint64]entry), max: max, margin: int64(Margin), offset: clockOffset()}
 }
 
 // SetMargin replaces Margin for this cache: for tests, whose files are
@@ -172,14 +183,15 @@ func (c *Cache) Check() {
 	}
 }
 
-func (c *Cache) lookup(s Stamp, flag uint8) (entry, bool) {
+func (c *Cache) lookup(s Stamp, flag uint64) (entry, bool) {
 	if c == nil {
 		return entry{}, false
 	}
+	h := stampHash(s)
 	c.mu.Lock()
-	e, ok := c.m[key{s.Dev, s.Ino}]
+	e, ok := c.m[s.Ino]
 	c.mu.Unlock()
-	if !ok || e.flags&flag == 0 || e.ctime != s.Ctime || e.size != s.Size {
+	if !ok || e.stamp&^flagBits != h || e.stamp&flag == 0 {
 		c.misses.Add(1)
 		return entry{}, false
 	}
@@ -207,17 +219,17 @@ func (c *Cache) Xattrs(s Stamp) (uint64, bool) {
 // stat whose result they record.
 func Now() int64 { return time.Now().UnixNano() }
 
-func (c *Cache) put(s Stamp, before int64, flag uint8, v uint64) {
+func (c *Cache) put(s Stamp, before int64, flag uint64, v uint64) {
 	if c == nil || s.Ino == 0 || s.Ctime > before-c.margin {
 		// Changed too recently (a change in the same tick would not
 		// show), or no stamp.
 		return
 	}
-	k := key{s.Dev, s.Ino}
+	h := stampHash(s)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e, ok := c.m[k]
-	if !ok || e.ctime != s.Ctime || e.size != s.Size {
+	e, ok := c.m[s.Ino]
+	if !ok || e.stamp&^flagBits != h {
 		if !ok && len(c.m) >= c.max {
 			// Full: one entry out, any (a map's iteration starts at
 			// random). A tree larger than the cache keeps a share of its
@@ -228,15 +240,15 @@ func (c *Cache) put(s Stamp, before int64, flag uint8, v uint64) {
 			}
 			c.evicted.Add(1)
 		}
-		e = entry{ctime: s.Ctime, size: s.Size}
+		e = entry{stamp: h}
 	}
-	e.flags |= flag
+	e.stamp |= flag
 	if flag == hasSum {
 		e.sum = v
 	} else {
 		e.xdig = v
 	}
-	c.m[k] = e
+	c.m[s.Ino] = e
 }
 
 // PutSum records sum, the hash of the whole content of the regular file
@@ -283,8 +295,8 @@ func (c *Cache) Reset() {
 }
 
 const (
-	magic     = "tandem-sums-1\n"
-	entrySize = 8 + 8 + 8 + 8 + 8 + 8 + 1
+	magic     = "tandem-sums-2\n"
+	entrySize = 8 + 8 + 8 + 8
 )
 
 // bootIDFile names this boot of the kernel (a variable for tests).
@@ -323,14 +335,11 @@ func (c *Cache) Save(path string) error {
 	head = binary.LittleEndian.AppendUint64(head, uint64(len(c.m)))
 	w.Write(head)
 	var rec [entrySize]byte
-	for k, e := range c.m {
-		binary.LittleEndian.PutUint64(rec[0:], k.dev)
-		binary.LittleEndian.PutUint64(rec[8:], k.ino)
-		binary.LittleEndian.PutUint64(rec[16:], uint64(e.ctime))
-		binary.LittleEndian.PutUint64(rec[24:], uint64(e.size))
-		binary.LittleEndian.PutUint64(rec[32:], e.sum)
-		binary.LittleEndian.PutUint64(rec[40:], e.xdig)
-		rec[48] = e.flags
+	for ino, e := range c.m {
+		binary.LittleEndian.PutUint64(rec[0:], ino)
+		binary.LittleEndian.PutUint64(rec[8:], e.stamp)
+		binary.LittleEndian.PutUint64(rec[16:], e.sum)
+		binary.LittleEndian.PutUint64(rec[24:], e.xdig)
 		w.Write(rec[:])
 	}
 	c.mu.Unlock()
@@ -408,12 +417,10 @@ func Load(path string, max int) (*Cache, error) {
 		if len(c.m) >= c.max {
 			continue
 		}
-		c.m[key{binary.LittleEndian.Uint64(rec[0:]), binary.LittleEndian.Uint64(rec[8:])}] = entry{
-			ctime: int64(binary.LittleEndian.Uint64(rec[16:])),
-			size:  int64(binary.LittleEndian.Uint64(rec[24:])),
-			sum:   binary.LittleEndian.Uint64(rec[32:]),
-			xdig:  binary.LittleEndian.Uint64(rec[40:]),
-			flags: rec[48],
+		c.m[binary.LittleEndian.Uint64(rec[0:])] = entry{
+			stamp: binary.LittleEndian.Uint64(rec[8:]),
+			sum:   binary.LittleEndian.Uint64(rec[16:]),
+			xdig:  binary.LittleEndian.Uint64(rec[24:]),
 		}
 	}
 	var sum [8]byte

@@ -142,6 +142,34 @@ func TestFullEvicts(t *testing.T) {
 	}
 }
 
+func TestStampParts(t *testing.T) {
+	c := New(0)
+	c.SetMargin(0)
+	s := Stamp{Dev: 1, Ino: 7, Size: 10, Ctime: 100}
+	c.PutSum(s, 1000, 42)
+	for _, other := range []Stamp{{Dev: 2, Ino: 7, Size: 10, Ctime: 100}, {Dev: 1, Ino: 7, Size: 11, Ctime: 100}, {Dev: 1, Ino: 7, Size: 10, Ctime: 101}, {Dev: 1, Ino: 8, Size: 10, Ctime: 100}} {
+		if _, ok := c.Sum(other); ok {
+			t.Errorf("%+v hit the entry of %+v", other, s)
+		}
+	}
+	if _, ok := c.Xattrs(s); ok {
+		t.Error("attributes never recorded, yet a hit")
+	}
+	if v, ok := c.Sum(s); !ok || v != 42 {
+		t.Errorf("Sum = %d, %v", v, ok)
+	}
+	// Another state of the inode replaces the entry, attributes included.
+	c.PutXattrs(s, 1000, 5)
+	s2 := Stamp{Dev: 1, Ino: 7, Size: 10, Ctime: 200}
+	c.PutSum(s2, 1000, 43)
+	if _, ok := c.Xattrs(s2); ok {
+		t.Error("the old state's attributes survived a new state")
+	}
+	if _, ok := c.Sum(s); ok {
+		t.Error("the old state still hits")
+	}
+}
+
 func TestTrusted(t *testing.T) {
 	for dir, want := range map[string]bool{"/dev/shm": true, "/proc": false, "/sys": false} {
 		fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY, 0)
