@@ -178,7 +178,10 @@ func BenchmarkFullCompareManyFiles(b *testing.B) {
 	// TANDEM_COMPARE_BENCH_COLD=1 (root) drops the page cache before
 	// each run, as bench/resync does.
 	cold := os.Getenv("TANDEM_COMPARE_BENCH_COLD") == "1"
-	if pr.sSums != nil {
+	// TANDEM_COMPARE_BENCH_FILL=1: every run starts with empty caches of
+	// hashes and fills them (the cost of the first compare).
+	fill := pr.sSums != nil && os.Getenv("TANDEM_COMPARE_BENCH_FILL") == "1"
+	if pr.sSums != nil && !fill {
 		// The caches of hashes are on (TANDEM_COMPARE_SUMS=0: off): a
 		// first compare, not measured, fills them, as the agents' first
 		// compare does in bench/resync (c).
@@ -188,6 +191,10 @@ func BenchmarkFullCompareManyFiles(b *testing.B) {
 	var cpu time.Duration // both sides' CPU time (user and system)
 	b.ResetTimer()
 	for b.Loop() {
+		if fill {
+			pr.e.opt.Sums.Reset()
+			pr.sSums.Reset()
+		}
 		if cold {
 			b.StopTimer()
 			unix.Sync()

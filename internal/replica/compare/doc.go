@@ -221,8 +221,21 @@
 // them in a virtual machine), and with a cold cache the disk reads go
 // out together instead of a round trip each. The progress total of a
 // full compare comes from the listings' sizes and a count of the files
-// from their directory entries, not from a stat of its own. An
-// incremental scope lists only the changed
+// from their directory entries, not from a stat of its own.
+//
+// With Options.Sums and the Answerer's cache (package sumcache), each side
+// remembers the content hash of the small files and the attribute digest
+// of the entries its listings read, under the inode's device, number,
+// size and ctime; a later listing whose stat shows the same takes them
+// from memory, and a file unchanged since costs one stat per side. The
+// kernel moves the ctime on every change through the inode, so a file
+// changed on either side (even with its size and mtime put back) is read
+// again; the package sumcache says when the ctime cannot be trusted and
+// how the cache guards against it. What the hash is compared with, and
+// when, is unchanged: the primary's stat comes after the answer, as its
+// read did.
+//
+// An incremental scope lists only the changed
 // directories and compares only the recorded zones; trusted zones cost,
 // per file, a share of a batched question and one freeze, and their
 // reads are in flight together. A repeated Run sends only what still
