@@ -43,6 +43,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -57,8 +58,8 @@ import (
 // the filesystems Linux supports for this (ext4 with small inodes: 1 s).
 const Margin = 3 * time.Second
 
-// DefaultMax bounds the entries of one cache: 32 bytes each in a map
-// (37-73 MiB for a tree of a million files, as full as the map is).
+// DefaultMax bounds the entries of one cache: 32 bytes each, in a table
+// at most 80 % full (40 MiB for a million).
 const DefaultMax = 1 << 20
 
 const (
@@ -89,7 +90,7 @@ func stampHash(s Stamp) uint64 {
 // Cache is safe for concurrent use.
 type Cache struct {
 	mu     sync.Mutex
-	m      map[uint64]entry // by inode number
+	t      *table // by inode number
 	max    int
 	margin int64 // Margin, ns (SetMargin)
 	offset int64 // wall clock minus boot clock when the entries began, ns
@@ -102,7 +103,9 @@ func New(max int) *Cache {
 	if max <= 0 {
 		max = DefaultMax
 	}
-	return &Cache{m: make(map[uint64]entry), max: max, margin: int64(Margin), offset: clockOffset()}
+	c := &Cache{t: newTable(max), max: max, margin: int64(Margin), offset: clockOffset()}
+	runtime.AddCleanup(c, (*table).reset, c.t)
+	return c
 }
 
 // SetMargin replaces Margin for this cache: for tests, whose files are
@@ -175,10 +178,10 @@ func (c *Cache) Check() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if d := off - c.offset; d > int64(Margin) || d < -int64(Margin) {
-		if len(c.m) > 0 {
+		if c.t.n > 0 {
 			c.drops.Add(1)
 		}
-		clear(c.m)
+		c.t.reset()
 		c.offset = off
 	}
 }
@@ -189,7 +192,7 @@ func (c *Cache) lookup(s Stamp, flag uint64) (entry, bool) {
 	}
 	h := stampHash(s)
 	c.mu.Lock()
-	e, ok := c.m[s.Ino]
+	e, ok := c.t.get(s.Ino)
 	c.mu.Unlock()
 	if !ok || e.stamp&^flagBits != h || e.stamp&flag == 0 {
 		c.misses.Add(1)
@@ -228,16 +231,13 @@ func (c *Cache) put(s Stamp, before int64, flag uint64, v uint64) {
 	h := stampHash(s)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e, ok := c.m[s.Ino]
+	e, ok := c.t.get(s.Ino)
 	if !ok || e.stamp&^flagBits != h {
-		if !ok && len(c.m) >= c.max {
-			// Full: one entry out, any (a map's iteration starts at
-			// random). A tree larger than the cache keeps a share of its
-			// entries; those of files deleted since leave in time.
-			for k := range c.m {
-				delete(c.m, k)
-				break
-			}
+		if !ok && c.t.n >= c.max {
+			// Full: one entry out, chosen at random. A tree larger than
+			// the cache keeps a share of its entries; those of files
+			// deleted since leave in time.
+			c.t.evictOne()
 			c.evicted.Add(1)
 		}
 		e = entry{stamp: h}
@@ -248,7 +248,7 @@ func (c *Cache) put(s Stamp, before int64, flag uint64, v uint64) {
 	} else {
 		e.xdig = v
 	}
-	c.m[s.Ino] = e
+	c.t.set(s.Ino, e) // no room (no memory to grow): not remembered
 }
 
 // PutSum records sum, the hash of the whole content of the regular file
@@ -282,7 +282,7 @@ func (c *Cache) Stats() Stats {
 		return Stats{}
 	}
 	c.mu.Lock()
-	n := len(c.m)
+	n := c.t.n
 	c.mu.Unlock()
 	return Stats{Entries: n, SumHits: c.sumHits.Load(), XattrHits: c.xattrHits.Load(), Misses: c.misses.Load(), Resets: c.drops.Load(), Evicted: c.evicted.Load()}
 }
@@ -290,7 +290,7 @@ func (c *Cache) Stats() Stats {
 // Reset forgets every entry.
 func (c *Cache) Reset() {
 	c.mu.Lock()
-	clear(c.m)
+	c.t.reset()
 	c.mu.Unlock()
 }
 
@@ -332,16 +332,16 @@ func (c *Cache) Save(path string) error {
 	head = binary.AppendUvarint(head, uint64(len(id)))
 	head = append(head, id...)
 	head = binary.LittleEndian.AppendUint64(head, uint64(c.offset))
-	head = binary.LittleEndian.AppendUint64(head, uint64(len(c.m)))
+	head = binary.LittleEndian.AppendUint64(head, uint64(c.t.n))
 	w.Write(head)
 	var rec [entrySize]byte
-	for ino, e := range c.m {
+	c.t.each(func(ino uint64, e entry) {
 		binary.LittleEndian.PutUint64(rec[0:], ino)
 		binary.LittleEndian.PutUint64(rec[8:], e.stamp)
 		binary.LittleEndian.PutUint64(rec[16:], e.sum)
 		binary.LittleEndian.PutUint64(rec[24:], e.xdig)
 		w.Write(rec[:])
-	}
+	})
 	c.mu.Unlock()
 	err = w.Flush()
 	if err == nil {
@@ -414,14 +414,15 @@ func Load(path string, max int) (*Cache, error) {
 		if _, err := io.ReadFull(r, rec[:]); err != nil {
 			return bad("damaged (length)")
 		}
-		if len(c.m) >= c.max {
+		ino := binary.LittleEndian.Uint64(rec[0:])
+		if c.t.n >= c.max || ino == 0 {
 			continue
 		}
-		c.m[binary.LittleEndian.Uint64(rec[0:])] = entry{
+		c.t.set(ino, entry{
 			stamp: binary.LittleEndian.Uint64(rec[8:]),
 			sum:   binary.LittleEndian.Uint64(rec[16:]),
 			xdig:  binary.LittleEndian.Uint64(rec[24:]),
-		}
+		})
 	}
 	var sum [8]byte
 	if _, err := io.ReadFull(br, sum[:]); err != nil || binary.LittleEndian.Uint64(sum[:]) != r.h.Sum64() {
