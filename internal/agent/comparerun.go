@@ -67,7 +67,7 @@ func (x *replica) runCompare(ctx context.Context, d *replDir, s *wire.Sender, sc
 		// The records' generation when the copies became identical: what
 		// they hold up to it is on the SECOND.
 		BeforeDone: func() { sc.doneGen = d.changes.Gen() },
-		Sums:       x.sums(d),
+		Sums:       x.loadSums(d, d.mount.RootFd()),
 		Logger:     x.r.a.log.With("module", x.r.cfg.Name, "dir", d.path),
 	})
 	if err != nil {

@@ -304,7 +304,7 @@ type replDir struct {
 	answerer *compare.Answerer
 	cpStop   chan struct{} // ends the checkpoint loop of changes
 
-	sumsOnce  sync.Once
+	sumsMu    sync.Mutex
 	sumsCache *sumcache.Cache // replica.sums
 	sumHits0  int64           // its SumHits when the receiver started or the last resync ended
 }
@@ -493,7 +493,7 @@ func (x *replica) startReceiver(m module.Machine) error {
 			return fmt.Errorf("replicated directory %s: %w", d.path, err)
 		}
 		d.applier = ap
-		d.answerer = compare.NewAnswerer(fd, x.sums(d))
+		d.answerer = compare.NewAnswerer(fd, x.loadSums(d, fd))
 		d.sumHits0 = x.sums(d).Stats().SumHits
 		if !m.Handover {
 			// Until the compare reached every entry, a live op may find

@@ -5,6 +5,7 @@ import (
 	"strconv"
 
 	"github.com/tandem-ha/tandem/internal/replica/sumcache"
+	"golang.org/x/sys/unix"
 )
 
 // sumsPath is where a replicated directory's remembered hashes are saved
@@ -15,20 +16,34 @@ func (x *replica) sumsPath(d *replDir) string {
 
 // sums is the cache of hashes of the directory's unchanged files, shared
 // by the compares this node runs as primary and the answers it gives as
-// secondary (the same tree either way); loaded on first use from what the
-// agent saved when it last stopped, if this boot saved it. Nil when the
+// secondary (the same tree either way). Nil until loadSums, or when the
 // module turns it off (replication.resync_hash_cache: false).
 func (x *replica) sums(d *replDir) *sumcache.Cache {
 	if !x.r.cfg.Replication.ResyncHashCache {
 		return nil
 	}
-	d.sumsOnce.Do(func() {
-		c, err := sumcache.Load(x.sumsPath(d), sumcache.DefaultMax)
+	d.sumsMu.Lock()
+	defer d.sumsMu.Unlock()
+	return d.sumsCache
+}
+
+// loadSums makes d's cache on first use, from what the agent saved when it
+// last stopped if this boot and this mount of the filesystem saved it.
+// rootFd is the directory itself, under any FUSE mount or read-only bind
+// of ours.
+func (x *replica) loadSums(d *replDir, rootFd int) *sumcache.Cache {
+	if !x.r.cfg.Replication.ResyncHashCache {
+		return nil
+	}
+	d.sumsMu.Lock()
+	defer d.sumsMu.Unlock()
+	if d.sumsCache == nil {
+		c, err := sumcache.Load(x.sumsPath(d), rootFd, sumcache.DefaultMax)
 		if err != nil {
 			x.r.a.log.Info("resync hashes not reused", "module", x.r.cfg.Name, "dir", d.path, "err", err)
 		}
 		d.sumsCache = c
-	})
+	}
 	return d.sumsCache
 }
 
@@ -37,10 +52,17 @@ func (x *replica) sums(d *replDir) *sumcache.Cache {
 func (a *Agent) saveSums() {
 	for _, r := range a.mods {
 		for _, d := range r.repl.dirs {
-			if d.sumsCache == nil || d.sumsCache.Stats().Entries == 0 {
+			c := r.repl.sums(d)
+			if c == nil || c.Stats().Entries == 0 {
 				continue
 			}
-			if err := d.sumsCache.Save(r.repl.sumsPath(d)); err != nil {
+			// The module stopped: d.path is the directory itself again.
+			fd, err := unix.Open(d.path, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			if err == nil {
+				err = c.Save(r.repl.sumsPath(d), fd)
+				unix.Close(fd)
+			}
+			if err != nil {
 				a.log.Warn("could not save the resync hashes", "module", r.cfg.Name, "dir", d.path, "err", err)
 			}
 		}

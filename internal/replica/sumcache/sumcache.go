@@ -29,7 +29,9 @@
 // Only filesystems known to keep stable inode numbers and to move the
 // ctime themselves use it (Trusted). The cache is also forgotten across
 // reboots (Load checks the boot id): after a power cut a file's data may
-// have reached the disk without the inode update that moved its ctime. What the cache cannot see is a
+// have reached the disk without the inode update that moved its ctime;
+// and across mounts of the filesystem (Load checks the mount's id): a
+// repair in between may have changed what it found. What the cache cannot see is a
 // change that bypasses the kernel's file operations: the disk's own
 // corruption, or writes to the block device under the filesystem. A
 // compare that must read everything runs without a cache.
@@ -295,7 +297,7 @@ func (c *Cache) Reset() {
 }
 
 const (
-	magic     = "tandem-sums-2\n"
+	magic     = "tandem-sums-3\n"
 	entrySize = 8 + 8 + 8 + 8
 )
 
@@ -311,10 +313,22 @@ func bootID() (string, error) {
 	return strings.TrimSpace(string(b)), nil
 }
 
+// mountID identifies the mount the open directory dirFd lies on: a new
+// one each time a filesystem is mounted (after a repair, say). 0 when
+// the kernel does not tell (before 5.8).
+func mountID(dirFd int) uint64 {
+	var stx unix.Statx_t
+	if unix.Statx(dirFd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &stx) != nil || stx.Mask&unix.STATX_MNT_ID == 0 {
+		return 0
+	}
+	return stx.Mnt_id
+}
+
 // Save writes the entries to path (atomically: a temporary file renamed
-// over it), with this boot's id and the clock offset, so that Load
-// refuses them after a reboot or a clock step.
-func (c *Cache) Save(path string) error {
+// over it), with this boot's id, the clock offset and the mount of
+// dirFd (the cached tree's root), so that Load refuses them after a
+// reboot, a clock step or a new mount of the filesystem.
+func (c *Cache) Save(path string, dirFd int) error {
 	id, err := bootID()
 	if err != nil {
 		return err
@@ -332,6 +346,7 @@ func (c *Cache) Save(path string) error {
 	head = binary.AppendUvarint(head, uint64(len(id)))
 	head = append(head, id...)
 	head = binary.LittleEndian.AppendUint64(head, uint64(c.offset))
+	head = binary.LittleEndian.AppendUint64(head, mountID(dirFd))
 	head = binary.LittleEndian.AppendUint64(head, uint64(c.t.n))
 	w.Write(head)
 	var rec [entrySize]byte
@@ -359,13 +374,14 @@ func (c *Cache) Save(path string) error {
 	return nil
 }
 
-// ErrStale: the saved entries belong to another boot, or the clock was
-// stepped since; they were not loaded.
-var ErrStale = errors.New("saved before a reboot or a clock step")
+// ErrStale: the saved entries belong to another boot or another mount of
+// the filesystem, or the clock was stepped since; they were not loaded.
+var ErrStale = errors.New("saved before a reboot, a new mount or a clock step")
 
-// Load reads a cache Save wrote. A missing file gives an empty cache and
-// no error; a stale or damaged one, an empty cache and the reason.
-func Load(path string, max int) (*Cache, error) {
+// Load reads a cache Save wrote for the tree whose root is open as dirFd.
+// A missing file gives an empty cache and no error; a stale or damaged
+// one, an empty cache and the reason.
+func Load(path string, dirFd, max int) (*Cache, error) {
 	c := New(max)
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -394,7 +410,7 @@ func Load(path string, max int) (*Cache, error) {
 		return bad("damaged (boot id)")
 	}
 	saved := make([]byte, n)
-	var fixed [16]byte
+	var fixed [24]byte
 	if _, err := io.ReadFull(r, saved); err != nil {
 		return bad("damaged (boot id)")
 	}
@@ -402,12 +418,16 @@ func Load(path string, max int) (*Cache, error) {
 		return bad("damaged (header)")
 	}
 	offset := int64(binary.LittleEndian.Uint64(fixed[:8]))
-	count := binary.LittleEndian.Uint64(fixed[8:])
+	mount := binary.LittleEndian.Uint64(fixed[8:])
+	count := binary.LittleEndian.Uint64(fixed[16:])
 	if string(saved) != id {
 		return c, fmt.Errorf("load the compare's hashes from %s: %w (another boot); they will be computed again", path, ErrStale)
 	}
 	if d := c.offset - offset; d > int64(Margin) || d < -int64(Margin) {
 		return c, fmt.Errorf("load the compare's hashes from %s: %w (the clock moved by %v); they will be computed again", path, ErrStale, time.Duration(d))
+	}
+	if now := mountID(dirFd); mount != now {
+		return c, fmt.Errorf("load the compare's hashes from %s: %w (the filesystem was mounted again: mount %d, now %d); they will be computed again", path, ErrStale, mount, now)
 	}
 	var rec [entrySize]byte
 	for i := uint64(0); i < count; i++ {

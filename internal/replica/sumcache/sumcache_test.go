@@ -201,10 +201,15 @@ func TestSaveLoad(t *testing.T) {
 		}
 	}
 	path := filepath.Join(dir, "hashes")
-	if err := c.Save(path); err != nil {
+	dirFd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY, 0)
+	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := Load(path, 0)
+	defer unix.Close(dirFd)
+	if err := c.Save(path, dirFd); err != nil {
+		t.Fatal(err)
+	}
+	l, err := Load(path, dirFd, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +228,7 @@ func TestSaveLoad(t *testing.T) {
 	}
 
 	// Missing: empty, no error.
-	if l, err := Load(filepath.Join(dir, "none"), 0); err != nil || l.Stats().Entries != 0 {
+	if l, err := Load(filepath.Join(dir, "none"), dirFd, 0); err != nil || l.Stats().Entries != 0 {
 		t.Fatalf("missing file: %v, %+v", err, l.Stats())
 	}
 	// Damaged: empty, and said.
@@ -241,9 +246,19 @@ func TestSaveLoad(t *testing.T) {
 		if err := os.WriteFile(bad, damage(append([]byte(nil), b...)), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if l, err := Load(bad, 0); err == nil || l.Stats().Entries != 0 {
+		if l, err := Load(bad, dirFd, 0); err == nil || l.Stats().Entries != 0 {
 			t.Fatalf("damaged file loaded: %v, %+v", err, l.Stats())
 		}
+	}
+	// Another mount's: refused (/proc is another mount than any
+	// directory of files).
+	if procFd, err := unix.Open("/proc", unix.O_PATH|unix.O_DIRECTORY, 0); err == nil {
+		if mountID(procFd) != 0 {
+			if l, err := Load(path, procFd, 0); !errors.Is(err, ErrStale) || l.Stats().Entries != 0 {
+				t.Errorf("another mount's hashes: %v, %+v", err, l.Stats())
+			}
+		}
+		unix.Close(procFd)
 	}
 	// Another boot's: refused.
 	other := filepath.Join(dir, "boot_id")
@@ -253,7 +268,7 @@ func TestSaveLoad(t *testing.T) {
 	saved := bootIDFile
 	bootIDFile = other
 	defer func() { bootIDFile = saved }()
-	if l, err := Load(path, 0); !errors.Is(err, ErrStale) || l.Stats().Entries != 0 {
+	if l, err := Load(path, dirFd, 0); !errors.Is(err, ErrStale) || l.Stats().Entries != 0 {
 		t.Fatalf("another boot's hashes: %v, %+v", err, l.Stats())
 	}
 }
