@@ -204,15 +204,15 @@
 // subdirectory whose mtime or link count differ is listed), plus the
 // incremental scope given with it: the changes recorded since the
 // interrupted run began, which the caller must supply. Without From an
-// interrupted full compare run again reads everything but sends only
-// what still differs; an incremental one needs its scope plus whatever
+// interrupted full compare run again reads everything (but the small
+// files whose hashes are remembered) and sends only what still differs; an incremental one needs its scope plus whatever
 // changed since.
 //
 // # Cost
 //
 // A full compare reads every file on both nodes (hashing runs at memory
-// speed, so disks and the network bound it) and sends the differing
-// blocks. Files up to one block are hashed inside the listing answer,
+// speed, so disks and the network bound it), except the small files whose
+// hashes are remembered (below), and sends the differing blocks. Files up to one block are hashed inside the listing answer,
 // without a query each, and read on both sides in batches through
 // io_uring: each file opened on the ring's own descriptor table, read
 // and closed, two submissions for up to 256 files, in inode order. Per
