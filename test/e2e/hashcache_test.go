@@ -110,4 +110,3 @@ func waitSynced(t *testing.T, c *tcluster.Cluster, since time.Time) int64 {
 	t.Logf("beta: %s", e.Msg)
 	return int64(num(e.Fields["hashes_reused"]))
 }
-

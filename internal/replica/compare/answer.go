@@ -238,12 +238,19 @@ type lister struct {
 	before int64           // sumcache.Now() before the listing's first stat
 }
 
-// xattrs is the attribute digest of the entry name inside dfd, whose
-// stat st was: remembered, or read (fd ≥ 0: through it) and remembered.
-func (l *lister) xattrs(dfd int, name string, st *unix.Stat_t) (uint64, error) {
+// known is what the cache knew of an entry at its first stat.
+type known struct {
+	stamp sumcache.Stamp
+	sumcache.Known
+}
+
+// xattrs is the attribute digest of the entry name inside dfd (name "":
+// dfd itself), whose stat st was: remembered (k, if st is still the state
+// k was looked up for), or read and remembered.
+func (l *lister) xattrs(dfd int, name string, st *unix.Stat_t, k known) (uint64, error) {
 	s := sumcache.StampOf(st)
-	if d, ok := l.sums.Xattrs(s); ok {
-		return d, nil
+	if k.HasXattrs && s == k.stamp {
+		return k.Xattrs, nil
 	}
 	d, err := xattrDigest(dfd, name)
 	if err == nil {
@@ -268,22 +275,20 @@ func (l *lister) statEntry(dfd int, name string, e *Entry, inline int64, h *hash
 	}
 	fillEntry(e, &st)
 	small := st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size <= inline
-	if small {
-		if sum, ok := l.sums.Sum(sumcache.StampOf(&st)); ok {
-			if dig, ok := l.sums.Xattrs(sumcache.StampOf(&st)); ok {
-				e.Xattrs, e.Hash, e.HasHash = dig, sum, true
-				return true, sf, nil
-			}
-		}
+	k := known{stamp: sumcache.StampOf(&st)}
+	k.Known = l.sums.Get(k.stamp, small)
+	if k.HasSum && k.HasXattrs {
+		e.Xattrs, e.Hash, e.HasHash = k.Xattrs, k.Sum, true
+		return true, sf, nil
 	}
 	if later && small {
-		if e.Xattrs, err = l.xattrs(dfd, name, &st); err != nil {
+		if e.Xattrs, err = l.xattrs(dfd, name, &st, k); err != nil {
 			if err == unix.ENOENT {
 				return false, sf, nil
 			}
 			return false, sf, fmt.Errorf("read the attributes of %q: %w", name, err)
 		}
-		return true, smallFile{dfd: dfd, name: name, ino: st.Ino, size: st.Size, stamp: sumcache.StampOf(&st)}, nil
+		return true, smallFile{dfd: dfd, name: name, ino: st.Ino, size: st.Size, stamp: k.stamp}, nil
 	}
 	if st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size <= inline {
 		// O_NONBLOCK: should a fifo have replaced the file, the open does
@@ -303,7 +308,7 @@ func (l *lister) statEntry(dfd int, name string, e *Entry, inline int64, h *hash
 			// The attributes of what was opened: the descriptor's call
 			// is cheaper than one by name.
 			fillEntry(e, &st)
-			if e.Xattrs, err = l.xattrs(ffd, "", &st); err != nil {
+			if e.Xattrs, err = l.xattrs(ffd, "", &st, k); err != nil {
 				return false, sf, fmt.Errorf("read the attributes of %q: %w", name, err)
 			}
 			if st.Size > inline {
@@ -326,7 +331,7 @@ func (l *lister) statEntry(dfd int, name string, e *Entry, inline int64, h *hash
 		}
 		fillEntry(e, &st)
 	}
-	if e.Xattrs, err = l.xattrs(dfd, name, &st); err != nil {
+	if e.Xattrs, err = l.xattrs(dfd, name, &st, k); err != nil {
 		if err == unix.ENOENT {
 			return false, sf, nil
 		}

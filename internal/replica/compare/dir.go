@@ -230,7 +230,7 @@ func (r *run) page(t *task, after string, locked bool) (res pageResult, err erro
 	before := sumcache.Now()
 	for _, n := range names {
 		p := &pEntry{name: n, before: before, sums: sums}
-		ok, err := r.statP(d, p)
+		ok, err := r.statP(d, p, inline)
 		if err != nil {
 			br.wait()
 			return res, fmt.Errorf("compare: %s on the primary: %w", show(join(t.path, n)), err)
@@ -239,11 +239,8 @@ func (r *run) page(t *task, after string, locked bool) (res pageResult, err erro
 			continue
 		}
 		pents = append(pents, p)
-		if p.st.Mode&unix.S_IFMT == unix.S_IFREG && p.st.Size <= inline {
-			if sum, ok := sums.Sum(sumcache.StampOf(&p.st)); ok {
-				p.hashed, p.sum, p.hashN = true, sum, p.st.Size
-				continue
-			}
+		if p.hashed {
+			continue // remembered
 		}
 		if reading && smallCandidate(p, ans.Entries, &j, inline) {
 			br.add(smallFile{dfd: d, name: p.name, ino: p.st.Ino, size: p.st.Size, tag: len(pents) - 1, stamp: sumcache.StampOf(&p.st)})
@@ -289,7 +286,9 @@ func show(p string) string {
 }
 
 // statP reads the primary's entry p.name in d; false if it vanished.
-func (r *run) statP(d int, p *pEntry) (bool, error) {
+// A small regular file (up to inline bytes) whose hash is remembered is
+// marked hashed.
+func (r *run) statP(d int, p *pEntry, inline int64) (bool, error) {
 	if err := unix.Fstatat(d, p.name, &p.st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		if err == unix.ENOENT {
 			return false, nil
@@ -308,8 +307,12 @@ func (r *run) statP(d int, p *pEntry) (bool, error) {
 		p.target = t
 	}
 	stamp := sumcache.StampOf(&p.st)
-	if dig, ok := p.sums.Xattrs(stamp); ok {
-		p.xdig = dig
+	k := p.sums.Get(stamp, p.st.Mode&unix.S_IFMT == unix.S_IFREG && p.st.Size <= inline)
+	if k.HasSum {
+		p.hashed, p.sum, p.hashN = true, k.Sum, p.st.Size
+	}
+	if k.HasXattrs {
+		p.xdig = k.Xattrs
 		return true, nil
 	}
 	dig, err := xattrDigest(d, p.name)

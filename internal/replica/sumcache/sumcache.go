@@ -188,36 +188,60 @@ func (c *Cache) Check() {
 	}
 }
 
-func (c *Cache) lookup(s Stamp, flag uint64) (entry, bool) {
+// Known is what a cache knows of one state of an inode.
+type Known struct {
+	Sum, Xattrs       uint64
+	HasSum, HasXattrs bool
+}
+
+// Get looks s up once: its attribute digest, and its content hash when
+// wantSum (a small regular file). Each part wanted counts as a hit or a
+// miss.
+func (c *Cache) Get(s Stamp, wantSum bool) Known {
+	want := uint64(hasXattrs)
+	if wantSum {
+		want |= hasSum
+	}
+	return c.lookup(s, want)
+}
+
+func (c *Cache) lookup(s Stamp, want uint64) Known {
 	if c == nil {
-		return entry{}, false
+		return Known{}
 	}
 	h := stampHash(s)
 	c.mu.Lock()
 	e, ok := c.t.get(s.Ino)
 	c.mu.Unlock()
-	if !ok || e.stamp&^flagBits != h || e.stamp&flag == 0 {
+	var k Known
+	if ok && e.stamp&^flagBits == h {
+		k = Known{Sum: e.sum, Xattrs: e.xdig, HasSum: e.stamp&hasSum != 0 && want&hasSum != 0, HasXattrs: e.stamp&hasXattrs != 0 && want&hasXattrs != 0}
+	}
+	c.count(want&hasSum != 0, k.HasSum, &c.sumHits)
+	c.count(want&hasXattrs != 0, k.HasXattrs, &c.xattrHits)
+	return k
+}
+
+func (c *Cache) count(wanted, has bool, hits *atomic.Int64) {
+	switch {
+	case !wanted:
+	case has:
+		hits.Add(1)
+	default:
 		c.misses.Add(1)
-		return entry{}, false
 	}
-	if flag == hasSum {
-		c.sumHits.Add(1)
-	} else {
-		c.xattrHits.Add(1)
-	}
-	return e, true
 }
 
 // Sum is the content hash recorded for the regular file in state s.
 func (c *Cache) Sum(s Stamp) (uint64, bool) {
-	e, ok := c.lookup(s, hasSum)
-	return e.sum, ok
+	k := c.lookup(s, hasSum)
+	return k.Sum, k.HasSum
 }
 
 // Xattrs is the attribute digest recorded for the inode in state s.
 func (c *Cache) Xattrs(s Stamp) (uint64, bool) {
-	e, ok := c.lookup(s, hasXattrs)
-	return e.xdig, ok
+	k := c.lookup(s, hasXattrs)
+	return k.Xattrs, k.HasXattrs
 }
 
 // Now is the time to pass to PutSum and PutXattrs: taken before the
