@@ -250,7 +250,10 @@ func TestReadAhead(t *testing.T) {
 	if syncs := l.Stats().Syncs - s0; syncs > extents/(defaultReadAhead+1)+2 {
 		t.Fatalf("%d journal syncs for 1 GiB written sequentially, want about %d (one per %d extents)", syncs, extents/(defaultReadAhead+1), defaultReadAhead+1)
 	}
-	// Random 4 KiB writes two extents apart or more: one sync each.
+	// Random 4 KiB writes two extents apart or more: one sync each. The
+	// stream's last read-ahead may still be syncing in the background:
+	// its sync is not one of theirs.
+	waitReadAhead(t, l)
 	s1, a1 := l.Stats().Syncs, l.Stats().Active
 	rng := rand.New(rand.NewPCG(7, 7))
 	seen := map[int64]bool{}
@@ -345,4 +348,21 @@ func inFlightAfterCrash(t *testing.T, l *Log, dir string, k Key) []Range {
 		}
 	}
 	return nil
+}
+
+// waitReadAhead waits (5 s at most) until no read-ahead record is being
+// synced in the background.
+func waitReadAhead(t *testing.T, l *Log) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		l.mu.Lock()
+		busy := l.aheadLSN != 0
+		l.mu.Unlock()
+		if !busy {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a read-ahead still syncing after 5s")
+		}
+	}
 }
