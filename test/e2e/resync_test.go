@@ -31,7 +31,8 @@ func num(v any) float64 {
 
 // TestIncrementalResyncAfterPeerAway: the secondary is away while the
 // primary goes on writing (rewrites in a big file, files created, removed,
-// renamed, a file moved over its twin of the same size and mtime); when it
+// renamed, a file moved over its twin of the same size and mtime, a file
+// created again where it was with a hole in the middle); when it
 // returns it gets only what changed, while the
 // application keeps writing, and both copies end identical.
 func TestIncrementalResyncAfterPeerAway(t *testing.T) {
@@ -46,7 +47,8 @@ func TestIncrementalResyncAfterPeerAway(t *testing.T) {
 		"dd if=/dev/zero of=twinA bs=64k count=16 status=none && cp twinA twinB && "+
 		"dd if=/dev/urandom of=twinA bs=64k seek=2 count=12 conv=notrunc status=none && "+
 		"dd if=/dev/urandom of=twinB bs=64k seek=2 count=12 conv=notrunc status=none && "+
-		"touch -d '2020-01-02 03:04:05' twinA twinB && sync")
+		"touch -d '2020-01-02 03:04:05' twinA twinB && "+
+		"dd if=/dev/urandom of=holey bs=64k count=3 status=none && sync")
 	if err != nil {
 		t.Fatalf("initial tree: %v\n%s", err, out)
 	}
@@ -67,7 +69,10 @@ func TestIncrementalResyncAfterPeerAway(t *testing.T) {
 	for range 164 { // 1 % of 16384 blocks
 		script += fmt.Sprintf("dd if=/dev/urandom of=big bs=4k count=1 seek=%d conv=notrunc status=none && ", rng.IntN(16384))
 	}
-	script += "for i in $(seq 1 20); do echo new $i > keep/n$i; done && rm keep/sub/gone && mv moved keep/sub/moved && mv twinA twinB && chmod 600 keep/f7 && sync"
+	script += "for i in $(seq 1 20); do echo new $i > keep/n$i; done && rm keep/sub/gone && mv moved keep/sub/moved && mv twinA twinB && chmod 600 keep/f7 && "
+	// Created again where it was, with a hole in the middle: the old
+	// file's bytes there must not survive on beta.
+	script += "rm holey && dd if=/dev/urandom of=holey bs=64k count=1 status=none && dd if=/dev/urandom of=holey bs=64k seek=2 count=1 conv=notrunc status=none && sync"
 	if out, err := alpha.Run("sh", "-c", script); err != nil {
 		t.Fatalf("changes while alone: %v\n%s", err, out)
 	}

@@ -237,6 +237,9 @@ func (rc *recorder) note(o *op.Op, sizeBefore int64) {
 		rc.noteFile(o.Path, Zone{min(o.Off, sizeBefore), max(o.Off, sizeBefore) - min(o.Off, sizeBefore)})
 	case op.Fallocate:
 		rc.noteFile(o.Path, Zone{o.Off, o.Len})
+		if o.Off > sizeBefore { // the hole before it, as a write's
+			rc.noteFile(o.Path, Zone{sizeBefore, o.Off - sizeBefore})
+		}
 	case op.Create, op.Mkdir, op.Mknod, op.Symlink, op.Unlink, op.Rmdir, op.RemoveTree:
 		rc.noteDir(parent(o.Path))
 	case op.Rename:

@@ -400,6 +400,46 @@ func TestTrustZones(t *testing.T) {
 	}
 }
 
+// TestTrustedZonesReadOnlyZones: trusted zones are all a file's compare
+// reads (no probe of its first and last blocks, on either side), and a
+// file created where another was, recorded as the FUSE layer records it
+// (its writes and the hole a write past the end left), ends identical.
+func TestTrustedZonesReadOnlyZones(t *testing.T) {
+	for _, trust := range []bool{false, true} {
+		pr := newPair(t, 12, 0, Options{BlockSize: 4096, TrustZones: trust})
+		write(t, filepath.Join(pr.p, "d/zoned"), randBytes(40, 1<<20))
+		write(t, filepath.Join(pr.p, "d/recreated"), randBytes(41, 12288))
+		copyTree(t, pr.p, pr.s)
+		f, err := os.OpenFile(filepath.Join(pr.p, "d/zoned"), os.O_WRONLY, 0)
+		must(t, err)
+		_, err = f.WriteAt(randBytes(42, 8192), 512<<10)
+		must(t, err)
+		f.Close()
+		// Removed, then created again: a write past the end leaves a hole
+		// where the old file had data.
+		must(t, os.Remove(filepath.Join(pr.p, "d/recreated")))
+		f, err = os.OpenFile(filepath.Join(pr.p, "d/recreated"), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+		must(t, err)
+		_, err = f.WriteAt(randBytes(43, 4096), 0)
+		must(t, err)
+		_, err = f.WriteAt(randBytes(44, 4096), 8192)
+		must(t, err)
+		f.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		st := pr.run(t, ctx, Scope{Dirs: []string{"d"}, Files: map[string][]Zone{
+			"d/zoned":     {{512 << 10, 8192}},
+			"d/recreated": {{0, 4096}, {4096, 8192}},
+		}})
+		cancel()
+		sameTrees(t, pr.p, pr.s, treecmp.Options{IgnoreDirMtime: true})
+		if zones := int64(8192 + 12288); trust && st.Examined != zones {
+			t.Errorf("trusted: examined %d bytes, want the zones' %d (nothing else read)", st.Examined, zones)
+		} else if !trust && st.Examined <= zones {
+			t.Errorf("hashed: examined %d bytes, want the zones' %d and the probes of zoned's ends", st.Examined, zones)
+		}
+	}
+}
+
 // TestRestart: an interrupted full compare, run again, sends only what
 // still differs.
 func TestRestart(t *testing.T) {
@@ -649,7 +689,7 @@ func TestScopeFileComparedOnce(t *testing.T) {
 				defer cancel()
 				st := pr.run(t, ctx, Scope{Dirs: dirs, Files: map[string][]Zone{"d/f": zones}})
 				sameTrees(t, pr.p, pr.s, treecmp.Options{})
-				// The zones, and the probes of the first and last blocks.
+				// The zones (and, hashed, the probes of the first and last blocks).
 				if max := int64(4 * 64 << 10); st.Examined > max+100 {
 					t.Errorf("examined %d bytes, want at most %d (the zones and probes)", st.Examined, max)
 				}

@@ -54,7 +54,7 @@ func TestResumeFrom(t *testing.T) {
 		t.Fatalf("diffs %v: want only a/f1 (before From, not recorded)", diffs)
 	}
 	// b and c whole (8 files less the one missing, sent), a/f2's zone and
-	// its probes.
+	// its probes (hashed).
 	if st.Examined > 8*100<<10+64<<10 {
 		t.Errorf("examined %d bytes: the part before From was read", st.Examined)
 	}

@@ -9,41 +9,33 @@ import (
 )
 
 // Trusted zones (Options.TrustZones): the recorded zones are sent as the
-// primary holds them, without asking the secondary for their hashes. What
-// is still asked is the probe of the file's first and last blocks (a
-// difference there outside the zones means the file was replaced: it is
-// then compared whole) and, when no listing gave them, the secondary's
-// attributes. Those questions are asked when the run begins (preProbes),
-// so that a file costs no round trip of its own; the zones themselves are
-// read ahead (many reads in flight) and then sent, a batch of them under
-// one freeze.
+// primary holds them, without asking the secondary for their hashes, and
+// nothing else of the file is read: the records cover every byte that may
+// differ (a file moved into place is recorded whole; a file created while
+// the copies were apart has all its bytes recorded, its writes and the holes
+// a write or fallocate past the end leaves; a shorter or longer copy there
+// is cut or compared from the shorter end). What is still asked, when no
+// listing gave them, is the secondary's attributes: that question is asked
+// when the run begins (preProbes), so that a file costs no round trip of its
+// own; the zones themselves are read ahead (many reads in flight) and then
+// sent, a batch of them under one freeze. Hashed zones (no TrustZones) also
+// compare the file's first and last blocks: a difference there outside the
+// zones means the file was replaced, and it is compared whole.
 
 // prefetchAhead bounds the bytes of zones read ahead of the send.
 const prefetchAhead = 8 << 20
 
-// trustedZones sends fs.zones (aligned, merged) and checks the probe
-// blocks.
+// trustedZones sends fs.zones (aligned, merged), with the size and the
+// attributes that differ.
 func (r *run) trustedZones(fs *fileState) error {
-	// The probe's blocks that the zones cover tell nothing: those are
-	// sent anyway, and only a difference outside them means "replaced".
-	// Hashed when the answer comes: read ahead meanwhile.
-	fadvise := func(off, n int64) { _ = unix.Fadvise(fs.fd, off, n, unix.FADV_WILLNEED) }
 	var pend []piece
 	if pp := fs.t.probe; pp != nil && pp.path == fs.path && pp.size == fs.size {
 		// Asked when the run began: an answer about this path from
 		// before a rename must be seen stale, so the checks start there.
 		pend, fs.since = pp.pend, min(fs.since, pp.since)
-		for _, pc := range pend {
-			if pc.n > 0 {
-				fadvise(pc.off, pc.n)
-			}
-		}
-	} else {
-		pend = r.probePieces(fs.path, fs.size, fs.zones, fadvise)
-	}
-	if len(pend) == 0 && fs.last == nil {
+	} else if fs.last == nil {
 		// Its attributes, for the end of the file's compare.
-		pend = append(pend, piece{ch: r.ask(HashBlocksQuery(fs.path, 0, 0, r.e.opt.BlockSize, 0))})
+		pend = append(pend, r.askAttrs(fs.path))
 	}
 	// The zones are read while the answers come.
 	ra := readAhead{fs: fs, zones: fs.zones}
@@ -57,14 +49,16 @@ func (r *run) trustedZones(fs *fileState) error {
 	// A longer copy there was cut to our size: compareZones compares the
 	// tail again (the sizes differ).
 	fs.rewind = -1
-	if fs.escal {
-		// Replaced while the copies were apart: compared whole.
-		return r.compareRanges(fs, []Zone{{0, inf}})
-	}
 	// The size and attributes go with the last zones, unless the tail is
 	// compared first.
 	withEnd := fs.last != nil && fs.last.Size == fs.size
 	return r.sendZones(fs, &ra, withEnd)
+}
+
+// askAttrs asks the secondary for a file's attributes (a hash query of no
+// blocks).
+func (r *run) askAttrs(path string) piece {
+	return piece{ch: r.ask(HashBlocksQuery(path, 0, 0, r.e.opt.BlockSize, 0))}
 }
 
 // readAhead asks the kernel to read zones ahead of their send (many reads
@@ -168,26 +162,28 @@ func (r *run) sendBatch(fs *fileState, zones []Zone, n int64, end bool) error {
 	return err
 }
 
-// preProbe is a scope file's probe asked when the run began, before any
-// fix: its answer comes back without waiting behind data queued for the
-// secondary's applier, and the probes of all files share a few batches.
+// preProbe is a trusted scope file's question for the secondary's
+// attributes, asked when the run began, before any fix: its answer comes
+// back without waiting behind data queued for the secondary's applier, and
+// the questions of all files share a few batches.
 type preProbe struct {
 	path  string
-	size  int64  // the primary's size then: the probe's blocks follow from it
+	size  int64  // the primary's size then
 	since uint64 // namespace generation before the question
 	pend  []piece
 }
 
-// firstPreBatch is the size of the first batch of probes.
+// firstPreBatch is the size of the first batch of questions.
 const firstPreBatch = 32
 
-// maxPreProbes bounds the files probed when the run begins (their answers
-// are kept until their task runs); further files ask when they start.
+// maxPreProbes bounds the files asked about when the run begins (their
+// answers are kept until their task runs); further files ask when they
+// start.
 const maxPreProbes = 8192
 
-// preProbes asks, before anything else goes into the stream, the probes
-// of the scope's trusted files of one name: early first (in their order),
-// then the others by path.
+// preProbes asks, before anything else goes into the stream, the
+// attributes of the scope's trusted files of one name: early first (in
+// their order), then the others by path.
 func (r *run) preProbes(files map[string]*task, sizes map[*task]int64, singles map[*task]bool, early []*task) {
 	if !r.e.opt.TrustZones {
 		return
@@ -203,10 +199,9 @@ func (r *run) preProbes(files map[string]*task, sizes map[*task]int64, singles m
 		}
 	}
 	since := r.e.ns.now()
-	bs := r.e.opt.BlockSize
 	n := 0
 	// The first batches are small, so that the first tasks need not wait
-	// for a whole batch's reads; the others go as those come back (see
+	// for a whole batch's answers; the others go as those come back (see
 	// maxInFlight), each answered while the tasks before it run.
 	r.batch.mu.Lock()
 	r.batch.limit = firstPreBatch
@@ -216,40 +211,12 @@ func (r *run) preProbes(files map[string]*task, sizes map[*task]int64, singles m
 		if n >= maxPreProbes || t.how != howZones || !singles[t] || size <= 0 {
 			continue
 		}
-		zones := alignZones(t.zones, bs)
-		pp := &preProbe{path: t.path, size: size, since: since}
-		pp.pend = r.probePieces(pp.path, size, zones, nil)
-		if len(pp.pend) == 0 {
-			// Its attributes, which the early tasks need (no listing
-			// gives them).
-			pp.pend = []piece{{ch: r.ask(HashBlocksQuery(pp.path, 0, 0, bs, 0))}}
-		}
-		t.probe = pp
+		t.probe = &preProbe{path: t.path, size: size, since: since, pend: []piece{r.askAttrs(t.path)}}
 		n++
 	}
 	for r.queuedQueries() > 0 && r.inFlight() < maxInFlight {
 		r.send()
 	}
-}
-
-// probePieces asks the probe of a file of the given size and zones: its
-// first and last blocks outside the zones (fadvise, if set, reads each
-// ahead).
-func (r *run) probePieces(path string, size int64, zones []Zone, fadvise func(off, n int64)) []piece {
-	bs := r.e.opt.BlockSize
-	var pend []piece
-	for _, z := range probeZones(size, bs) {
-		for off := z.Off; off < z.Off+z.Len; off += bs {
-			if inZones(zones, off, bs) || len(pend) > 0 && pend[len(pend)-1].off == off {
-				continue
-			}
-			if fadvise != nil {
-				fadvise(off, bs)
-			}
-			pend = append(pend, piece{off: off, n: bs, ch: r.ask(HashBlocksQuery(path, off, bs, bs, size))})
-		}
-	}
-	return pend
 }
 
 func probeZones(size, bs int64) []Zone {

@@ -15,26 +15,30 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TestTrustedProbe: a file with trusted zones that was also replaced as a
-// whole (renamed over) is compared whole, whether a listing meets it or
-// not; the zones go out before the probe's answer is read.
-func TestTrustedProbe(t *testing.T) {
+// TestTrustedRenamedOver: a file renamed over another while the copies
+// were apart, then written, recorded as the FUSE layer records it (the
+// moved content whole, then the write's zone), is sent whole with trusted
+// zones, whether a listing meets it or not; nothing else is read.
+func TestTrustedRenamedOver(t *testing.T) {
 	for _, dirs := range [][]string{nil, {"d"}} {
 		t.Run(fmt.Sprintf("dirs=%q", dirs), func(t *testing.T) {
 			pr := newPair(t, 10, 0, Options{BlockSize: 4096, TrustZones: true})
 			write(t, filepath.Join(pr.p, "d/f"), randBytes(20, 200000))
 			copyTree(t, pr.p, pr.s)
 			write(t, filepath.Join(pr.p, "d/tmp"), randBytes(21, 200000))
-			f, err := os.OpenFile(filepath.Join(pr.p, "d/tmp"), os.O_WRONLY, 0)
+			must(t, os.Rename(filepath.Join(pr.p, "d/tmp"), filepath.Join(pr.p, "d/f")))
+			f, err := os.OpenFile(filepath.Join(pr.p, "d/f"), os.O_WRONLY, 0)
 			must(t, err)
 			_, err = f.WriteAt([]byte("zone"), 50000)
 			must(t, err)
 			f.Close()
-			must(t, os.Rename(filepath.Join(pr.p, "d/tmp"), filepath.Join(pr.p, "d/f")))
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			pr.run(t, ctx, Scope{Dirs: dirs, Files: map[string][]Zone{"d/f": {{50000, 4}}}})
+			st := pr.run(t, ctx, Scope{Dirs: dirs, Files: map[string][]Zone{"d/f": {{0, 200000}, {50000, 4}}}})
 			sameTrees(t, pr.p, pr.s, treecmp.Options{IgnoreDirMtime: true})
+			if st.Examined != 200000 {
+				t.Errorf("examined %d bytes, want the file's 200000", st.Examined)
+			}
 		})
 	}
 }
@@ -62,8 +66,8 @@ func TestCreatedScopeFileSentOnce(t *testing.T) {
 }
 
 // TestTrustedZonesOneFreeze: a file's trusted zones (under 1 MiB) and its
-// size and attributes go out under one freeze; the probe of its first
-// and last blocks is one batched query.
+// size and attributes go out under one freeze; the question of its
+// attributes is one query.
 func TestTrustedZonesOneFreeze(t *testing.T) {
 	pr := newPair(t, 14, 0, Options{BlockSize: 4096, TrustZones: true, PollInterval: time.Hour})
 	const size = 1 << 20
@@ -90,8 +94,8 @@ func TestTrustedZonesOneFreeze(t *testing.T) {
 	if st.Freezes != 2 {
 		t.Errorf("%d freezes, want 2 (the zones with the attributes, the final check)", st.Freezes)
 	}
-	// The probe (one batch of two blocks), and the two questions for
-	// skipped ops at the end (the last one frozen).
+	// Its attributes, and the two questions for skipped ops at the end
+	// (the last one frozen).
 	if st.Queries != 3 {
 		t.Errorf("%d queries, want 3", st.Queries)
 	}
@@ -187,8 +191,8 @@ func TestHashBatchFallback(t *testing.T) {
 	sameTrees(t, pr.p, pr.s, treecmp.Options{IgnoreDirMtime: true})
 }
 
-// TestHashBatchGathers: while batches are being answered, the probes of
-// the files that wait meanwhile go out together (here 64 files, 16 at
+// TestHashBatchGathers: while batches are being answered, the questions
+// of the files that wait meanwhile go out together (here 64 files, 16 at
 // once, slow answers: far fewer queries than files).
 func TestHashBatchGathers(t *testing.T) {
 	pr := newPair(t, 16, 5*time.Millisecond, Options{BlockSize: 4096, TrustZones: true, Parallel: 16, PollInterval: time.Hour})
@@ -212,14 +216,14 @@ func TestHashBatchGathers(t *testing.T) {
 	st := pr.run(t, ctx, sc)
 	sameTrees(t, pr.p, pr.s, treecmp.Options{IgnoreDirMtime: true})
 	if st.Queries > files/2 {
-		t.Errorf("%d queries for the probes of %d files: not gathered", st.Queries, files)
+		t.Errorf("%d queries for the attributes of %d files: not gathered", st.Queries, files)
 	}
 	t.Logf("%+v", st)
 }
 
-// TestPreProbes: with trusted zones the probes of every scope file are
-// asked when the run begins, in a few batches, before any fix: a probe
-// then waits neither for its task nor behind data queued for the
+// TestPreProbes: with trusted zones the questions for the attributes of
+// every scope file are asked when the run begins, in a few batches, before
+// any fix: a question then waits neither for its task nor behind data queued for the
 // secondary's applier.
 func TestPreProbes(t *testing.T) {
 	for _, dirs := range [][]string{nil, {"d0", "d1", "d2"}} {
@@ -258,13 +262,13 @@ func TestPreProbes(t *testing.T) {
 					// The first batches go at once, the others as those
 					// come back.
 					if probes <= maxInFlight && i > firstWrite {
-						t.Errorf("probe query %d (%s) after the first write (%d)", i, &o, firstWrite)
+						t.Errorf("attributes query %d (%s) after the first write (%d)", i, &o, firstWrite)
 					}
 				}
 			}
-			// 600 probe blocks: 32, 64, 128, 256 and the rest.
+			// 300 questions: 32, 64, 128 and the rest.
 			if probes > 6 {
-				t.Errorf("%d probe queries for %d files, want at most 6 batches", probes, files)
+				t.Errorf("%d queries for the attributes of %d files, want at most 6 batches", probes, files)
 			}
 			if st.BytesSent != files*4096 {
 				t.Errorf("sent %d bytes, want %d (one block per file)", st.BytesSent, files*4096)

@@ -64,6 +64,23 @@ func (t *touched) data(m *meta, off, n int64) syscall.Errno {
 	return t.record(t.f.changes.Touch(m.changeKey(), off, n))
 }
 
+// recordFrom is where the record of a change of m's data from off on must
+// start. A write or fallocate past the end leaves a hole between the end
+// and off: recorded too, because the peer's copy at this name may not be
+// this inode's (a file created while the copies were apart, where another
+// file was), and the old bytes there would survive a resync that sends
+// only the recorded zones.
+func (m *meta) recordFrom(fd int, off int64) int64 {
+	if off <= m.size.Load() {
+		return off
+	}
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil {
+		return 0 // unknown end: from the start
+	}
+	return min(off, st.Size)
+}
+
 // meta records m's attributes (and, with a size change, the bytes between
 // the old and the new size: the caller adds them with data).
 func (t *touched) meta(m *meta) syscall.Errno {

@@ -167,3 +167,54 @@ func TestChangesRecordedBeforeEachChange(t *testing.T) {
 	spy.fail = false
 	e.check()
 }
+
+// TestChangesRecordHolesPastEnd: a write or fallocate past the end of a
+// file records the hole it leaves before its offset too. A file created
+// while the copies are apart, where another file was, would otherwise keep
+// the old file's bytes there on the peer after a resync of its zones.
+func TestChangesRecordHolesPastEnd(t *testing.T) {
+	spy := &changeSpy{}
+	e := newEnv(t, Options{Changes: spy})
+	f, err := os.OpenFile(e.p("f"), os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	data := func() []string {
+		var out []string
+		for _, ev := range spy.take() {
+			if len(ev) > 4 && ev[:4] == "data" {
+				out = append(out, ev)
+			}
+		}
+		return out
+	}
+	spy.take()
+	steps := []struct {
+		what string
+		do   func() error
+		want string
+	}{
+		{"write past the end of an empty file", func() error { _, err := f.WriteAt([]byte("abcd"), 8192); return err }, "data[0+8196]"},
+		{"write inside", func() error { _, err := f.WriteAt([]byte("xy"), 100); return err }, "data[100+2]"},
+		{"write at the end", func() error { _, err := f.WriteAt([]byte("e"), 8196); return err }, "data[8196+1]"},
+		{"write past the end", func() error { _, err := f.WriteAt([]byte("z"), 20000); return err }, "data[8197+11804]"},
+		{"fallocate past the end", func() error { return unix.Fallocate(int(f.Fd()), 0, 30000, 1000) }, "data[20001+10999]"},
+		{"truncate, then a write past the new end", func() error {
+			if err := f.Truncate(10); err != nil {
+				return err
+			}
+			spy.take() // the truncate records [10, 31000) itself
+			_, err := f.WriteAt([]byte("w"), 40000)
+			return err
+		}, "data[10+39991]"},
+	}
+	for _, s := range steps {
+		if err := s.do(); err != nil {
+			t.Fatalf("%s: %v", s.what, err)
+		}
+		if got := data(); len(got) != 1 || got[0] != s.want {
+			t.Errorf("%s: recorded %v, want %s", s.what, got, s.want)
+		}
+	}
+}

@@ -123,7 +123,8 @@ func (n *node) Write(ctx context.Context, fh gofs.FileHandle, data []byte, off i
 	}
 	f, m := n.f, n.m
 	rec := f.touches()
-	if e := rec.data(m, off, int64(len(data))); e != 0 {
+	from := m.recordFrom(h.fd, off)
+	if e := rec.data(m, from, off+int64(len(data))-from); e != 0 {
 		return 0, e
 	}
 	uid, _ := callerOf(ctx)
@@ -159,6 +160,7 @@ func (n *node) Write(ctx context.Context, fh gofs.FileHandle, data []byte, off i
 			o := &op.Op{Kind: op.Write, Path: p, Data: data[:done], Off: off}
 			var st unix.Stat_t
 			if unix.Fstat(h.fd, &st) == nil {
+				m.size.Store(st.Size)
 				o.Atime = op.Time{Nsec: op.UtimeOmit}
 				o.Mtime = op.Time{Sec: st.Mtim.Sec, Nsec: st.Mtim.Nsec}
 			} else {
@@ -313,7 +315,8 @@ func (n *node) Allocate(ctx context.Context, fh gofs.FileHandle, off uint64, siz
 	if e := rec.meta(m); e != 0 {
 		return e
 	}
-	if e := rec.data(m, int64(off), int64(size)); e != 0 {
+	from := m.recordFrom(h.fd, int64(off))
+	if e := rec.data(m, from, int64(off)+int64(size)-from); e != 0 {
 		rec.done(false, 0)
 		return e
 	}

@@ -75,6 +75,11 @@ type meta struct {
 	mtimeDirty atomic.Bool
 	warned     atomic.Bool // "no name" logged
 	noCaps     atomic.Bool // security.capability known absent
+	// size is the file's size after the last write through the mount, or
+	// at lookup: a write or fallocate starting past it checks for a hole
+	// it would leave (recordFrom). A shrink since is recorded by its own
+	// truncate, so a stale, larger value hides no unrecorded hole.
+	size atomic.Int64
 }
 
 type link struct {
@@ -161,6 +166,7 @@ func (f *fsys) acquire(fd int, st *unix.Stat_t) (*meta, error) {
 		delete(f.metas, key)
 	}
 	m := &meta{key: key, ino: f.inoOf(st), gen: f.nextGen, mode: st.Mode & unix.S_IFMT, fd: fd, refs: 1}
+	m.size.Store(st.Size)
 	f.nextGen++
 	f.metas[key] = m
 	return m, nil
