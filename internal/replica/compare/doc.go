@@ -157,14 +157,17 @@
 // Scope files are followed by their primary inode (looked up when the run
 // starts), so a name that moves during the run keeps its zones; if the
 // inode loses the name it had, its other names are searched for. A zoned
-// file is also compared on its first and last blocks, and whole if those
-// differ outside the zones (replaced), or from the shorter end if the
-// sizes differ. The records must cover the content of files renamed into
-// place (the FUSE layer records a moved file's whole content as zones: a
-// file moved over another of the same size, mtime, first and last blocks
-// would otherwise look unchanged) and of inodes that lost a name while
-// other names remain (Whole: their content at those names is unknown to
-// the zones). A scope file
+// file is compared from the shorter end if the sizes differ; hashed (not
+// trusted), it is also compared on its first and last blocks, and whole if
+// those differ outside the zones (replaced: a defence for records that
+// miss a whole-file change, which trusted zones leave to the records).
+// The records must cover the content of files renamed into place (the
+// FUSE layer records a moved file's whole content as zones: a file moved
+// over another of the same size, mtime, first and last blocks would
+// otherwise look unchanged), of inodes that lost a name while other names
+// remain (Whole: their content at those names is unknown to the zones),
+// and the holes a write or fallocate past the end leaves (a file created
+// where another was would keep the old file's bytes there). A scope file
 // of one name whose directory is not listed starts at once, those with
 // the most zones first, and its scope entry is taken: a listing that
 // meets it anyway (it moved, or its directory turned out replaced) finds
@@ -173,24 +176,28 @@
 //
 // Trusted zones (Options.TrustZones: only the primary changed them) are
 // sent as they are, without hashing: the "differs" case above, always
-// safe. The probe of the first and last blocks (those outside the zones:
-// inside, they are sent anyway) is still asked, and the secondary's
-// attributes when no listing gave them, the questions of many files in
-// one query (HashBatch, answered with parallel reads). The probes of the
-// scope's files of one name are asked when the run begins, before any
-// fix, so that none waits behind data queued for the secondary's applier
-// (the first batches small, at most four being answered at once, the
-// others as those come back; the secondary reads the items of all
-// batches in the order they came). A task that finds its probe asked
-// checks its path for namespace changes from the moment of the question
-// (a rename since then makes the answer stale, as above), and asks again
-// if the file's size changed meanwhile. While the answer
-// comes the primary's zones are read ahead (posix_fadvise WILLNEED, many
-// reads in flight), then read once more outside the freeze; under the
-// freeze they are read again, from the page cache, and sent, up to 1 MiB
-// of zones per freeze, the last batch with the file's size and
-// attributes. What is sent is still read under the freeze: the reads
-// before it only warm the cache, so the argument above is unchanged.
+// safe. Nothing else of the file is read, on either side: the records
+// must then cover every byte that may differ, which the FUSE layer's do
+// (a moved file's content whole; a write or fallocate past the end with
+// the hole it leaves, so that a file created where another was has all
+// its bytes recorded; a shorter or longer copy is cut, or compared from
+// the shorter end, as above). What is still asked, when no listing gave
+// them, is the secondary's attributes, the questions of many files in one
+// query (HashBatch). The questions of the scope's files of one name are
+// asked when the run begins, before any fix, so that none waits behind
+// data queued for the secondary's applier (the first batches small, at
+// most four being answered at once, the others as those come back; the
+// secondary answers the items of all batches in the order they came). A
+// task that finds its question asked checks its path for namespace
+// changes from the moment of the question (a rename since then makes the
+// answer stale, as above), and asks again if the file's size changed
+// meanwhile. While the answers come the primary's zones are read ahead
+// (posix_fadvise WILLNEED, many reads in flight), then read once more
+// outside the freeze; under the freeze they are read again, from the page
+// cache, and sent, up to 1 MiB of zones per freeze, the last batch with the
+// file's size and attributes. What is sent is still read under the
+// freeze: the reads before it only warm the cache, so the argument above
+// is unchanged.
 //
 // # Resuming
 //
@@ -237,7 +244,8 @@
 //
 // An incremental scope lists only the changed
 // directories and compares only the recorded zones; trusted zones cost,
-// per file, a share of a batched question and one freeze, and their
-// reads are in flight together. A repeated Run sends only what still
+// per file, a share of a batched question for its attributes and one
+// freeze, their reads are in flight together, and nothing but the zones
+// is read. A repeated Run sends only what still
 // differs.
 package compare

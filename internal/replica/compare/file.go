@@ -518,8 +518,8 @@ func (r *run) compareZones(fs *fileState) error {
 		fs.zones = []Zone{}
 	}
 	if r.e.opt.TrustZones {
-		// Sent without hashing (zones.go); escalated: compared whole.
-		if err := r.trustedZones(fs); err != nil || fs.escal {
+		// Sent without hashing (zones.go).
+		if err := r.trustedZones(fs); err != nil {
 			return err
 		}
 	} else {
