@@ -9,6 +9,7 @@ import (
 	"slices"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/tandem-ha/tandem/internal/replica/op"
 	"golang.org/x/sys/unix"
@@ -307,5 +308,55 @@ func TestOpenBeneath(t *testing.T) {
 			unix.Close(fd)
 			t.Errorf("%q opened", p)
 		}
+	}
+}
+
+// TestTruncateSameSize: a Truncate to the size a file has already leaves
+// it alone (on ext4 it would read the last block to zero its tail), unless
+// blocks are allocated past its end, which it frees as ftruncate does.
+func TestTruncateSameSize(t *testing.T) {
+	dir := t.TempDir()
+	a, err := New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	p := filepath.Join(dir, "f")
+	if err := os.WriteFile(p, bytes.Repeat([]byte{7}, 10000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctime := func() unix.Timespec {
+		var st unix.Stat_t
+		if err := unix.Stat(p, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Ctim
+	}
+	before := ctime()
+	time.Sleep(20 * time.Millisecond) // past the timestamp granularity
+	mustApply(t, a, op.Op{Kind: op.Truncate, Path: "f", Off: 10000})
+	if ctime() != before {
+		t.Error("a Truncate to the same size truncated the file (its ctime moved)")
+	}
+	mustApply(t, a, op.Op{Kind: op.Truncate, Path: "f", Off: 5000})
+	if st, err := os.Stat(p); err != nil || st.Size() != 5000 {
+		t.Fatalf("after a Truncate to 5000: %v, %v", st, err)
+	}
+	// Blocks allocated past the end: a same-size truncate frees them.
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_KEEP_SIZE, 0, 1<<20); err != nil {
+		t.Skipf("fallocate: %v", err)
+	}
+	mustApply(t, a, op.Op{Kind: op.Truncate, Path: "f", Off: 5000})
+	var st unix.Stat_t
+	if err := unix.Stat(p, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Blocks*512 >= 1<<20 {
+		t.Errorf("%d bytes allocated after a same-size Truncate: the blocks past the end were kept", st.Blocks*512)
 	}
 }
