@@ -217,12 +217,13 @@ func (a *Applier) track(o *op.Op) {
 			a.syncAllFS = true
 			return
 		}
-		var st unix.Stat_t
-		if err := unix.Fstat(fd, &st); err != nil {
+		// fileFD cached the descriptor: its inode is known after the
+		// first op on it (no fstat per op).
+		id, ok := a.files.identity(o.Path)
+		if !ok {
 			a.syncAllFS = true
 			return
 		}
-		id := fileID{st.Dev, st.Ino}
 		if _, ok := a.dirtyFiles[id]; ok {
 			return
 		}

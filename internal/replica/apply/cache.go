@@ -17,6 +17,8 @@ type fdCache struct {
 type cachedFD struct {
 	path string
 	fd   int
+	id   fileID // the inode open at fd, once known (idOK)
+	idOK bool
 }
 
 func (c *fdCache) init(max int) {
@@ -40,6 +42,7 @@ func (c *fdCache) put(p string, fd int) {
 		old := e.Value.(*cachedFD)
 		if old.fd != fd {
 			unix.Close(old.fd)
+			old.idOK = false
 		}
 		old.fd = fd
 		c.l.MoveToFront(e)
@@ -49,6 +52,24 @@ func (c *fdCache) put(p string, fd int) {
 		c.remove(c.l.Back())
 	}
 	c.m[p] = c.l.PushFront(&cachedFD{path: p, fd: fd})
+}
+
+// identity gives the inode open at p's cached descriptor (fstat once per
+// descriptor); false when p has none.
+func (c *fdCache) identity(p string) (fileID, bool) {
+	e, ok := c.m[p]
+	if !ok {
+		return fileID{}, false
+	}
+	v := e.Value.(*cachedFD)
+	if !v.idOK {
+		var st unix.Stat_t
+		if unix.Fstat(v.fd, &st) != nil {
+			return fileID{}, false
+		}
+		v.id, v.idOK = fileID{st.Dev, st.Ino}, true
+	}
+	return v.id, true
 }
 
 func (c *fdCache) remove(e *list.Element) {
