@@ -315,8 +315,25 @@ func TestConvergeIncremental(t *testing.T) {
 				a, err := apply.New(pr.p)
 				must(t, err)
 				ents := walkTree(pr.p)
-				for range 60 {
-					o := g.op(ents, false)
+				// First a file removed and created again where it was,
+				// then written past its end: the hole left covers the old
+				// file's bytes, which must not survive on the secondary.
+				var fixed []op.Op
+				for _, e := range ents {
+					if e.typ == unix.S_IFREG && e.size >= 32<<10 {
+						fixed = append(fixed, op.Op{Kind: op.Unlink, Path: e.path},
+							op.Op{Kind: op.Create, Path: e.path, Mode: unix.S_IFREG | 0o644, Uid: -1, Gid: -1},
+							op.Op{Kind: op.Write, Path: e.path, Off: e.size / 2 / (4 << 10) * (4 << 10), Data: g.data(100)})
+						break
+					}
+				}
+				for i := range 60 + len(fixed) {
+					o := op.Op{}
+					if i < len(fixed) {
+						o = fixed[i]
+					} else {
+						o = g.op(ents, false)
+					}
 					var st unix.Stat_t
 					_ = unix.Lstat(filepath.Join(pr.p, o.Path), &st)
 					// The inode an unlink or a rename over drops a name of:
