@@ -4,8 +4,9 @@
 package inopath
 
 import (
+	"bytes"
+	"encoding/binary"
 	"fmt"
-	"os"
 
 	"golang.org/x/sys/unix"
 )
@@ -18,8 +19,17 @@ type Key struct{ Dev, Ino uint64 }
 // of each inode in want. Inodes not found (removed since) are absent from
 // the result. The walk never follows symlinks and stays on the root's
 // filesystem; entries that vanish under it are skipped. Cost: one readdir
-// and one lstat per entry of the tree.
+// per directory, one open and stat per subdirectory, and one lstat per
+// entry whose inode number (from the directory entry) is wanted; on a
+// filesystem whose directory entries may carry other inode numbers than
+// stat (overlayfs, network filesystems...), one lstat per entry.
 func Find(rootFd int, want map[Key]bool) (map[Key][]string, error) {
+	return find(rootFd, want, !direntInodes(rootFd))
+}
+
+// find is Find; statAll stats every entry (its inode number from the
+// directory entry is not trusted).
+func find(rootFd int, want map[Key]bool, statAll bool) (map[Key][]string, error) {
 	out := make(map[Key][]string)
 	if len(want) == 0 {
 		return out, nil
@@ -36,52 +46,112 @@ func Find(rootFd int, want map[Key]bool) (map[Key][]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open the replicated directory: %w", err)
 	}
-	w := walker{want: want, out: out, dev: st.Dev}
+	w := walker{want: want, out: out, dev: st.Dev, buf: make([]byte, 64<<10), statAll: statAll}
 	w.dir(fd, "")
 	return out, nil
 }
 
-type walker struct {
-	want map[Key]bool
-	out  map[Key][]string
-	dev  uint64
+// direntInodes says whether the directory entries of dfd's filesystem
+// carry the inode numbers stat gives (but at mount points, which the walk
+// stats anyway): ext2/3/4, xfs, btrfs, tmpfs, f2fs.
+func direntInodes(dfd int) bool {
+	var fs unix.Statfs_t
+	if unix.Fstatfs(dfd, &fs) != nil {
+		return false
+	}
+	switch uint64(fs.Type) {
+	case unix.EXT4_SUPER_MAGIC, unix.XFS_SUPER_MAGIC, unix.BTRFS_SUPER_MAGIC, unix.TMPFS_MAGIC, unix.F2FS_SUPER_MAGIC:
+		return true
+	}
+	return false
 }
 
-// dir lists the directory open as fd (closed here) named p. A directory
-// removed or unreadable under the walk ends its listing early.
-func (w *walker) dir(fd int, p string) error {
-	f := os.NewFile(uintptr(fd), p)
-	defer f.Close()
+type walker struct {
+	want    map[Key]bool
+	out     map[Key][]string
+	dev     uint64
+	buf     []byte
+	statAll bool // the entries' inode numbers cannot be trusted
+}
+
+// dir lists the directory open as fd (closed here) named p, then its
+// subdirectories. A directory removed or unreadable under the walk ends
+// its listing early.
+func (w *walker) dir(fd int, p string) {
+	var subdirs []string
 	for {
-		names, err := f.Readdirnames(1024)
-		for _, name := range names {
-			w.entry(fd, p, name)
+		n, err := unix.Getdents(fd, w.buf)
+		if err != nil || n <= 0 {
+			break
 		}
-		if err != nil || len(names) == 0 {
-			return nil
+		for b := w.buf[:n]; len(b) >= direntName; {
+			// struct linux_dirent64: ino, off, reclen, type, name.
+			reclen := int(binary.NativeEndian.Uint16(b[16:]))
+			if reclen < direntName || reclen > len(b) {
+				break
+			}
+			ino, typ := binary.NativeEndian.Uint64(b[0:]), b[18]
+			name := b[direntName:reclen]
+			if i := bytes.IndexByte(name, 0); i >= 0 {
+				name = name[:i]
+			}
+			b = b[reclen:]
+			if string(name) == "." || string(name) == ".." {
+				continue
+			}
+			rel := string(name)
+			if p != "" {
+				rel = p + "/" + rel
+			}
+			if w.entry(fd, rel, string(name), ino, typ) {
+				subdirs = append(subdirs, string(name))
+			}
 		}
 	}
+	for _, name := range subdirs {
+		rel := name
+		if p != "" {
+			rel = p + "/" + name
+		}
+		cfd, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			continue // gone, or not readable: nothing to find below
+		}
+		var st unix.Stat_t
+		if unix.Fstat(cfd, &st) != nil || st.Dev != w.dev {
+			unix.Close(cfd) // another filesystem mounted there
+			continue
+		}
+		if k := (Key{st.Dev, st.Ino}); w.want[k] {
+			w.out[k] = append(w.out[k], rel)
+		}
+		w.dir(cfd, rel)
+	}
+	unix.Close(fd)
 }
 
-func (w *walker) entry(dfd int, p, name string) {
+// direntName is the offset of the name in a struct linux_dirent64.
+const direntName = 19
+
+// entry names the entry (directory dfd, name; rel from the root) when its
+// inode is wanted, and says whether it is a directory to walk (named then,
+// from its own stat).
+func (w *walker) entry(dfd int, rel, name string, ino uint64, typ uint8) bool {
+	if typ == unix.DT_DIR {
+		return true
+	}
+	if !w.statAll && typ != unix.DT_UNKNOWN && !w.want[Key{w.dev, ino}] {
+		return false
+	}
 	var st unix.Stat_t
 	if err := unix.Fstatat(dfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return // gone
+		return false // gone
 	}
-	rel := name
-	if p != "" {
-		rel = p + "/" + name
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		return true
 	}
-	k := Key{st.Dev, st.Ino}
-	if w.want[k] {
+	if k := (Key{st.Dev, st.Ino}); w.want[k] {
 		w.out[k] = append(w.out[k], rel)
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFDIR || st.Dev != w.dev {
-		return
-	}
-	cfd, err := unix.Openat(dfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return // gone, or not readable: nothing to find below
-	}
-	w.dir(cfd, rel)
+	return false
 }
