@@ -307,6 +307,8 @@ type replDir struct {
 	sumsMu    sync.Mutex
 	sumsCache *sumcache.Cache // replica.sums
 	sumHits0  int64           // its SumHits when the receiver started or the last resync ended
+	sumsSave  sync.Mutex      // one save of sumsCache at a time
+	sumsSaved atomic.Int64    // the cache's Misses+Resets at the last save
 }
 
 // replica is the replication state of one module.
@@ -567,6 +569,7 @@ func (x *replica) receive(ctx context.Context, d *replDir) {
 				d.sumHits0 = hits
 				x.r.log.Add("info", fmt.Sprintf("resynchronisation of %s complete (%d files' hashes remembered here)", d.path, reused),
 					"dir", d.path, "hashes_reused", reused)
+				x.saveSumsAfterResync(d, d.rootFd)
 				if x.allResynced() {
 					os.Remove(x.fullRequestPath()) // a second --full is done
 					if err := x.setSyncedEpoch(x.r.machine().Epoch); err != nil {

@@ -172,5 +172,6 @@ func (x *replica) resyncDir(d *replDir, s *wire.Sender) error {
 		run.kind, d.path, run.done.Load(), reused, run.sent.Load(), run.files.Load(), el.Round(time.Millisecond)),
 		"dir", d.path, "kind", run.kind, "reason", run.reason, "result", "complete", "bytes_examined", run.done.Load(),
 		"hashes_reused", reused, "bytes_sent", run.sent.Load(), "files", run.files.Load(), "seconds", el.Seconds())
+	x.saveSumsAfterResync(d, d.mount.RootFd())
 	return nil
 }

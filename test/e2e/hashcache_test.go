@@ -16,7 +16,8 @@ import (
 // TestFullCompareRemembersHashes: a full compare of unchanged files takes
 // their hashes from memory on both nodes (replication.resync_hash_cache),
 // still finds a file changed behind its back with its size and mtime put
-// back, and the secondary's hashes survive a clean restart of its agent.
+// back, and the secondary's hashes survive a restart of its agent, clean
+// or after kill -9 (saved when a resynchronisation ends).
 func TestFullCompareRemembersHashes(t *testing.T) {
 	c := newCluster(t, tcluster.Options{Directories: []string{dataDir}})
 	alphaB, betaB := c.BackingDir("alpha", dataDir), c.BackingDir("beta", dataDir)
@@ -87,6 +88,47 @@ func TestFullCompareRemembersHashes(t *testing.T) {
 	}
 	if num(f["bytes_sent"]) != 0 {
 		t.Errorf("identical copies, yet %v bytes sent", f["bytes_sent"])
+	}
+	waitSame(t, c, 20*time.Second)
+	// The primary saved its hashes when its full compares ended, without
+	// stopping.
+	if _, err := os.Stat(filepath.Join(c.ModuleStateDir("alpha"), "hashes-0")); err != nil {
+		t.Errorf("alpha did not save its hashes after its full compares: %v", err)
+	}
+
+	// Killed (no clean stop): beta still has the hashes it saved when the
+	// last resynchronisation ended.
+	saved := filepath.Join(c.ModuleStateDir("beta"), "hashes-0")
+	must(t, os.Remove(saved))
+	stopBeta(t, c)
+	since = time.Now()
+	if _, err := c.Command("beta", "second", api.CommandOptions{Full: true}); err != nil {
+		t.Fatalf("second --full on beta: %v", err)
+	}
+	resyncDone(t, c, "alpha", since, 60*time.Second)
+	waitSynced(t, c, since)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if _, err := os.Stat(saved); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("beta did not save its hashes within 15 s of the resynchronisation's end")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.Kill9("beta")
+	since = time.Now()
+	c.Start("beta")
+	waitSynced(t, c, since)
+	stopBeta(t, c)
+	since = time.Now()
+	if _, err := c.Command("beta", "second", api.CommandOptions{Full: true}); err != nil {
+		t.Fatalf("second --full on beta: %v", err)
+	}
+	resyncDone(t, c, "alpha", since, 60*time.Second)
+	if n := waitSynced(t, c, since); n < files-1 {
+		t.Errorf("after its agent was killed beta remembered %d hashes, want at least %d", n, files-1)
 	}
 	waitSame(t, c, 20*time.Second)
 }
