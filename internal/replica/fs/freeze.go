@@ -37,13 +37,15 @@ func (m *Mounted) FreezeFile(fd int) (thaw func(), err error) {
 	}
 	// The inode's meta, the one every op on it uses (made now if no FUSE
 	// node holds it: a lookup meanwhile finds this one).
-	pfd, err := unix.Open(procPath(fd), unix.O_PATH|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("freeze file: reopen fd %d: %w", fd, err)
-	}
-	me, err := f.acquire(pfd, &st)
-	if err != nil {
-		return nil, fmt.Errorf("freeze file: %w", err)
+	me := f.acquireKnown(&st)
+	if me == nil {
+		pfd, err := unix.Open(procPath(fd), unix.O_PATH|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("freeze file: reopen fd %d: %w", fd, err)
+		}
+		if me, err = f.acquire(pfd, &st); err != nil {
+			return nil, fmt.Errorf("freeze file: %w", err)
+		}
 	}
 	f.ns.RLock()
 	me.dataMu.Lock()

@@ -172,6 +172,18 @@ func (f *fsys) acquire(fd int, st *unix.Stat_t) (*meta, error) {
 	return m, nil
 }
 
+// acquireKnown is acquire for an inode the mount knows already (no
+// descriptor to open): its meta with one more reference, or nil.
+func (f *fsys) acquireKnown(st *unix.Stat_t) *meta {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if m := f.metas[devIno{st.Dev, st.Ino}]; m != nil && !f.closed && m.mode == st.Mode&unix.S_IFMT {
+		m.refs++
+		return m
+	}
+	return nil
+}
+
 // release drops one reference (a node became unreachable, or a handler's
 // temporary reference).
 func (f *fsys) release(m *meta) {
