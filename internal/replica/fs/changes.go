@@ -138,6 +138,22 @@ func (t *touched) done(changed bool, seq uint64) {
 	t.n = 0
 }
 
+// cut records a truncate to 0 of the file st describes, which no meta
+// holds yet: its attributes and its content.
+func (t *touched) cut(st *unix.Stat_t) syscall.Errno {
+	if e := t.fencedErr(); e != 0 {
+		return e
+	}
+	if t.f.changes == nil {
+		return 0
+	}
+	k := changelog.Key{Dev: st.Dev, Ino: st.Ino}
+	if e := t.record(t.f.changes.TouchMeta(k)); e != 0 {
+		return e
+	}
+	return t.record(t.f.changes.Touch(k, 0, st.Size))
+}
+
 // resize records a truncate of m (its O_PATH or open fd) to size: its
 // attributes, and the bytes between the old and the new size.
 func (t *touched) resize(m *meta, size int64) syscall.Errno {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 
@@ -216,5 +217,32 @@ func TestChangesRecordHolesPastEnd(t *testing.T) {
 		if got := data(); len(got) != 1 || got[0] != s.want {
 			t.Errorf("%s: recorded %v, want %s", s.what, got, s.want)
 		}
+	}
+}
+
+// TestChangesRecordTruncatingCreateOfUnknownFile: an O_CREAT|O_TRUNC open
+// of a file the kernel believed absent (made behind the mount's back)
+// records the content it cuts, as any truncate.
+func TestChangesRecordTruncatingCreateOfUnknownFile(t *testing.T) {
+	spy := &changeSpy{}
+	e := newEnv(t, Options{Changes: spy})
+	if _, err := os.Stat(e.p("late")); !os.IsNotExist(err) {
+		t.Fatalf("stat of a missing file: %v", err)
+	} // the kernel now caches "late" as absent
+	if err := os.WriteFile(filepath.Join(realDir(e), "late"), []byte("0123456789"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	spy.take()
+	f, err := os.OpenFile(e.p("late"), os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	ev := spy.take()
+	if !slices.Contains(ev, "data[0+10]") || !slices.Contains(ev, "meta") {
+		t.Fatalf("O_TRUNC create of a file made behind the mount: recorded %v, want its 10 bytes and attributes", ev)
+	}
+	if st, err := os.Stat(filepath.Join(realDir(e), "late")); err != nil || st.Size() != 0 {
+		t.Fatalf("after the O_TRUNC open: %v, %v; want an empty file", st, err)
 	}
 }

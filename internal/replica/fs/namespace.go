@@ -105,6 +105,14 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		if !mayOpen(&st, uid, gid, flags) {
 			return nil, nil, 0, syscall.EACCES
 		}
+		if flags&unix.O_TRUNC != 0 && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size != 0 {
+			// Cut below: its content is recorded first, as any
+			// truncate's (the directory's record alone would leave the
+			// old bytes under a later write's hole on the peer).
+			if e := rec.cut(&st); e != 0 {
+				return nil, nil, 0, e
+			}
+		}
 		fd, err = unix.Openat(n.m.fd, name, bflags|unix.O_NOFOLLOW, 0)
 	}
 	if err != nil {
@@ -150,8 +158,8 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 				Atime: op.Time{Sec: st.Atim.Sec, Nsec: st.Atim.Nsec}, Mtime: op.Time{Sec: st.Mtim.Sec, Nsec: st.Mtim.Nsec}})
 			seq = lastOf(seq, n.stampDir())
 		} else if flags&unix.O_TRUNC != 0 && st.Size != 0 {
-			// A file made behind the mount's back: the directory's record
-			// has its compare find the size change.
+			// A file made behind the mount's back (its content was
+			// recorded above).
 			cm.dataMu.Lock()
 			if err := unix.Ftruncate(fd, 0); err == nil {
 				cm.mtimeDirty.Store(true)
