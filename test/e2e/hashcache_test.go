@@ -54,16 +54,12 @@ func TestFullCompareRemembersHashes(t *testing.T) {
 	must(t, os.WriteFile(changed, b, 0o644))
 	must(t, unix.UtimesNano(changed, []unix.Timespec{st.Atim, st.Mtim}))
 
-	since = time.Now()
-	if _, err := c.Command("beta", "second", api.CommandOptions{Full: true}); err != nil {
-		t.Fatalf("second --full on beta: %v", err)
-	}
-	f := resyncDone(t, c, "alpha", since, 60*time.Second)
+	f, n := secondFull(t, c)
 	t.Logf("second compare: %v", f)
 	if f["kind"] != "full" || num(f["hashes_reused"]) < files || num(f["bytes_sent"]) < 700 {
 		t.Errorf("second --full: %v; want a full compare with every alpha file's hash remembered (%d) and the changed file sent", f, files)
 	}
-	if n := waitSynced(t, c, since); n < files-1 {
+	if n < files-1 {
 		t.Errorf("beta remembered %d hashes, want %d (all but the changed file)", n, files-1)
 	}
 	waitSame(t, c, 20*time.Second)
@@ -77,13 +73,9 @@ func TestFullCompareRemembersHashes(t *testing.T) {
 	c.Start("beta")
 	waitSynced(t, c, since)
 	stopBeta(t, c)
-	since = time.Now()
-	if _, err := c.Command("beta", "second", api.CommandOptions{Full: true}); err != nil {
-		t.Fatalf("second --full on beta: %v", err)
-	}
-	f = resyncDone(t, c, "alpha", since, 60*time.Second)
+	f, n = secondFull(t, c)
 	t.Logf("third compare: %v", f)
-	if n := waitSynced(t, c, since); n < files-1 {
+	if n < files-1 {
 		t.Errorf("after its agent's restart beta remembered %d hashes, want at least %d", n, files-1)
 	}
 	if num(f["bytes_sent"]) != 0 {
@@ -101,12 +93,7 @@ func TestFullCompareRemembersHashes(t *testing.T) {
 	saved := filepath.Join(c.ModuleStateDir("beta"), "hashes-0")
 	must(t, os.Remove(saved))
 	stopBeta(t, c)
-	since = time.Now()
-	if _, err := c.Command("beta", "second", api.CommandOptions{Full: true}); err != nil {
-		t.Fatalf("second --full on beta: %v", err)
-	}
-	resyncDone(t, c, "alpha", since, 60*time.Second)
-	waitSynced(t, c, since)
+	secondFull(t, c)
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		if _, err := os.Stat(saved); err == nil {
@@ -122,15 +109,23 @@ func TestFullCompareRemembersHashes(t *testing.T) {
 	c.Start("beta")
 	waitSynced(t, c, since)
 	stopBeta(t, c)
-	since = time.Now()
-	if _, err := c.Command("beta", "second", api.CommandOptions{Full: true}); err != nil {
-		t.Fatalf("second --full on beta: %v", err)
-	}
-	resyncDone(t, c, "alpha", since, 60*time.Second)
-	if n := waitSynced(t, c, since); n < files-1 {
+	if _, n := secondFull(t, c); n < files-1 {
 		t.Errorf("after its agent was killed beta remembered %d hashes, want at least %d", n, files-1)
 	}
 	waitSame(t, c, 20*time.Second)
+}
+
+// secondFull runs `second --full` on beta (its module stopped) and waits
+// for the full compare: alpha's resync complete fields, and how many
+// files' hashes beta remembered.
+func secondFull(t *testing.T, c *tcluster.Cluster) (map[string]any, int64) {
+	t.Helper()
+	since := time.Now()
+	if _, err := c.Command("beta", "second", api.CommandOptions{Full: true}); err != nil {
+		t.Fatalf("second --full on beta: %v", err)
+	}
+	f := resyncDone(t, c, "alpha", since, 60*time.Second)
+	return f, waitSynced(t, c, since)
 }
 
 func stopBeta(t *testing.T, c *tcluster.Cluster) {

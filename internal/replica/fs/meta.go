@@ -156,14 +156,9 @@ func (f *fsys) acquire(fd int, st *unix.Stat_t) (*meta, error) {
 		unix.Close(fd)
 		return nil, unix.ENOTCONN
 	}
-	if m := f.metas[key]; m != nil && m.mode == st.Mode&unix.S_IFMT {
-		// Our fd pins the inode, so its number cannot have been reused.
-		m.refs++
+	if m := f.knownLocked(st); m != nil {
 		unix.Close(fd)
 		return m, nil
-	} else if m != nil {
-		// Cannot happen while m holds its fd; be safe: forget it.
-		delete(f.metas, key)
 	}
 	m := &meta{key: key, ino: f.inoOf(st), gen: f.nextGen, mode: st.Mode & unix.S_IFMT, fd: fd, refs: 1}
 	m.size.Store(st.Size)
@@ -177,9 +172,25 @@ func (f *fsys) acquire(fd int, st *unix.Stat_t) (*meta, error) {
 func (f *fsys) acquireKnown(st *unix.Stat_t) *meta {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if m := f.metas[devIno{st.Dev, st.Ino}]; m != nil && !f.closed && m.mode == st.Mode&unix.S_IFMT {
+	if f.closed {
+		return nil
+	}
+	return f.knownLocked(st)
+}
+
+// knownLocked is the registered meta of the inode st describes with one
+// more reference, or nil. The caller's descriptor of the inode pins it, so
+// its number cannot have been reused by another. f.mu held.
+func (f *fsys) knownLocked(st *unix.Stat_t) *meta {
+	key := devIno{st.Dev, st.Ino}
+	m := f.metas[key]
+	if m != nil && m.mode == st.Mode&unix.S_IFMT {
 		m.refs++
 		return m
+	}
+	if m != nil {
+		// Cannot happen while m holds its fd; be safe: forget it.
+		delete(f.metas, key)
 	}
 	return nil
 }

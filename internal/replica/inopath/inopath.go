@@ -99,20 +99,13 @@ func (w *walker) dir(fd int, p string) {
 			if string(name) == "." || string(name) == ".." {
 				continue
 			}
-			rel := string(name)
-			if p != "" {
-				rel = p + "/" + rel
-			}
-			if w.entry(fd, rel, string(name), ino, typ) {
+			if w.entry(fd, p, string(name), ino, typ) {
 				subdirs = append(subdirs, string(name))
 			}
 		}
 	}
 	for _, name := range subdirs {
-		rel := name
-		if p != "" {
-			rel = p + "/" + name
-		}
+		rel := join(p, name)
 		cfd, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err != nil {
 			continue // gone, or not readable: nothing to find below
@@ -133,10 +126,18 @@ func (w *walker) dir(fd int, p string) {
 // direntName is the offset of the name in a struct linux_dirent64.
 const direntName = 19
 
-// entry names the entry (directory dfd, name; rel from the root) when its
+// join is name inside the directory p (relative to the root).
+func join(p, name string) string {
+	if p == "" {
+		return name
+	}
+	return p + "/" + name
+}
+
+// entry names the entry name of directory dfd (p from the root) when its
 // inode is wanted, and says whether it is a directory to walk (named then,
 // from its own stat).
-func (w *walker) entry(dfd int, rel, name string, ino uint64, typ uint8) bool {
+func (w *walker) entry(dfd int, p, name string, ino uint64, typ uint8) bool {
 	if typ == unix.DT_DIR {
 		return true
 	}
@@ -151,7 +152,7 @@ func (w *walker) entry(dfd int, rel, name string, ino uint64, typ uint8) bool {
 		return true
 	}
 	if k := (Key{st.Dev, st.Ino}); w.want[k] {
-		w.out[k] = append(w.out[k], rel)
+		w.out[k] = append(w.out[k], join(p, name))
 	}
 	return false
 }

@@ -232,18 +232,6 @@ func (c *Cache) count(wanted, has bool, hits *atomic.Int64) {
 	}
 }
 
-// Sum is the content hash recorded for the regular file in state s.
-func (c *Cache) Sum(s Stamp) (uint64, bool) {
-	k := c.lookup(s, hasSum)
-	return k.Sum, k.HasSum
-}
-
-// Xattrs is the attribute digest recorded for the inode in state s.
-func (c *Cache) Xattrs(s Stamp) (uint64, bool) {
-	k := c.lookup(s, hasXattrs)
-	return k.Xattrs, k.HasXattrs
-}
-
 // Now is the time to pass to PutSum and PutXattrs: taken before the
 // stat whose result they record.
 func Now() int64 { return time.Now().UnixNano() }
