@@ -43,6 +43,7 @@ const (
 	envCold      = "TANDEM_BENCH_COLD"        // 0: keep the page cache between steps (default 1: drop it)
 	envDelta     = "TANDEM_BENCH_DELTA"       // 0: skip the rsync --no-whole-file row
 	envVerify    = "TANDEM_BENCH_VERIFY"      // 0: do not compare the copies after the resyncs
+	envLive      = "TANDEM_BENCH_LIVE"        // 1: an application writes on alpha during (a)'s resyncs
 	envSeed      = "TANDEM_BENCH_SEED"        // seed of the trees and changes
 	envOut       = "TANDEM_BENCH_OUT"         // also write the markdown report here
 )
@@ -112,6 +113,7 @@ type sizes struct {
 	zone                       string
 	noHashCache                bool
 	cold, delta, verify, quick bool
+	live                       bool
 	seed                       uint64
 	cases                      []string
 }
@@ -171,6 +173,7 @@ func loadSizes() (sizes, error) {
 	s.cold = os.Getenv(envCold) != "0"
 	s.delta = os.Getenv(envDelta) != "0"
 	s.verify = os.Getenv(envVerify) != "0"
+	s.live = os.Getenv(envLive) == "1"
 	s.cases = Cases
 	if v := os.Getenv(envCases); v != "" {
 		s.cases = nil
@@ -366,8 +369,19 @@ func incrementalRound(t *testing.T, c *tcluster.Cluster, sz sizes, res *Results,
 	}
 
 	settle(t, sz)
+	var live *liveWriter
+	if sz.live {
+		live = startLive(t, c, round)
+	}
 	run := tandemResync(t, c, false, func() { c.Start("beta") }, resyncTimeout(sz.treeBytes(), int64(sz.files)))
 	t.Logf("round %d incremental Tandem: %s", round, run.describe())
+	if live != nil {
+		lr := live.stop(t)
+		note := fmt.Sprintf("(a) round %d: the application's 4 KiB writes on alpha (one per ms) from beta's start to its resync's end: %d writes, p50 %.0f µs, p99 %.0f µs, max %.0f µs",
+			round, lr.Writes, lr.P50us, lr.P99us, lr.MaxUs)
+		t.Log(note)
+		res.Notes = append(res.Notes, note)
+	}
 	if run.Kind != "incremental" {
 		res.Notes = append(res.Notes, fmt.Sprintf("(a) round %d: Tandem's resync was %s, not incremental", round, run.Kind))
 	}
@@ -635,6 +649,53 @@ func fnum(v any) float64 {
 	return f
 }
 
+// liveWriter is resyncwork live running in alpha: an application that
+// writes during a resync (TANDEM_BENCH_LIVE=1).
+type liveWriter struct {
+	alpha *testbed.Host
+	p     *testbed.Proc
+	out   string
+}
+
+func startLive(t *testing.T, c *tcluster.Cluster, round int) *liveWriter {
+	t.Helper()
+	out := filepath.Join(c.Dir(), fmt.Sprintf("live-%d.json", round))
+	p, err := c.Node("alpha").Host.Start(resyncwork, "live", "-file", dataDir+"/live/f", "-out", out)
+	if err != nil {
+		t.Fatalf("start the live writer: %v", err)
+	}
+	return &liveWriter{alpha: c.Node("alpha").Host, p: p, out: out}
+}
+
+// stop ends the writer, removes its file (the next round's change must
+// find the tree the references have) and returns its latencies.
+func (l *liveWriter) stop(t *testing.T) liveResult {
+	t.Helper()
+	if err := l.p.Signal(unix.SIGTERM); err != nil {
+		t.Fatalf("stop the live writer: %v", err)
+	}
+	select {
+	case <-l.p.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the live writer did not stop within 30s")
+	}
+	var r liveResult
+	b, err := os.ReadFile(l.out)
+	if err == nil {
+		err = json.Unmarshal(b, &r)
+	}
+	if err != nil || r.Writes == 0 {
+		log, _ := l.p.Log()
+		t.Fatalf("the live writer's result %s: %v (%d writes); its log:\n%s", l.out, err, r.Writes, log)
+	}
+	// The directory's fsync returns once beta applied the removal: the
+	// copies are compared next.
+	if _, err := l.alpha.Run("sh", "-c", "rm -rf "+dataDir+"/live && sync "+dataDir); err != nil {
+		t.Fatalf("remove the live writer's file: %v", err)
+	}
+	return r
+}
+
 // changeResult and limitResult are resyncwork's outputs (see its package).
 type changeResult struct {
 	Blocks         int64   `json:"blocks"`
@@ -819,4 +880,11 @@ func header(s sizes, took time.Duration, load string) string {
 	return fmt.Sprintf("Run %s, commit %s, %d CPUs, kernel %s, %s, %s; %s; took %s; load average %s at the start, %s at the end. Figures are medians over the runs.\n",
 		time.Now().Format("2006-01-02 15:04 MST"), commit, runtime.NumCPU(), strings.TrimSpace(string(kernel)), runtime.Version(), rsyncVersion(),
 		s, took.Round(time.Second), load, loadAvg())
+}
+
+type liveResult struct {
+	Writes int64   `json:"writes"`
+	P50us  float64 `json:"p50_us"`
+	P99us  float64 `json:"p99_us"`
+	MaxUs  float64 `json:"max_us"`
 }

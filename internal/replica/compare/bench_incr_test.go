@@ -28,7 +28,9 @@ import (
 // Freezes lock as the agent's do: a file's fixes that file (FreezeFile),
 // the rest everything. TANDEM_COMPARE_BENCH_FREEZE=all freezes everything
 // for every fix, =0 nothing;
-// TANDEM_COMPARE_BENCH_FILE_FREEZES=N lets N file freezes be held at once.
+// TANDEM_COMPARE_BENCH_FILE_FREEZES=N lets N file freezes be held at once;
+// TANDEM_COMPARE_BENCH_YIELD=D sets how long a run of queued file freezes
+// goes before it yields (default 500µs).
 // TANDEM_COMPARE_BENCH_LIVE=1 runs an application writing 4 KiB to
 // another file every millisecond during each run and reports its write
 // latency (p50, p99, max).
@@ -73,6 +75,9 @@ func BenchmarkIncrementalTree(b *testing.B) {
 	}
 	if v, err := strconv.Atoi(os.Getenv("TANDEM_COMPARE_BENCH_FILE_FREEZES")); err == nil && v > 0 {
 		maxFileFreezes = v
+	}
+	if v, err := time.ParseDuration(os.Getenv("TANDEM_COMPARE_BENCH_YIELD")); err == nil {
+		yieldAfter = v
 	}
 	live := os.Getenv("TANDEM_COMPARE_BENCH_LIVE") == "1"
 	if live {

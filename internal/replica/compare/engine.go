@@ -440,9 +440,10 @@ type run struct {
 
 	dlMu     sync.Mutex
 	dirLocks map[string]*dirLock
-	// fileFreezes bounds the FreezeFile holders: a whole Freeze (and,
-	// behind it, the application's next change) waits for all of them.
-	fileFreezes chan struct{}
+	// fileFreezes runs the FreezeFile holders, maxFileFreezes at once: a
+	// whole Freeze (and, behind it, the application's next change) waits
+	// for all of them.
+	fileFreezes *freezeQueue
 
 	lmu       sync.Mutex
 	links     map[inoKey]*linkRec
@@ -496,7 +497,7 @@ func (e *Engine) Run(ctx context.Context, scope Scope) (Stats, error) {
 		scopeDone:   make(map[inoKey]bool),
 		recreate:    make(map[string]inoKey),
 		dirLocks:    make(map[string]*dirLock),
-		fileFreezes: make(chan struct{}, maxFileFreezes),
+		fileFreezes: newFreezeQueue(maxFileFreezes),
 		links:       make(map[inoKey]*linkRec),
 		sOwner:      make(map[uint64]inoKey),
 		freshDirs:   make(map[string]uint64),
@@ -1066,7 +1067,8 @@ func (r *run) submit(o *op.Op, owner uint64) uint64 {
 // TANDEM_COMPARE_BENCH_LIVE=1, 2 vCPUs), its write latency p50 / p99 was
 // 100 µs / 24-35 ms under whole freezes, 24-37 µs / 7-12 ms with 1 file
 // freeze at a time, 24-40 µs / 31 ms with 2, 29-58 µs / 55-57 ms with 16;
-// the compare took the same time in all four.
+// the compare took the same time in all four. They run through a
+// freezeQueue: the holder of a place runs the freezes queued meanwhile.
 var maxFileFreezes = 1
 
 // frozen runs fn with mutations frozen.
@@ -1095,9 +1097,7 @@ func (r *run) freeze(fd int, fn func()) {
 	}
 	switch {
 	case fd >= 0 && r.e.opt.FreezeFile != nil:
-		r.fileFreezes <- struct{}{}
-		defer func() { <-r.fileFreezes }()
-		r.e.opt.FreezeFile(fd, wrapped)
+		r.fileFreezes.do(func() { r.e.opt.FreezeFile(fd, wrapped) })
 	case r.e.opt.Freeze != nil:
 		r.e.opt.Freeze(wrapped)
 	default:

@@ -17,6 +17,11 @@
 //	    the limit: copies from A to B only what F names (the changed
 //	    extents with pread/pwrite, the created files whole, unlinks the
 //	    removed ones), then syncfs(B); timed.
+//	resyncwork live -file F -out J [-interval D]
+//	    an application writing during a resync: one 4 KiB pwrite to F
+//	    every D (default 1ms), rotating over its first MiB, each timed,
+//	    until SIGTERM or SIGINT; then writes the latencies (LiveResult) to
+//	    J, as JSON.
 package main
 
 import (
@@ -29,6 +34,7 @@ import (
 	"io/fs"
 	"math/rand/v2"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -75,6 +81,14 @@ type LimitResult struct {
 	Seconds float64 `json:"seconds"`
 }
 
+// LiveResult is what live wrote: the latencies of its writes.
+type LiveResult struct {
+	Writes int64   `json:"writes"`
+	P50us  float64 `json:"p50_us"`
+	P99us  float64 `json:"p99_us"`
+	MaxUs  float64 `json:"max_us"`
+}
+
 // Extent is a byte range of a file.
 type Extent struct {
 	Off int64 `json:"off"`
@@ -101,7 +115,7 @@ func (d *dirList) Set(s string) error { *d = append(*d, s); return nil }
 
 func main() {
 	if len(os.Args) < 2 {
-		fail(errors.New("usage: resyncwork gen|change|limit [flags] (see the package comment)"))
+		fail(errors.New("usage: resyncwork gen|change|limit|live [flags] (see the package comment)"))
 	}
 	verb, args := os.Args[1], os.Args[2:]
 	fl := flag.NewFlagSet("resyncwork "+verb, flag.ExitOnError)
@@ -120,6 +134,9 @@ func main() {
 	list := fl.String("list", "", "change: write what changed here; limit: the list to apply")
 	src := fl.String("src", "", "limit: the changed tree")
 	dst := fl.String("dst", "", "limit: the copy of the tree before the change")
+	file := fl.String("file", "", "live: the file to write")
+	outFile := fl.String("out", "", "live: where to write the result")
+	interval := fl.Duration("interval", time.Millisecond, "live: time between two writes")
 	fl.Parse(args)
 
 	var out any
@@ -144,8 +161,19 @@ func main() {
 		if l, err = readList(*list); err == nil {
 			out, err = Limit(l, *src, *dst, *jobs)
 		}
+	case "live":
+		if *file == "" || *outFile == "" {
+			fail(errors.New("live: -file and -out are required"))
+		}
+		var r LiveResult
+		if r, err = Live(*file, *interval); err == nil {
+			var b []byte
+			b, _ = json.Marshal(r)
+			err = os.WriteFile(*outFile, b, 0o644)
+		}
+		out = struct{}{}
 	default:
-		err = fmt.Errorf("unknown verb %q: gen, change or limit", verb)
+		err = fmt.Errorf("unknown verb %q: gen, change, limit or live", verb)
 	}
 	if err != nil {
 		fail(err)
@@ -658,4 +686,41 @@ func copyWhole(src, dst string, buf []byte) (int64, error) {
 		return n, fmt.Errorf("limit: close %s: %w", dst, err)
 	}
 	return n, nil
+}
+
+// Live writes 4 KiB to file every interval until SIGTERM or SIGINT and
+// returns the latencies of the writes.
+func Live(file string, interval time.Duration) (LiveResult, error) {
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, unix.SIGTERM, unix.SIGINT)
+	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+		return LiveResult{}, err
+	}
+	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		return LiveResult{}, err
+	}
+	defer f.Close()
+	buf := make([]byte, BlockSize)
+	var lat []time.Duration
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			if len(lat) == 0 {
+				return LiveResult{}, errors.New("live: stopped before its first write")
+			}
+			slices.Sort(lat)
+			us := func(d time.Duration) float64 { return float64(d) / 1e3 }
+			return LiveResult{Writes: int64(len(lat)), P50us: us(lat[len(lat)/2]), P99us: us(lat[len(lat)*99/100]), MaxUs: us(lat[len(lat)-1])}, nil
+		case <-tick.C:
+		}
+		buf[0] = byte(i)
+		t0 := time.Now()
+		if _, err := f.WriteAt(buf, int64(i%256)*BlockSize); err != nil {
+			return LiveResult{}, fmt.Errorf("live: write %s: %w", file, err)
+		}
+		lat = append(lat, time.Since(t0))
+	}
 }
