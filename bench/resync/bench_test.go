@@ -696,7 +696,8 @@ func (l *liveWriter) stop(t *testing.T) liveResult {
 	return r
 }
 
-// changeResult and limitResult are resyncwork's outputs (see its package).
+// changeResult, limitResult and liveResult are resyncwork's outputs (see
+// its package).
 type changeResult struct {
 	Blocks         int64   `json:"blocks"`
 	BytesRewritten int64   `json:"bytes_rewritten"`
@@ -712,6 +713,13 @@ type limitResult struct {
 	Extents int64   `json:"extents"`
 	Files   int64   `json:"files"`
 	Seconds float64 `json:"seconds"`
+}
+
+type liveResult struct {
+	Writes int64   `json:"writes"`
+	P50us  float64 `json:"p50_us"`
+	P99us  float64 `json:"p99_us"`
+	MaxUs  float64 `json:"max_us"`
 }
 
 // work runs resyncwork (inside host, or here when host is nil) and
@@ -880,11 +888,4 @@ func header(s sizes, took time.Duration, load string) string {
 	return fmt.Sprintf("Run %s, commit %s, %d CPUs, kernel %s, %s, %s; %s; took %s; load average %s at the start, %s at the end. Figures are medians over the runs.\n",
 		time.Now().Format("2006-01-02 15:04 MST"), commit, runtime.NumCPU(), strings.TrimSpace(string(kernel)), runtime.Version(), rsyncVersion(),
 		s, took.Round(time.Second), load, loadAvg())
-}
-
-type liveResult struct {
-	Writes int64   `json:"writes"`
-	P50us  float64 `json:"p50_us"`
-	P99us  float64 `json:"p99_us"`
-	MaxUs  float64 `json:"max_us"`
 }
