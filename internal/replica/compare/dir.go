@@ -435,6 +435,12 @@ func (r *run) planNew(t *task, f *fix, path string) {
 	f.create = true
 }
 
+// inScopeDirs: the scope lists directory path (its entries were recorded).
+func (r *run) inScopeDirs(path string) bool {
+	_, ok := slices.BinarySearch(r.scopeDirs, path)
+	return ok
+}
+
 // planExisting: same kind of entry on both sides.
 func (r *run) planExisting(t *task, d int, f *fix, path string, g0 uint64) error {
 	p, s := f.p, f.s
@@ -445,10 +451,11 @@ func (r *run) planExisting(t *task, d int, f *fix, path string, g0 uint64) error
 		switch {
 		case full && !r.isFreshDir(path):
 			f.sub = &task{dir: true, path: path, recurse: true, from: t.from}
-		case !full && (mtimeOf(&p.st) != s.Mtime || p.st.Nlink != s.Nlink):
+		case !full && (mtimeOf(&p.st) != s.Mtime || p.st.Nlink != s.Nlink) && !r.inScopeDirs(path):
 			// Not recorded, yet its times or subdirectory count differ:
 			// replaced (or renamed over) while the copies were apart.
-			// Its listing is compared too.
+			// Its listing is compared too. (A recorded directory differs
+			// by what its records say, and the scope lists it anyway.)
 			f.sub = &task{dir: true, path: path}
 		}
 		return nil

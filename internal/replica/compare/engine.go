@@ -434,6 +434,7 @@ type run struct {
 	scopeFiles  map[string]*task
 	scopeKeys   map[inoKey]*task
 	scopeDone   map[inoKey]bool   // inodes whose scope task was queued
+	scopeDirs   []string          // directories the scope lists, sorted (set before any task runs)
 	lostKeys    []inoKey          // scope files whose name moved: searched for
 	recreate    map[string]inoKey // entries whose secondary inode has more names than ours
 	failed      error
@@ -710,6 +711,7 @@ func (r *run) seedIncremental() error {
 			}
 		}
 	}
+	r.scopeDirs = dirs
 	var early []*task
 	for _, t := range files {
 		if _, listed := slices.BinarySearch(dirs, parent(t.path)); singles[t] && !listed {

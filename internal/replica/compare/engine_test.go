@@ -794,3 +794,32 @@ func BenchmarkTouch(b *testing.B) {
 		})
 	}
 }
+
+// TestIncrementalListsRecordedDirsOnce: a recorded directory whose times
+// differ is listed by its own scope task only, not again from its
+// parent's listing (the check for a directory replaced while the copies
+// were apart is for unrecorded ones).
+func TestIncrementalListsRecordedDirsOnce(t *testing.T) {
+	pr := newPair(t, 9, 0, Options{BlockSize: 4096, Parallel: 1})
+	for _, d := range []string{"d", "e"} {
+		write(t, filepath.Join(pr.p, d, "old"), []byte("before"))
+	}
+	copyTree(t, pr.p, pr.s)
+	// While alone: an entry created at the top and one in d (both
+	// directories recorded; d's mtime moves).
+	write(t, filepath.Join(pr.p, "top"), []byte("created alone"))
+	write(t, filepath.Join(pr.p, "d/new"), []byte("created alone"))
+	past := time.Now().Add(-time.Hour)
+	must(t, os.Chtimes(filepath.Join(pr.s, "d"), past, past))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st := pr.run(t, ctx, Scope{Dirs: []string{"", "d"}})
+	diffs, err := treecmp.Compare(pr.p, pr.s, treecmp.Options{})
+	must(t, err)
+	if len(diffs) > 0 {
+		t.Fatalf("copies differ after the compare: %v", diffs)
+	}
+	if st.Dirs != 2 {
+		t.Errorf("%d directory listings, want 2 (the top and d, once each)", st.Dirs)
+	}
+}
