@@ -153,7 +153,8 @@
 // directory with its subtree); an existing regular file is compared on its
 // recorded zones, or whole when it is listed in Scope.Whole, or whole when
 // its size or mtime differ and it has no record (it was replaced); an
-// existing subdirectory whose mtime or link count differ is listed too.
+// existing subdirectory whose mtime or link count differ is listed too,
+// unless the scope lists it already.
 // Scope files are followed by their primary inode (looked up when the run
 // starts), so a name that moves during the run keeps its zones; if the
 // inode loses the name it had, its other names are searched for. A zoned

@@ -66,6 +66,10 @@ func TestFreezeQueueServesThenHandsOver(t *testing.T) {
 	q := newFreezeQueue(1)
 	const queued = maxServed + 5
 	release := make(chan struct{})
+	var releaseOnce sync.Once
+	free := func() { releaseOnce.Do(func() { close(release) }) }
+	defer free() // a failing test lets the queued goroutines end
+
 	var owner, runner [queued]atomic.Int64 // goroutine ids
 	var first atomic.Int64
 	var wg sync.WaitGroup
@@ -99,7 +103,7 @@ func TestFreezeQueueServesThenHandsOver(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 	}
-	close(release)
+	free()
 	wg.Wait()
 	for i := range queued {
 		want, who := first.Load(), "the place's holder"
