@@ -473,6 +473,9 @@ func (x *replica) startReceiver(m module.Machine) error {
 		if err != nil {
 			return fmt.Errorf("open replicated directory %s: %w (does it exist on %s?)", d.path, err, x.r.a.node)
 		}
+		// The remembered hashes load (a file read) while the records open.
+		sums := make(chan *sumcache.Cache, 1)
+		go func() { sums <- x.loadSums(d, fd) }()
 		// Its own full compare as a primary cannot resume: the peer
 		// serves, and this copy will follow the peer's.
 		x.dropResume(d)
@@ -484,6 +487,7 @@ func (x *replica) startReceiver(m module.Machine) error {
 			// lone primary) is taken back from the new primary.
 			l, err := x.openChanges(d)
 			if err != nil {
+				<-sums
 				unix.Close(fd)
 				return err
 			}
@@ -491,11 +495,12 @@ func (x *replica) startReceiver(m module.Machine) error {
 		}
 		ap, err := apply.NewFromFd(fd)
 		if err != nil {
+			<-sums
 			unix.Close(fd)
 			return fmt.Errorf("replicated directory %s: %w", d.path, err)
 		}
 		d.applier = ap
-		d.answerer = compare.NewAnswerer(fd, x.loadSums(d, fd))
+		d.answerer = compare.NewAnswerer(fd, <-sums)
 		d.sumHits0 = x.sums(d).Stats().SumHits
 		if !m.Handover {
 			// Until the compare reached every entry, a live op may find

@@ -31,6 +31,8 @@ import (
 // TANDEM_COMPARE_BENCH_FILE_FREEZES=N lets N file freezes be held at once;
 // TANDEM_COMPARE_BENCH_YIELD=D sets how long a run of queued file freezes
 // goes before it yields (default 500µs).
+// TANDEM_COMPARE_BENCH_AHEAD=0 turns the scope's read-ahead off
+// (readAheadScope).
 // TANDEM_COMPARE_BENCH_LIVE=1 runs an application writing 4 KiB to
 // another file every millisecond during each run and reports its write
 // latency (p50, p99, max).
@@ -78,6 +80,9 @@ func BenchmarkIncrementalTree(b *testing.B) {
 	}
 	if v, err := time.ParseDuration(os.Getenv("TANDEM_COMPARE_BENCH_YIELD")); err == nil {
 		yieldAfter = v
+	}
+	if os.Getenv("TANDEM_COMPARE_BENCH_AHEAD") == "0" {
+		scopeAhead = 0
 	}
 	live := os.Getenv("TANDEM_COMPARE_BENCH_LIVE") == "1"
 	if live {

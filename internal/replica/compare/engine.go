@@ -452,8 +452,9 @@ type run struct {
 	freshDirs map[string]uint64 // directories created empty, and when
 
 	st    statsAtomic
-	est   estimate // a full compare's progress total (progress.go)
-	batch batcher  // probes of trusted zone files (batch.go)
+	ahead sync.WaitGroup // readAheadScope
+	est   estimate       // a full compare's progress total (progress.go)
+	batch batcher        // probes of trusted zone files (batch.go)
 }
 
 type dirLock struct {
@@ -465,6 +466,7 @@ type statsAtomic struct {
 	dirs, files, created, removed, linked, metaFixed       atomic.Int64
 	examined, sent, holes, ops, queries, answerBytes       atomic.Int64
 	retries, locked, rechecks, freezes, frozenMax, frozenT atomic.Int64
+	readAhead                                              atomic.Int64 // zone bytes advised by readAheadScope
 	doneSeq                                                atomic.Uint64
 }
 
@@ -548,6 +550,7 @@ func (e *Engine) Run(ctx context.Context, scope Scope) (Stats, error) {
 	err = r.main()
 	cancel(errDone)
 	wg.Wait()
+	r.ahead.Wait()
 	if err == nil {
 		if cerr := context.Cause(ctx); cerr != errDone && cerr != nil {
 			err = cerr
@@ -568,7 +571,7 @@ func (e *Engine) Run(ctx context.Context, scope Scope) (Stats, error) {
 	e.log.Info("resync compare done", "dirs", s.Dirs, "files", s.Files, "examined", s.Examined,
 		"sent", s.BytesSent, "created", s.Created, "removed", s.Removed, "meta", s.MetaFixed,
 		"rechecks", s.Rechecks, "retries", s.Retries, "freezes", s.Freezes, "frozen_total", s.FrozenTotal,
-		"frozen_max", s.FrozenMax, "took", s.Duration)
+		"frozen_max", s.FrozenMax, "read_ahead", r.st.readAhead.Load(), "took", s.Duration)
 	return s, nil
 }
 
@@ -730,6 +733,25 @@ func (r *run) seedIncremental() error {
 		}
 		return strings.Compare(a.path, b.path)
 	})
+	if !r.scope.Full && scopeAhead > 0 {
+		// Early files first, as queued below; then the others, which the
+		// listings meet in the order of their paths.
+		ahead := make([]aheadFile, 0, len(files))
+		isEarly := make(map[*task]bool, len(early))
+		for _, t := range early {
+			isEarly[t] = true
+			ahead = append(ahead, aheadFile{t.path, slices.Clone(t.zones)})
+		}
+		for _, p := range slices.Sorted(maps.Keys(files)) {
+			if t := files[p]; !isEarly[t] && t.how == howZones {
+				ahead = append(ahead, aheadFile{t.path, slices.Clone(t.zones)})
+			}
+		}
+		r.ahead.Go(func() {
+			n := readAheadScope(r.ctx, r.root, ahead, scopeAhead, r.st.examined.Load)
+			r.st.readAhead.Store(n)
+		})
+	}
 	r.preProbes(files, sizes, singles, early)
 	r.mu.Lock()
 	for _, t := range early {

@@ -1,0 +1,117 @@
+package compare
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tandem-ha/tandem/internal/testbed"
+)
+
+// TestReadAheadScope: the scope's zones are read in the order given, at
+// most the window ahead of what the workers reached, skipping files gone;
+// the read-ahead ends when the run does.
+func TestReadAheadScope(t *testing.T) {
+	root := t.TempDir()
+	const zone = 64 << 10
+	data := bytes.Repeat([]byte("scopeahd"), 8*zone/8)
+	files := map[string]*os.File{}
+	for _, n := range []string{"a", "b"} {
+		if err := os.WriteFile(filepath.Join(root, n), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Open(filepath.Join(root, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if ok, err := testbed.Uncache(f); err != nil {
+			t.Fatal(err)
+		} else if !ok {
+			t.Skip("this filesystem keeps the pages cached: cannot tell what is read ahead")
+		}
+		files[n] = f
+	}
+	rootFd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(rootFd)
+
+	list := []aheadFile{
+		{"a", []Zone{{Off: 0, Len: zone}, {Off: 4 * zone, Len: zone}}},
+		{"gone", []Zone{{Off: 0, Len: zone}}},
+		{"b", []Zone{{Off: 2 * zone, Len: zone}, {Off: 6 * zone, Len: 2 * zone}}},
+	}
+	resident := func(n string, off, l int64) int {
+		r, err := testbed.Resident(files[n], off, l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	pages := zone / os.Getpagesize()
+	// waitFor waits, bounded, until the zones are cached.
+	waitFor := func(what string, cached func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !cached() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not read ahead within 5s", what)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	var reached atomic.Int64
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan int64, 1)
+	go func() { done <- readAheadScope(ctx, rootFd, list, 2*zone, reached.Load) }()
+
+	// The window: a's two zones, not b's.
+	waitFor("a's zones", func() bool { return resident("a", 0, zone) == pages && resident("a", 4*zone, zone) == pages })
+	time.Sleep(50 * time.Millisecond)
+	if r := resident("b", 0, 8*zone); r != 0 {
+		t.Fatalf("%d pages of b read ahead with the window full (nothing reached)", r)
+	}
+	if r := resident("a", zone, 3*zone); r != 0 {
+		t.Fatalf("%d pages of a outside its zones read ahead", r)
+	}
+	// The workers reach a's first zone: b's first zone follows, not its
+	// second.
+	reached.Store(zone)
+	waitFor("b's first zone", func() bool { return resident("b", 2*zone, zone) == pages })
+	time.Sleep(50 * time.Millisecond)
+	if r := resident("b", 6*zone, 2*zone); r != 0 {
+		t.Fatalf("%d pages of b's second zone read ahead beyond the window", r)
+	}
+	// The run ends while it waits: it returns what it advised.
+	cancel()
+	select {
+	case n := <-done:
+		if n != 3*zone {
+			t.Fatalf("readAheadScope advised %d bytes, want %d", n, 3*zone)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("readAheadScope did not return within 5s of the run's end")
+	}
+
+	// Without a limit it reads every zone of the list.
+	for _, f := range files {
+		if _, err := testbed.Uncache(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := readAheadScope(context.Background(), rootFd, list, 1<<30, func() int64 { return 0 }); n != 5*zone {
+		t.Fatalf("readAheadScope advised %d bytes, want %d", n, 5*zone)
+	}
+	waitFor("every zone", func() bool {
+		return resident("a", 0, zone)+resident("a", 4*zone, zone)+resident("b", 2*zone, zone)+resident("b", 6*zone, 2*zone) == 5*pages
+	})
+}
