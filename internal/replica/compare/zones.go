@@ -17,8 +17,9 @@ import (
 // is cut or compared from the shorter end). What is still asked, when no
 // listing gave them, is the secondary's attributes: that question is asked
 // when the run begins (preProbes), so that a file costs no round trip of its
-// own; the zones themselves are read ahead (many reads in flight) and then
-// sent, a batch of them under one freeze. Hashed zones (no TrustZones) also
+// own; the zones themselves are read ahead (many reads in flight; the
+// next files' too, readAheadScope) and then sent, a batch of them under
+// one freeze. Hashed zones (no TrustZones) also
 // compare the file's first and last blocks: a difference there outside the
 // zones means the file was replaced, and it is compared whole.
 
