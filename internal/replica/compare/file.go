@@ -177,9 +177,19 @@ func (r *run) wait(n int64) error { return r.e.lim.wait(r.ctx, n) }
 // sendRange sends the primary's current data over [from, to) (clipped to
 // its size when sent), a chunk per freeze.
 func (r *run) sendRange(fs *fileState, from, to int64) error {
+	// Each chunk is read under the file's freeze, which one worker holds
+	// at a time: the kernel reads ahead here, outside it, so that the
+	// freeze finds the data cached rather than waiting for the disk, and
+	// the workers' files are read in parallel.
+	advised := from
 	for pos := from; ; {
 		if err := r.ctx.Err(); err != nil {
 			return context.Cause(r.ctx)
+		}
+		if end := min(to, fs.size, pos+prefetchAhead); advised < end && advised-pos < prefetchAhead/2 {
+			// Advice only: a failure costs speed, not correctness.
+			_ = unix.Fadvise(fs.fd, advised, end-advised, unix.FADV_WILLNEED)
+			advised = end
 		}
 		if err := r.wait(min(sendChunk, max(fs.size-pos, 0))); err != nil {
 			return err

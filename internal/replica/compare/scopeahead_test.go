@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tandem-ha/tandem/internal/replica/treecmp"
 	"github.com/tandem-ha/tandem/internal/testbed"
 )
 
@@ -114,4 +115,56 @@ func TestReadAheadScope(t *testing.T) {
 	waitFor("every zone", func() bool {
 		return resident("a", 0, zone)+resident("a", 4*zone, zone)+resident("b", 2*zone, zone)+resident("b", 6*zone, 2*zone) == 5*pages
 	})
+}
+
+// TestSendRangeReadsAhead: a file sent whole is read ahead outside its
+// freezes, so the freeze (one worker's at a time) finds its chunks
+// cached: at the first freeze of an 8 MiB file new to the secondary, the
+// chunks after the first are read already.
+func TestSendRangeReadsAhead(t *testing.T) {
+	pr := newPair(t, 1, 0, Options{})
+	p := filepath.Join(pr.p, "big")
+	write(t, p, randBytes(7, 8<<20))
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if ok, err := testbed.Uncache(f); err != nil {
+		t.Fatal(err)
+	} else if !ok {
+		t.Skip("this filesystem keeps the pages cached: cannot tell what is read ahead")
+	}
+	var first atomic.Bool
+	var ahead atomic.Int64 // pages of [2 MiB, 6 MiB) cached at the first freeze
+	opt := Options{RootFd: pr.pfd, Freeze: pr.sh.Freeze, PollInterval: 20 * time.Millisecond, Logger: quietLogger(),
+		FreezeFile: func(fd int, fn func()) {
+			if first.CompareAndSwap(false, true) {
+				// The advice is asynchronous: wait, bounded, for its reads.
+				want := int64(4 << 20 / os.Getpagesize())
+				for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+					r, err := testbed.Resident(f, 2<<20, 4<<20)
+					if err != nil {
+						t.Error(err)
+					}
+					ahead.Store(int64(r))
+					if int64(r) == want || time.Now().After(deadline) {
+						break
+					}
+				}
+			}
+			pr.sh.FreezeFile(fd, fn)
+		}}
+	if pr.e, err = New(pr.f, opt); err != nil {
+		t.Fatal(err)
+	}
+	pr.sh.e = pr.e
+	fullRun(t, pr)
+	sameTrees(t, pr.p, pr.s, treecmp.Options{})
+	if !first.Load() {
+		t.Fatal("the file was sent without a file freeze")
+	}
+	if want := int64(4 << 20 / os.Getpagesize()); ahead.Load() != want {
+		t.Fatalf("at the first freeze %d of the %d pages of [2 MiB, 6 MiB) were cached: the chunks are read under the freeze", ahead.Load(), want)
+	}
 }
