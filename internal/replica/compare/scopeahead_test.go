@@ -15,6 +15,23 @@ import (
 	"github.com/tandem-ha/tandem/internal/testbed"
 )
 
+// openUncached opens p, out of the page cache (the test skips where the
+// filesystem keeps it cached); closed when the test ends.
+func openUncached(t *testing.T, p string) *os.File {
+	t.Helper()
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	if ok, err := testbed.Uncache(f); err != nil {
+		t.Fatal(err)
+	} else if !ok {
+		t.Skip("this filesystem keeps the pages cached: cannot tell what is read ahead")
+	}
+	return f
+}
+
 // TestReadAheadScope: the scope's zones are read in the order given, at
 // most the window ahead of what the workers reached, skipping files gone;
 // the read-ahead ends when the run does.
@@ -27,17 +44,7 @@ func TestReadAheadScope(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(root, n), data, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		f, err := os.Open(filepath.Join(root, n))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		if ok, err := testbed.Uncache(f); err != nil {
-			t.Fatal(err)
-		} else if !ok {
-			t.Skip("this filesystem keeps the pages cached: cannot tell what is read ahead")
-		}
-		files[n] = f
+		files[n] = openUncached(t, filepath.Join(root, n))
 	}
 	rootFd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -125,16 +132,7 @@ func TestSendRangeReadsAhead(t *testing.T) {
 	pr := newPair(t, 1, 0, Options{})
 	p := filepath.Join(pr.p, "big")
 	write(t, p, randBytes(7, 8<<20))
-	f, err := os.Open(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if ok, err := testbed.Uncache(f); err != nil {
-		t.Fatal(err)
-	} else if !ok {
-		t.Skip("this filesystem keeps the pages cached: cannot tell what is read ahead")
-	}
+	f := openUncached(t, p)
 	var first atomic.Bool
 	var ahead atomic.Int64 // pages of [2 MiB, 6 MiB) cached at the first freeze
 	opt := Options{RootFd: pr.pfd, Freeze: pr.sh.Freeze, PollInterval: 20 * time.Millisecond, Logger: quietLogger(),
@@ -155,6 +153,7 @@ func TestSendRangeReadsAhead(t *testing.T) {
 			}
 			pr.sh.FreezeFile(fd, fn)
 		}}
+	var err error
 	if pr.e, err = New(pr.f, opt); err != nil {
 		t.Fatal(err)
 	}
