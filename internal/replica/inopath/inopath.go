@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -22,7 +23,9 @@ type Key struct{ Dev, Ino uint64 }
 // per directory, one open and stat per subdirectory, and one lstat per
 // entry whose inode number (from the directory entry) is wanted; on a
 // filesystem whose directory entries may carry other inode numbers than
-// stat (overlayfs, network filesystems...), one lstat per entry.
+// stat (overlayfs, network filesystems...), one lstat per entry. Up to
+// walkers directories are listed at once (a cold tree's reads in flight
+// together); the order of an inode's names is not fixed.
 func Find(rootFd int, want map[Key]bool) (map[Key][]string, error) {
 	return find(rootFd, want, !direntInodes(rootFd))
 }
@@ -46,10 +49,19 @@ func find(rootFd int, want map[Key]bool, statAll bool) (map[Key][]string, error)
 	if err != nil {
 		return nil, fmt.Errorf("open the replicated directory: %w", err)
 	}
-	w := walker{want: want, out: out, dev: st.Dev, buf: make([]byte, 64<<10), statAll: statAll}
+	w := walker{want: want, out: out, dev: st.Dev, statAll: statAll, slots: make(chan struct{}, walkers-1)}
 	w.dir(fd, "")
+	w.wg.Wait()
 	return out, nil
 }
+
+// walkers is how many directories the walk lists at once. On a cold tree
+// each listing and each stat waits for the disk: one at a time, a walk of
+// a large tree takes one disk read after another.
+var walkers = 8
+
+// dirBufs are getdents buffers, one per directory being listed.
+var dirBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 
 // direntInodes says whether the directory entries of dfd's filesystem
 // carry the inode numbers stat gives (but at mount points, which the walk
@@ -67,11 +79,36 @@ func direntInodes(dfd int) bool {
 }
 
 type walker struct {
-	want    map[Key]bool
-	out     map[Key][]string
+	want    map[Key]bool // read only
 	dev     uint64
-	buf     []byte
 	statAll bool // the entries' inode numbers cannot be trusted
+
+	mu  sync.Mutex
+	out map[Key][]string
+
+	slots chan struct{} // a goroutine per directory while one is free
+	wg    sync.WaitGroup
+}
+
+// found records name as one of k's.
+func (w *walker) found(k Key, name string) {
+	w.mu.Lock()
+	w.out[k] = append(w.out[k], name)
+	w.mu.Unlock()
+}
+
+// walk lists directory fd (named p; closed there) in a goroutine of its
+// own when a slot is free, else in this one.
+func (w *walker) walk(fd int, p string) {
+	select {
+	case w.slots <- struct{}{}:
+		w.wg.Go(func() {
+			defer func() { <-w.slots }()
+			w.dir(fd, p)
+		})
+	default:
+		w.dir(fd, p)
+	}
 }
 
 // dir lists the directory open as fd (closed here) named p, then its
@@ -79,12 +116,13 @@ type walker struct {
 // its listing early.
 func (w *walker) dir(fd int, p string) {
 	var subdirs []string
+	bp := dirBufs.Get().(*[]byte)
 	for {
-		n, err := unix.Getdents(fd, w.buf)
+		n, err := unix.Getdents(fd, *bp)
 		if err != nil || n <= 0 {
 			break
 		}
-		for b := w.buf[:n]; len(b) >= direntName; {
+		for b := (*bp)[:n]; len(b) >= direntName; {
 			// struct linux_dirent64: ino, off, reclen, type, name.
 			reclen := int(binary.NativeEndian.Uint16(b[16:]))
 			if reclen < direntName || reclen > len(b) {
@@ -104,6 +142,7 @@ func (w *walker) dir(fd int, p string) {
 			}
 		}
 	}
+	dirBufs.Put(bp)
 	for _, name := range subdirs {
 		rel := join(p, name)
 		cfd, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -116,9 +155,9 @@ func (w *walker) dir(fd int, p string) {
 			continue
 		}
 		if k := (Key{st.Dev, st.Ino}); w.want[k] {
-			w.out[k] = append(w.out[k], rel)
+			w.found(k, rel)
 		}
-		w.dir(cfd, rel)
+		w.walk(cfd, rel)
 	}
 	unix.Close(fd)
 }
@@ -152,7 +191,7 @@ func (w *walker) entry(dfd int, p, name string, ino uint64, typ uint8) bool {
 		return true
 	}
 	if k := (Key{st.Dev, st.Ino}); w.want[k] {
-		w.out[k] = append(w.out[k], join(p, name))
+		w.found(k, join(p, name))
 	}
 	return false
 }

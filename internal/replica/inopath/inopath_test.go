@@ -115,3 +115,61 @@ func BenchmarkFind(b *testing.B) {
 		})
 	}
 }
+
+// TestFindParallel: listing many directories at once names the same
+// inodes as one at a time, hard links across directories included.
+func TestFindParallel(t *testing.T) {
+	root := t.TempDir()
+	want := map[Key]bool{}
+	for d := range 40 {
+		dir := filepath.Join(root, fmt.Sprintf("d%02d", d%8), fmt.Sprintf("e%02d", d))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for f := range 30 {
+			p := filepath.Join(dir, fmt.Sprintf("f%02d", f))
+			if err := os.WriteFile(p, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if f%3 == 0 {
+				want[key(t, p)] = true
+			}
+			if f == 7 { // another name in the first directory
+				if err := os.Link(p, filepath.Join(root, "d00", fmt.Sprintf("link-%02d", d))); err != nil {
+					t.Fatal(err)
+				}
+				want[key(t, p)] = true
+			}
+		}
+		want[key(t, dir)] = true
+	}
+	fd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	defer func(n int) { walkers = n }(walkers)
+	results := map[int]map[Key][]string{}
+	for _, n := range []int{1, 8} {
+		walkers = n
+		got, err := find(fd, want, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, names := range got {
+			slices.Sort(names)
+		}
+		results[n] = got
+	}
+	if len(results[1]) != len(want) {
+		t.Fatalf("one at a time: %d of %d inodes named", len(results[1]), len(want))
+	}
+	for k, names := range results[1] {
+		if !slices.Equal(results[8][k], names) {
+			t.Errorf("inode %v: %q one directory at a time, %q eight at once", k, names, results[8][k])
+		}
+	}
+	if len(results[8]) != len(results[1]) {
+		t.Errorf("%d inodes named eight directories at once, %d one at a time", len(results[8]), len(results[1]))
+	}
+}
