@@ -178,9 +178,9 @@ func (r *run) wait(n int64) error { return r.e.lim.wait(r.ctx, n) }
 // its size when sent), a chunk per freeze.
 func (r *run) sendRange(fs *fileState, from, to int64) error {
 	// Each chunk is read under the file's freeze, which one worker holds
-	// at a time: the kernel reads ahead here, outside it, so that the
-	// freeze finds the data cached rather than waiting for the disk, and
-	// the workers' files are read in parallel.
+	// at a time: the kernel reads ahead here, outside it, and the worker
+	// waits here until the chunk is cached, so that the freeze does not
+	// wait for the disk, and the workers' files are read in parallel.
 	advised := from
 	for pos := from; ; {
 		if err := r.ctx.Err(); err != nil {
@@ -194,6 +194,7 @@ func (r *run) sendRange(fs *fileState, from, to int64) error {
 		if err := r.wait(min(sendChunk, max(fs.size-pos, 0))); err != nil {
 			return err
 		}
+		awaitCached(fs.fd, pos, min(to, fs.size, pos+sendChunk)-pos)
 		var done bool
 		var err error
 		r.frozenFile(fs, func() {

@@ -59,3 +59,19 @@ func readAheadScope(ctx context.Context, root int, files []aheadFile, window int
 	}
 	return advised
 }
+
+// awaitCached returns once [off, off+n) of fd, read ahead before, has
+// come from the disk, or most of it: it reads one byte every 256 KiB
+// and the last one, each read waiting for its page. A worker then waits
+// for the disk outside its freeze, not inside it, for the cost of a few
+// system calls. (cachestat(2) cannot tell: it counts pages still being
+// read as cached.)
+func awaitCached(fd int, off, n int64) {
+	var b [1]byte
+	for p := off; p < off+n; p += 256 << 10 {
+		_, _ = unix.Pread(fd, b[:], p)
+	}
+	if n > 0 {
+		_, _ = unix.Pread(fd, b[:], off+n-1)
+	}
+}

@@ -167,3 +167,29 @@ func TestSendRangeReadsAhead(t *testing.T) {
 		t.Fatalf("at the first freeze %d of the %d pages of [2 MiB, 6 MiB) were cached: the chunks are read under the freeze", ahead.Load(), want)
 	}
 }
+
+// TestAwaitCached: once awaitCached returns, the pages it probes (one
+// every 256 KiB of the range, and the last) have come from the disk: a
+// read that must not wait (RWF_NOWAIT) finds them.
+func TestAwaitCached(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "f")
+	write(t, p, randBytes(3, 2<<20))
+	f := openUncached(t, p)
+	fd := int(f.Fd())
+	probes := []int64{0, 256 << 10, 512 << 10, 768 << 10, 1<<20 - 1}
+	b := make([]byte, 1)
+	if _, err := unix.Preadv2(fd, [][]byte{b}, probes[1], unix.RWF_NOWAIT); err != unix.EAGAIN {
+		t.Skipf("a read of an uncached page with RWF_NOWAIT did not say it would wait (%v): cannot tell", err)
+	}
+	awaitCached(fd, 0, 1<<20)
+	for _, off := range probes {
+		if n, err := unix.Preadv2(fd, [][]byte{b}, off, unix.RWF_NOWAIT); n != 1 || err != nil {
+			t.Errorf("at %d after awaitCached: read %d bytes without waiting (%v)", off, n, err)
+		}
+	}
+	// Past the range nothing was waited for (the kernel's own read-ahead
+	// around the probes aside).
+	if n, err := unix.Preadv2(fd, [][]byte{b}, 2<<20-1, unix.RWF_NOWAIT); n == 1 && err == nil {
+		t.Logf("the last page of the file came too (read-ahead around the probes)")
+	}
+}
