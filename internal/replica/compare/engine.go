@@ -733,17 +733,11 @@ func (r *run) seedIncremental() error {
 		}
 		return strings.Compare(a.path, b.path)
 	})
+	order := scopeOrder(files, early)
 	if !r.scope.Full && scopeAhead > 0 {
-		// Early files first, as queued below; then the others, which the
-		// listings meet in the order of their paths.
-		ahead := make([]aheadFile, 0, len(files))
-		isEarly := make(map[*task]bool, len(early))
-		for _, t := range early {
-			isEarly[t] = true
-			ahead = append(ahead, aheadFile{t.path, slices.Clone(t.zones)})
-		}
-		for _, p := range slices.Sorted(maps.Keys(files)) {
-			if t := files[p]; !isEarly[t] && t.how == howZones {
+		ahead := make([]aheadFile, 0, len(order))
+		for _, t := range order {
+			if len(t.zones) > 0 {
 				ahead = append(ahead, aheadFile{t.path, slices.Clone(t.zones)})
 			}
 		}
@@ -752,7 +746,7 @@ func (r *run) seedIncremental() error {
 			r.st.readAhead.Store(n)
 		})
 	}
-	r.preProbes(files, sizes, singles, early)
+	r.preProbes(order, sizes, singles)
 	r.mu.Lock()
 	for _, t := range early {
 		delete(files, t.path)
@@ -769,6 +763,23 @@ func (r *run) seedIncremental() error {
 		r.push(&task{dir: true, path: d})
 	}
 	return nil
+}
+
+// scopeOrder is the order in which the workers take the scope's files:
+// the early ones first, as queued, then the others, which the listings
+// meet in the order of their paths.
+func scopeOrder(files map[string]*task, early []*task) []*task {
+	ts := slices.Clone(early)
+	isEarly := make(map[*task]bool, len(early))
+	for _, t := range early {
+		isEarly[t] = true
+	}
+	for _, p := range slices.Sorted(maps.Keys(files)) {
+		if t := files[p]; !isEarly[t] {
+			ts = append(ts, t)
+		}
+	}
+	return ts
 }
 
 // nextPhase queues the work that waits for the walk to end: scope files

@@ -2,8 +2,6 @@ package compare
 
 import (
 	"context"
-	"maps"
-	"slices"
 
 	"golang.org/x/sys/unix"
 )
@@ -183,21 +181,11 @@ const firstPreBatch = 32
 const maxPreProbes = 8192
 
 // preProbes asks, before anything else goes into the stream, the
-// attributes of the scope's trusted files of one name: early first (in
-// their order), then the others by path.
-func (r *run) preProbes(files map[string]*task, sizes map[*task]int64, singles map[*task]bool, early []*task) {
+// attributes of the scope's trusted files of one name, in the order the
+// workers take them (scopeOrder).
+func (r *run) preProbes(ts []*task, sizes map[*task]int64, singles map[*task]bool) {
 	if !r.e.opt.TrustZones {
 		return
-	}
-	ts := slices.Clone(early)
-	isEarly := make(map[*task]bool, len(early))
-	for _, t := range early {
-		isEarly[t] = true
-	}
-	for _, p := range slices.Sorted(maps.Keys(files)) {
-		if t := files[p]; !isEarly[t] {
-			ts = append(ts, t)
-		}
 	}
 	since := r.e.ns.now()
 	n := 0

@@ -11,13 +11,30 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func key(t *testing.T, p string) Key {
+func key(t testing.TB, p string) Key {
 	t.Helper()
 	var st unix.Stat_t
 	if err := unix.Lstat(p, &st); err != nil {
 		t.Fatal(err)
 	}
 	return Key{st.Dev, st.Ino}
+}
+
+// emptyFiles makes directory dir (and its parents) with n empty files,
+// f0000 and on, and returns their paths.
+func emptyFiles(tb testing.TB, dir string, n int) []string {
+	tb.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	paths := make([]string, n)
+	for i := range paths {
+		paths[i] = filepath.Join(dir, fmt.Sprintf("f%04d", i))
+		if err := os.WriteFile(paths[i], nil, 0o644); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return paths
 }
 
 func TestFind(t *testing.T) {
@@ -81,22 +98,9 @@ func BenchmarkFind(b *testing.B) {
 	root := b.TempDir()
 	want := map[Key]bool{}
 	for d := range 20 {
-		dir := filepath.Join(root, fmt.Sprintf("d%02d", d))
-		if err := os.Mkdir(dir, 0o755); err != nil {
-			b.Fatal(err)
-		}
-		for f := range 1000 {
-			p := filepath.Join(dir, fmt.Sprintf("f%04d", f))
-			if err := os.WriteFile(p, nil, 0o644); err != nil {
-				b.Fatal(err)
-			}
-			if f%1000 == 7 && d%2 == 0 {
-				var st unix.Stat_t
-				if err := unix.Lstat(p, &st); err != nil {
-					b.Fatal(err)
-				}
-				want[Key{st.Dev, st.Ino}] = true
-			}
+		paths := emptyFiles(b, filepath.Join(root, fmt.Sprintf("d%02d", d)), 1000)
+		if d%2 == 0 {
+			want[key(b, paths[7])] = true
 		}
 	}
 	fd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY, 0)
@@ -123,14 +127,7 @@ func TestFindParallel(t *testing.T) {
 	want := map[Key]bool{}
 	for d := range 40 {
 		dir := filepath.Join(root, fmt.Sprintf("d%02d", d%8), fmt.Sprintf("e%02d", d))
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		for f := range 30 {
-			p := filepath.Join(dir, fmt.Sprintf("f%02d", f))
-			if err := os.WriteFile(p, nil, 0o644); err != nil {
-				t.Fatal(err)
-			}
+		for f, p := range emptyFiles(t, dir, 30) {
 			if f%3 == 0 {
 				want[key(t, p)] = true
 			}
