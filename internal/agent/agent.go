@@ -140,9 +140,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	defer a.mem.Close()
 
-	if a.guard, err = startGuard(a.log); err != nil {
-		return err
-	}
+	a.guard = newGuard(a.log, guardDelay, guardCommand)
 	defer a.guard.close()
 
 	for _, m := range mods {

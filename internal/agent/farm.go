@@ -363,7 +363,9 @@ func (r *farmRunner) setup() error {
 	// The guard removes the VIP from lo if the agent dies, so a killed
 	// agent's node stops answering (its nftables rules stay, harmless
 	// without the VIP) and the others take its buckets.
-	r.a.guard.send("add", r.vipHost(), "lo")
+	if err := r.a.guard.send("add", r.vipHost(), "lo"); err != nil {
+		return err
+	}
 	dp, err := r.newDP(farm.DataplaneConfig{
 		Module: r.cfg.Name, VIP: r.cfg.Farm.VIP.Addr(), Interface: ifname, Mode: r.cfg.Farm.Hash,
 		Handover: r.cfg.Farm.Drain > 0, Log: r.a.log.With("module", r.cfg.Name),

@@ -28,6 +28,7 @@ type modRunner struct {
 	log       *eventlog.Log
 	run       *runner.Runner
 	statePath string
+	saved     module.Persistent // the record on disk
 	fields    []config.Field
 	digest    string
 	inbox     chan request
@@ -76,6 +77,7 @@ func newModRunner(a *Agent, m *config.Module) (*modRunner, error) {
 	if err != nil {
 		return nil, err
 	}
+	r.saved = p
 	// The node that wins ties: default_primary, the last primary with
 	// "lastprim", else the first listed node.
 	preferred := m.DefaultPrimary == a.node || (m.DefaultPrimary == "" && m.Nodes[0] == a.node) ||
@@ -166,9 +168,11 @@ func (r *modRunner) apply(ctx context.Context, ev module.Event) error {
 		}
 		r.log.Add("state", fmt.Sprintf("%s -> %s", prev.State, next.State), kv...)
 	}
-	if next.Persistent != prev.Persistent {
+	if !r.saved.SameRecovery(next.Persistent) {
 		if err := savePersistent(r.statePath, next.Persistent); err != nil {
 			r.log.Add("error", err.Error())
+		} else {
+			r.saved = next.Persistent
 		}
 	}
 	if next.Peer.Incompatible != "" && next.Peer.Incompatible != prev.Peer.Incompatible {
@@ -305,7 +309,9 @@ func (r *modRunner) addVIPs() error {
 			return fmt.Errorf("VIP %s: %w", v.Address, err)
 		}
 		// Tell the guard first: a crash right after the add must not leak it.
-		r.a.guard.send("add", v.Address, ifname)
+		if err := r.a.guard.send("add", v.Address, ifname); err != nil {
+			return fmt.Errorf("VIP %s: %w", v.Address, err)
+		}
 		if err := netvip.Add(v.Address, ifname); err != nil {
 			return fmt.Errorf("add VIP %s on %s: %w", v.Address, ifname, err)
 		}

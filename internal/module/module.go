@@ -58,8 +58,8 @@ type Peer struct {
 // usable reports whether the peer can take part in decisions.
 func (p Peer) usable() bool { return p.Alive && p.Known && p.Incompatible == "" }
 
-// Persistent is the part of a machine written to disk after every step; it
-// survives agent restarts.
+// Persistent is the part of a machine written to disk after every step
+// that changes it (see SameRecovery); it survives agent restarts.
 type Persistent struct {
 	State    State  `json:"state"` // last settled state, for crash recovery
 	Started  bool   `json:"started"`
@@ -78,6 +78,18 @@ type Persistent struct {
 	LoopRestarts  int   `json:"loop_restarts,omitempty"`
 	LoopFailovers int   `json:"loop_failovers,omitempty"`
 	LoopSince     int64 `json:"loop_since,omitempty"`
+}
+
+// SameRecovery reports whether a record that was p on disk need not be
+// rewritten to become q: they differ at most in State, and neither state
+// is running. After a crash the boot step treats every state that is not
+// running alike (it starts from STOP), so rewriting the record for STOP ->
+// WAIT only cost two fsyncs on a returning node's way to pairing.
+func (p Persistent) SameRecovery(q Persistent) bool {
+	if !p.State.Running() && !q.State.Running() {
+		q.State = p.State
+	}
+	return p == q
 }
 
 // Maintenance is the set of maintenance switches of a module on one node;
