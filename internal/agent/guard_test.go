@@ -44,28 +44,33 @@ func told(t *testing.T, out, want string) {
 	t.Fatalf("the guard was told %q, want %q", got, want)
 }
 
+// tell sends one line to the guard and fails the test on an error.
+func tell(t *testing.T, g *guard, op, vip, ifname string) {
+	t.Helper()
+	if err := g.send(op, netip.MustParsePrefix(vip), ifname); err != nil {
+		t.Fatalf("%s %s %s: %v", op, vip, ifname, err)
+	}
+}
+
+// started fails the test unless want guard processes were started.
+func started(t *testing.T, starts *atomic.Int32, want int32, when string) {
+	t.Helper()
+	if n := starts.Load(); n != want {
+		t.Fatalf("%d guard processes %s, want %d", n, when, want)
+	}
+}
+
 // The guard's process does not start with the agent: a removal before it
 // runs has nothing to tell, and the first addition starts it before the
 // VIP is added.
 func TestGuardStartsOnFirstAdd(t *testing.T) {
 	newCmd, out, starts := catGuard(t)
 	g := newGuard(slog.Default(), time.Hour, newCmd)
-	vip := netip.MustParsePrefix("192.0.2.100/24")
-	if err := g.send("del", vip, "eth0"); err != nil {
-		t.Fatalf("del before the guard runs: %v", err)
-	}
-	if n := starts.Load(); n != 0 {
-		t.Fatalf("%d guard processes started before any VIP was added, want 0", n)
-	}
-	if err := g.send("add", vip, "eth0"); err != nil {
-		t.Fatalf("add: %v", err)
-	}
-	if err := g.send("del", vip, "eth0"); err != nil {
-		t.Fatalf("del: %v", err)
-	}
-	if n := starts.Load(); n != 1 {
-		t.Fatalf("%d guard processes started by the first addition, want 1", n)
-	}
+	tell(t, g, "del", "192.0.2.100/24", "eth0")
+	started(t, starts, 0, "before any VIP was added")
+	tell(t, g, "add", "192.0.2.100/24", "eth0")
+	tell(t, g, "del", "192.0.2.100/24", "eth0")
+	started(t, starts, 1, "after the first addition")
 	g.close()
 	told(t, out, "add 192.0.2.100/24 eth0\ndel 192.0.2.100/24 eth0\n")
 }
@@ -78,15 +83,9 @@ func TestGuardStartsAfterDelay(t *testing.T) {
 	for deadline := time.Now().Add(5 * time.Second); starts.Load() == 0 && time.Now().Before(deadline); {
 		time.Sleep(5 * time.Millisecond)
 	}
-	if n := starts.Load(); n != 1 {
-		t.Fatalf("%d guard processes after the delay, want 1", n)
-	}
-	if err := g.send("add", netip.MustParsePrefix("2001:db8::100/64"), "eth1"); err != nil {
-		t.Fatalf("add: %v", err)
-	}
-	if n := starts.Load(); n != 1 {
-		t.Fatalf("%d guard processes after an addition to a running guard, want 1", n)
-	}
+	started(t, starts, 1, "after the delay")
+	tell(t, g, "add", "2001:db8::100/64", "eth1")
+	started(t, starts, 1, "after an addition to a running guard")
 	g.close()
 	told(t, out, "add 2001:db8::100/64 eth1\n")
 }
