@@ -346,8 +346,18 @@ func (a *Applier) takeFlushLocked() (*Flush, error) {
 	}
 	f := &Flush{root: root, fs: a.syncAllFS || a.overflow, noOpen2: a.noOpen2}
 	for id, fd := range a.dirtyFiles {
-		f.files = append(f.files, fd)
 		delete(a.dirtyFiles, id)
+		var st unix.Stat_t
+		if unix.Fstat(fd, &st) == nil && st.Nlink == 0 {
+			// Removed since (a temporary file, a file renamed over): no
+			// name reaches it, so nothing of it needs to be durable. Our
+			// descriptor was its last: closing it lets the kernel drop
+			// its pages, where a flush would write them (the primary's
+			// kernel never does).
+			unix.Close(fd)
+			continue
+		}
+		f.files = append(f.files, fd)
 	}
 	for d := range a.dirty {
 		f.dirs = append(f.dirs, d)

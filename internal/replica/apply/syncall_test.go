@@ -3,6 +3,7 @@ package apply
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/tandem-ha/tandem/internal/replica/op"
@@ -128,5 +129,71 @@ func TestStartFlush(t *testing.T) {
 	}
 	if err := f.Run(); err != nil || *calls != 1 {
 		t.Fatalf("flush of a directory renamed since: %v, %d syncfs; want nil, 1 (the fallback)", err, *calls)
+	}
+}
+
+// TestFlushSkipsRemovedFiles: a file written and then removed (unlinked,
+// or replaced by a rename) before the next SyncAll is neither flushed nor
+// kept open, so the kernel drops its data instead of writing it; a file
+// removed under one name but still linked under another is flushed.
+func TestFlushSkipsRemovedFiles(t *testing.T) {
+	a, _, apply := syncRig(t)
+	// openOn counts this process's descriptors on the inode st names.
+	openOn := func(st os.FileInfo) int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, e := range ents {
+			if fi, err := os.Stat("/proc/self/fd/" + e.Name()); err == nil && os.SameFile(fi, st) {
+				n++
+			}
+		}
+		return n
+	}
+	data := make([]byte, 1<<20)
+	apply(&op.Op{Kind: op.Create, Path: "tmp", Mode: 0o644, Uid: -1, Gid: -1},
+		&op.Op{Kind: op.Write, Path: "tmp", Data: data},
+		&op.Op{Kind: op.Create, Path: "old", Mode: 0o644, Uid: -1, Gid: -1},
+		&op.Op{Kind: op.Write, Path: "old", Data: data},
+		&op.Op{Kind: op.Create, Path: "new", Mode: 0o644, Uid: -1, Gid: -1},
+		&op.Op{Kind: op.Write, Path: "new", Data: data},
+		&op.Op{Kind: op.Create, Path: "linked", Mode: 0o644, Uid: -1, Gid: -1},
+		&op.Op{Kind: op.Write, Path: "linked", Data: data},
+		&op.Op{Kind: op.Link, Path: "linked", Path2: "other"})
+	root, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", a.root))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stat := func(name string) os.FileInfo {
+		fi, err := os.Stat(filepath.Join(root, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi
+	}
+	tmp, old, linked := stat("tmp"), stat("old"), stat("linked")
+	apply(&op.Op{Kind: op.Unlink, Path: "tmp"},
+		&op.Op{Kind: op.Rename, Path: "new", Path2: "old"},
+		&op.Op{Kind: op.Unlink, Path: "linked"})
+	if len(a.dirtyFiles) != 4 {
+		t.Fatalf("%d files tracked before the flush, want 4", len(a.dirtyFiles))
+	}
+	f, err := a.StartFlush()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Release()
+	if len(f.files) != 2 {
+		t.Errorf("the flush holds %d files, want 2 (the renamed one and the one still linked)", len(f.files))
+	}
+	for name, st := range map[string]os.FileInfo{"the unlinked file": tmp, "the file renamed over": old} {
+		if n := openOn(st); n != 0 {
+			t.Errorf("%s: %d descriptors still open on it, want 0", name, n)
+		}
+	}
+	if n := openOn(linked); n != 1 {
+		t.Errorf("the file still linked as other: %d descriptors on it, want 1 (the flush's)", n)
 	}
 }
