@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -535,18 +534,23 @@ func TestLockedCompare(t *testing.T) {
 		write(t, filepath.Join(pr.p, "busy", "f"+strconv.Itoa(i)), []byte("x"))
 	}
 	must(t, os.Mkdir(filepath.Join(pr.s, "busy"), 0o755))
-	// Every listing of busy is followed in the stream by a namespace
-	// change there (unless mutations are frozen: the locked compare), so
-	// each answer is stale whatever the machine's load.
+	// Every listing of busy but the locked one is followed in the stream
+	// by a namespace change there, so each answer is stale whatever the
+	// machine's load. The change waits for a freeze another task holds
+	// (a fix elsewhere): skipped, it left that answer fresh, and the
+	// directory then never needed the locked compare (4 % of runs).
 	i := 0
 	cs := &churnStream{Stream: pr.f, onQuery: func(q *op.Op) {
 		if q.Flags != op.QueryListDir || q.Path != "busy" {
 			return
 		}
+		if lp, err := parseListParams(q.Data); err != nil || lp.PageMax == lockedPage {
+			return // the locked compare: mutations stay frozen across it
+		}
 		p := "busy/churn" + strconv.Itoa(i%3)
 		i++
-		if !pr.sh.tryDo(op.Op{Kind: op.Create, Path: p, Mode: unix.S_IFREG | 0o644, Uid: -1, Gid: -1}) {
-			pr.sh.tryDo(op.Op{Kind: op.Unlink, Path: p})
+		if !pr.sh.do(op.Op{Kind: op.Create, Path: p, Mode: unix.S_IFREG | 0o644, Uid: -1, Gid: -1}) {
+			pr.sh.do(op.Op{Kind: op.Unlink, Path: p})
 		}
 	}}
 	e, err := New(cs, Options{RootFd: pr.pfd, Freeze: pr.sh.Freeze, PollInterval: 20 * time.Millisecond, Logger: quietLogger()})
@@ -567,18 +571,18 @@ func TestLockedCompare(t *testing.T) {
 	t.Logf("retries %d, locked %d, longest freeze %v", st.Retries, st.Locked, st.FrozenMax)
 }
 
-// churnStream calls onQuery (one at a time) after each query it passes on.
+// churnStream calls onQuery after each query it passes on, from the
+// querying goroutine and with no lock held: onQuery may wait for a freeze
+// whose holder queries too. (One directory's listings come one at a time:
+// the engine's directory lock.)
 type churnStream struct {
 	Stream
-	mu      sync.Mutex
 	onQuery func(q *op.Op)
 }
 
 func (c *churnStream) Query(q *op.Op) <-chan Reply {
 	ch := c.Stream.Query(q)
-	c.mu.Lock()
 	c.onQuery(q)
-	c.mu.Unlock()
 	return ch
 }
 
