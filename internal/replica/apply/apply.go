@@ -350,10 +350,10 @@ func (a *Applier) takeFlushLocked() (*Flush, error) {
 		var st unix.Stat_t
 		if unix.Fstat(fd, &st) == nil && st.Nlink == 0 {
 			// Removed since (a temporary file, a file renamed over): no
-			// name reaches it, so nothing of it needs to be durable. Our
-			// descriptor was its last: closing it lets the kernel drop
-			// its pages, where a flush would write them (the primary's
-			// kernel never does).
+			// name reaches it, so nothing of it needs to be durable.
+			// Closed (the file cache let it go at the removal), it is
+			// dropped with its pages, where a flush would write them
+			// (the primary's kernel never does).
 			unix.Close(fd)
 			continue
 		}
