@@ -35,11 +35,11 @@ type guard struct {
 
 // guardDelay is how long after the agent's start its guard starts when no
 // VIP needs it sooner. The guard is a second Go process: started at once,
-// its start shared the two vCPUs of the test bed with the node's pairing,
-// and a returning secondary reached SECOND about 10 ms later (beta's start
-// to "started" 56 against 40 ms in case (a) of bench/resync, with the
-// persist of WAIT skipped too; docs/benchmarks.md). Nothing needs it
-// before a VIP is added.
+// its start shared the two vCPUs of the test bed with the node's pairing
+// (a returning secondary's receiver set-up 11.3 against 5.7 ms; beta's
+// `main` to alpha's "started" 56 against 40 ms with the record of WAIT
+// skipped too, case (a) of bench/resync, docs/benchmarks.md). Nothing
+// needs it before a VIP is added.
 const guardDelay = time.Second
 
 // newGuard returns a VIP guard whose process, made by newCmd, starts after

@@ -329,15 +329,6 @@ func (p *shim) do(o op.Op) bool {
 	return p.doLocked(o)
 }
 
-// tryDo is do unless mutations are frozen by Freeze (then false at once).
-func (p *shim) tryDo(o op.Op) bool {
-	if !p.mu.TryRLock() {
-		return false
-	}
-	p.mu.RUnlock()
-	return p.do(o)
-}
-
 func (p *shim) doLocked(o op.Op) bool {
 	if nsShared(o.Kind) {
 		p.createMu.Lock()
