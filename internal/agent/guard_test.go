@@ -66,6 +66,7 @@ func started(t *testing.T, starts *atomic.Int32, want int32, when string) {
 func TestGuardStartsOnFirstAdd(t *testing.T) {
 	newCmd, out, starts := catGuard(t)
 	g := newGuard(slog.Default(), time.Hour, newCmd)
+	t.Cleanup(g.close) // cat ends at the pipe's end, also when the test fails
 	tell(t, g, "del", "192.0.2.100/24", "eth0")
 	started(t, starts, 0, "before any VIP was added")
 	tell(t, g, "add", "192.0.2.100/24", "eth0")
@@ -80,6 +81,7 @@ func TestGuardStartsOnFirstAdd(t *testing.T) {
 func TestGuardStartsAfterDelay(t *testing.T) {
 	newCmd, out, starts := catGuard(t)
 	g := newGuard(slog.Default(), 20*time.Millisecond, newCmd)
+	t.Cleanup(g.close)
 	for deadline := time.Now().Add(5 * time.Second); starts.Load() == 0 && time.Now().Before(deadline); {
 		time.Sleep(5 * time.Millisecond)
 	}
